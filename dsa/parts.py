@@ -1,0 +1,115 @@
+"""The 24 DensePose surface parts and the two-level merge (DESIGN.md §3).
+
+This module is the single table that everything else reads: the DSAG-Stream's
+merging, the ``inspect`` montages, flip handling and the estimators' labels.
+
+Part indices follow DensePose: 0 is background, 1..24 are body parts.  Arrays
+indexed by part use ``part - 1`` (0-based, length 24).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NUM_PARTS = 24
+
+#: DensePose part names, index = part id (0 = background).
+PART_NAMES: tuple[str, ...] = (
+    "background",
+    "torso back",
+    "torso front",
+    "right hand",
+    "left hand",
+    "left foot",
+    "right foot",
+    "upper leg right back",
+    "upper leg left back",
+    "upper leg right front",
+    "upper leg left front",
+    "lower leg right back",
+    "lower leg left back",
+    "lower leg right front",
+    "lower leg left front",
+    "upper arm left back",
+    "upper arm right back",
+    "upper arm left front",
+    "upper arm right front",
+    "lower arm left back",
+    "lower arm right back",
+    "lower arm left front",
+    "lower arm right front",
+    "head right",
+    "head left",
+)
+
+#: Horizontal-flip partner of each part id (0 and the torso map to themselves).
+FLIP_PARTNER: tuple[int, ...] = (
+    0, 1, 2, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13,
+    16, 15, 18, 17, 20, 19, 22, 21, 24, 23,
+)
+
+#: Level 1 (24 -> 13): left/right partners summed.  Each entry lists part ids.
+LEVEL1_GROUPS: tuple[tuple[int, ...], ...] = (
+    (1,), (2,), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14),
+    (15, 16), (17, 18), (19, 20), (21, 22), (23, 24),
+)
+LEVEL1_NAMES: tuple[str, ...] = (
+    "torso back", "torso front", "hands", "feet",
+    "upper legs back", "upper legs front", "lower legs back", "lower legs front",
+    "upper arms back", "upper arms front", "lower arms back", "lower arms front", "head",
+)
+
+#: Level 2 (13 -> 8): front/back faces summed.  Each entry lists level-1 indices (0-based).
+LEVEL2_GROUPS: tuple[tuple[int, ...], ...] = (
+    (0, 1),    # torso
+    (2,),      # hands
+    (3,),      # feet
+    (4, 5),    # upper legs
+    (6, 7),    # lower legs
+    (8, 9),    # upper arms
+    (10, 11),  # lower arms
+    (12,),     # head
+)
+GROUP_NAMES: tuple[str, ...] = (
+    "torso", "hands", "feet", "upper legs", "lower legs", "upper arms", "lower arms", "head",
+)
+NUM_LEVEL1 = len(LEVEL1_GROUPS)
+NUM_GROUPS = len(LEVEL2_GROUPS)
+
+
+def _index_of(groups: tuple[tuple[int, ...], ...], n: int, offset: int) -> np.ndarray:
+    out = np.full(n, -1, dtype=np.int64)
+    for g, members in enumerate(groups):
+        for m in members:
+            out[m - offset] = g
+    assert (out >= 0).all(), "every member must belong to one group"
+    return out
+
+
+#: For part index p (0-based, 0..23): its level-1 group (0..12).
+PART_TO_LEVEL1: np.ndarray = _index_of(LEVEL1_GROUPS, NUM_PARTS, offset=1)
+#: For level-1 group j (0..12): its level-2 group (0..7).
+LEVEL1_TO_GROUP: np.ndarray = _index_of(LEVEL2_GROUPS, NUM_LEVEL1, offset=0)
+#: For part index p (0-based, 0..23): its final merged group (0..7).
+PART_TO_GROUP: np.ndarray = LEVEL1_TO_GROUP[PART_TO_LEVEL1]
+
+
+def merge_matrix(level: int) -> np.ndarray:
+    """0/1 matrix M with ``merged = M @ branches`` (level 1: 13×24, level 2: 8×13)."""
+    if level == 1:
+        src, n_out, n_in = PART_TO_LEVEL1, NUM_LEVEL1, NUM_PARTS
+    elif level == 2:
+        src, n_out, n_in = LEVEL1_TO_GROUP, NUM_GROUPS, NUM_LEVEL1
+    else:
+        raise ValueError(f"merge level must be 1 or 2, not {level}")
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m[src, np.arange(n_in)] = 1.0
+    return m
+
+
+def flip_labels(labels: np.ndarray) -> np.ndarray:
+    """Map a part-label map (0..24) to the labels of its horizontal mirror image.
+
+    Only the labels change; flipping the pixels themselves is the caller's job.
+    """
+    lut = np.asarray(FLIP_PARTNER, dtype=labels.dtype)
+    return lut[labels]

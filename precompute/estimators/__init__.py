@@ -1,0 +1,1 @@
+"""Dense-semantics estimators."""
