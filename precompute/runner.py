@@ -1,0 +1,379 @@
+"""The resumable, parallel precompute runner: dataset images → estimator → DSAP → store shards.
+
+Every image of the dataset (train, query and gallery) is assigned to a shard deterministically
+(sorted keys, fixed shard size), so a rerun with any number of workers or ranks finds the same
+shards and skips the complete ones.  Work is split by whole shards:
+
+- ``--workers N`` on one machine: N spawned processes, pending shards dealt round-robin;
+- under ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment): rank r owns shards i ≡ r (mod
+  world) and writes only those; whichever process finishes last and sees every shard present
+  writes the manifest (a rerun with any worker count completes it otherwise).
+
+An image that cannot be read (missing, zero-byte, corrupt) or whose estimate fails is recorded with
+its reason, stored as "not found" (DSAP images filled with mid-grey, nothing written) so that the
+store's keys still cover the dataset, and the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from data.store import (
+    MANIFEST_NAME,
+    StoreSettings,
+    StoreWriter,
+    existing_shards,
+    fingerprint,
+    read_manifest,
+    read_shard_header,
+    store_dir,
+)
+
+log = logging.getLogger(__name__)
+
+#: Fill value of the DSAP images of an image that could not be read (its mean is unknown).
+UNREADABLE_FILL = 128
+
+
+class PrecomputeError(Exception):
+    """A precompute problem the user can fix; the CLI prints it as one sentence (exit code 2)."""
+
+
+@dataclass
+class PrecomputeConfig:
+    """Everything ``python -m precompute run`` takes."""
+
+    dataset: str
+    root: Path
+    estimator: str
+    options: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+    kind: str = "dsap"
+    size: int = 32
+    shard_size: int = 500
+    batch_size: int | None = None
+    tag: str | None = None
+    force: bool = False
+    compression: str | None = None
+
+
+def plan_shards(keys: Sequence[str], shard_size: int) -> list[list[str]]:
+    """Sorted keys cut into consecutive shards of ``shard_size`` (the last one may be shorter)."""
+    if shard_size < 1:
+        raise PrecomputeError(f"--shard-size must be at least 1, not {shard_size}")
+    keys = sorted(keys)
+    return [keys[i : i + shard_size] for i in range(0, len(keys), shard_size)]
+
+
+def dist_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment variables; (0, 1) when not launched by it."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError as e:
+        raise PrecomputeError(f"RANK and WORLD_SIZE must be integers ({e})") from e
+    if world < 1 or not 0 <= rank < world:
+        raise PrecomputeError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    return rank, world
+
+
+# --------------------------------------------------------------------------- one shard
+def _warp(image: np.ndarray, iuv: Any, kind: str, size: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    from dsa.dsap import crop_csa, dsap_not_found, warp_dsap
+
+    if iuv is None:
+        dsap, written = dsap_not_found(image, size)
+        return dsap, written, False
+    if iuv.I.shape != image.shape[:2]:
+        raise ValueError(f"IUV map is {iuv.I.shape[0]}x{iuv.I.shape[1]} but the image is {image.shape[0]}x{image.shape[1]}")
+    if kind == "csa":
+        dsap, written = crop_csa(image, iuv.I, size)
+    else:
+        dsap, written = warp_dsap(image, iuv.I, iuv.U, iuv.V, size)
+    return dsap, written, True
+
+
+def _estimate(estimator: Any, images: list, paths: list, keys: list) -> list[Any]:
+    """Run the estimator on a batch; if the batch fails, retry image by image so one bad input only costs itself."""
+    try:
+        out = estimator.estimate(images, paths, keys)
+        if len(out) != len(images):
+            raise RuntimeError(f"estimator returned {len(out)} results for {len(images)} images")
+        return list(out)
+    except Exception:  # noqa: BLE001 - isolate the failing image(s), recorded below
+        results: list[Any] = []
+        for img, p, k in zip(images, paths, keys):
+            try:
+                results.append(estimator.estimate([img], [p], [k])[0])
+            except Exception as e:  # noqa: BLE001
+                results.append(e)
+        return results
+
+
+def compute_shard(
+    keys: Sequence[str],
+    dataset_root: Path,
+    estimator: Any,
+    kind: str,
+    size: int,
+    progress: Callable[[int], None] = lambda n: None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """DSAP images, written masks, found flags and failures of the images ``keys``."""
+    from data.io import ImageReadError, read_image
+    from dsa.dsap import dsap_not_found
+
+    n = len(keys)
+    dsap = np.empty((n, 24, 3, size, size), dtype=np.uint8)
+    written = np.zeros((n, 24, size, size), dtype=bool)
+    found = np.zeros(n, dtype=bool)
+    failures: list[dict] = []
+    grey = np.full((1, 1, 3), UNREADABLE_FILL, dtype=np.uint8)
+    batch = max(1, int(getattr(estimator, "batch_size", 1) or 1))
+
+    def fail(i: int, reason: str) -> None:
+        failures.append({"key": keys[i], "reason": reason})
+        dsap[i], written[i] = dsap_not_found(grey, size)
+
+    for start in range(0, n, batch):
+        idx, images, paths = [], [], []
+        for i in range(start, min(start + batch, n)):
+            path = Path(dataset_root) / keys[i]
+            try:
+                images.append(read_image(path))
+            except ImageReadError as e:
+                fail(i, str(e))
+                continue
+            idx.append(i)
+            paths.append(path)
+        results = _estimate(estimator, images, paths, [keys[i] for i in idx]) if idx else []
+        for i, image, iuv in zip(idx, images, results):
+            if isinstance(iuv, Exception):
+                fail(i, f"estimator failed: {iuv}")
+                continue
+            try:
+                dsap[i], written[i], found[i] = _warp(image, iuv, kind, size)
+            except ValueError as e:
+                fail(i, str(e))
+        progress(min(start + batch, n) - start)
+    return dsap, written, found, failures
+
+
+# --------------------------------------------------------------------------- workers
+@dataclass
+class _Job:
+    """What a worker needs to write its shards (picklable for 'spawn')."""
+
+    folder: str
+    dataset_root: str
+    factory: Callable[[Path], Any]
+    batch_size: int | None
+    settings: StoreSettings
+    compression: str | None
+    shards: list[tuple[int, list[str]]]
+
+
+def registry_estimator(name: str, dataset_root: Path, options: dict | None = None) -> Any:
+    """The default estimator factory: ``precompute.estimators.build_estimator`` (picklable via functools.partial)."""
+    from precompute.estimators import build_estimator
+
+    return build_estimator(name, Path(dataset_root), **(options or {}))
+
+
+def _make_estimator(factory: Callable[[Path], Any], dataset_root: str | Path, batch_size: int | None) -> Any:
+    est = factory(Path(dataset_root))
+    if batch_size:
+        est.batch_size = batch_size
+    return est
+
+
+def _write_shards(job: _Job, estimator: Any, progress: Callable[[int], None]) -> dict[str, int]:
+    writer = StoreWriter(job.folder, job.settings, compression=job.compression)
+    stats = {"images": 0, "found": 0, "failures": 0, "shards": 0}
+    for index, keys in job.shards:
+        dsap, written, found, failures = compute_shard(
+            keys, Path(job.dataset_root), estimator, job.settings.kind, job.settings.size, progress
+        )
+        writer.write_shard(index, keys, dsap, written, found, failures)
+        stats["images"] += len(keys)
+        stats["found"] += int(found.sum())
+        stats["failures"] += len(failures)
+        stats["shards"] += 1
+    return stats
+
+
+def _worker_main(job: _Job, q: Any) -> None:
+    """Entry point of a spawned worker: report progress and the final counts through ``q``."""
+    try:
+        est = _make_estimator(job.factory, job.dataset_root, job.batch_size)
+        stats = _write_shards(job, est, lambda n: q.put(("progress", n)))
+        q.put(("done", stats))
+    except BaseException:  # noqa: BLE001 - hand the traceback to the parent, which reports it
+        q.put(("error", traceback.format_exc()))
+        raise SystemExit(1)
+
+
+def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(job, q), daemon=True) for job in jobs]
+    for p in procs:
+        p.start()
+    totals = {"images": 0, "found": 0, "failures": 0, "shards": 0}
+    done, errors = 0, []
+    try:
+        while done < len(procs):
+            try:
+                kind, payload = q.get(timeout=1.0)
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead and q.empty():
+                    errors.append(f"a worker exited with code {dead[0].exitcode}")
+                    break
+                continue
+            if kind == "progress":
+                bar.update(payload)
+            elif kind == "done":
+                done += 1
+                for k, v in payload.items():
+                    totals[k] += v
+            else:
+                done += 1
+                errors.append(payload)
+    finally:
+        for p in procs:
+            if errors:
+                p.terminate()
+            p.join()
+    if errors:
+        raise RuntimeError("precompute worker failed:\n" + errors[0])
+    return totals
+
+
+# --------------------------------------------------------------------------- the run
+def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: StoreSettings, force: bool) -> str:
+    """'done' when shard ``index`` exists with these keys and settings, else 'pending'."""
+    path = writer.shard_path(index)
+    if not path.exists():
+        return "pending"
+    try:
+        header = read_shard_header(path)
+    except (OSError, KeyError, ValueError):
+        log.warning("shard %s is unreadable; rewriting it", path.name)
+        return "pending"
+    diffs = settings.differences(header)
+    if diffs and not force:
+        raise PrecomputeError(
+            f"{path} was computed with other settings ({', '.join(diffs)} differ); pass --force to replace "
+            f"the store or --tag NAME to keep both"
+        )
+    return "done" if not diffs and header["keys"] == keys else "pending"
+
+
+def _all_shards_current(writer: StoreWriter, plan: list[list[str]], settings: StoreSettings) -> bool:
+    """Whether every planned shard exists with its planned keys and these settings (a stale shard of another
+    rank, not yet rewritten, must not end up in the manifest)."""
+    for i, keys in enumerate(plan):
+        try:
+            header = read_shard_header(writer.shard_path(i))
+        except (OSError, KeyError, ValueError):
+            return False
+        if header["keys"] != keys or settings.differences(header):
+            return False
+    return True
+
+
+def run_precompute(
+    cfg: PrecomputeConfig, *, dataset: Any = None, estimator_factory: Callable[[Path], Any] | None = None
+) -> dict[str, Any]:
+    """Compute the missing shards of the store and write the manifest when all exist; returns a summary.
+
+    ``dataset`` (default: ``build_dataset(cfg.dataset, cfg.root)``) needs ``root`` and ``all_items()``;
+    ``estimator_factory(dataset_root) -> Estimator`` (default: the registry's ``cfg.estimator`` with
+    ``cfg.options``) must be picklable when ``cfg.workers > 1`` (workers are spawned).
+    """
+    if cfg.kind not in ("dsap", "csa"):
+        raise PrecomputeError(f"--kind must be dsap or csa, not {cfg.kind!r}")
+    if cfg.size < 8 or cfg.size % 8:
+        raise PrecomputeError(f"--size must be a positive multiple of 8, not {cfg.size}")
+    if cfg.workers < 1:
+        raise PrecomputeError(f"--workers must be at least 1, not {cfg.workers}")
+    t0 = time.perf_counter()
+    rank, world = dist_env()
+    if dataset is None:
+        from data.datasets import build_dataset
+
+        dataset = build_dataset(cfg.dataset, cfg.root)
+    factory = estimator_factory or partial(registry_estimator, cfg.estimator, options=cfg.options)
+    keys = sorted({it.path for it in dataset.all_items()})
+    if not keys:
+        raise PrecomputeError(f"the dataset {cfg.dataset} under {cfg.root} has no images")
+    plan = plan_shards(keys, cfg.shard_size)
+    estimator = _make_estimator(factory, dataset.root, cfg.batch_size)
+    settings = StoreSettings(cfg.estimator, estimator.settings(), cfg.size, cfg.kind)
+    folder = store_dir(cfg.root, cfg.dataset, cfg.estimator, cfg.tag)
+    writer = StoreWriter(folder, settings, compression=cfg.compression)
+    owned = [i for i in range(len(plan)) if i % world == rank]
+
+    manifest = read_manifest(folder)
+    if manifest is not None and not cfg.force:
+        diffs = settings.differences(manifest)
+        if diffs:
+            raise PrecomputeError(
+                f"the store at {folder} was computed with other settings ({', '.join(diffs)} differ); "
+                f"pass --force to replace it or --tag NAME to keep both"
+            )
+        if manifest.get("fingerprint") == fingerprint(keys):
+            log.info("the store at %s is complete and up to date (%d images); nothing to do", folder, manifest["num_images"])
+            return {"folder": str(folder), "up_to_date": True, "num_images": manifest["num_images"],
+                    "num_found": manifest["num_found"], "failures": manifest["failures"]}
+    if manifest is not None:  # the dataset changed, or --force: the store becomes incomplete again
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    if cfg.force:
+        for i in owned:
+            writer.shard_path(i).unlink(missing_ok=True)
+    if rank == 0:  # shards beyond the plan belong to an older, larger dataset
+        for i, p in existing_shards(folder).items():
+            if i >= len(plan):
+                p.unlink(missing_ok=True)
+
+    pending = [i for i in owned if _shard_state(writer, i, plan[i], settings, cfg.force) == "pending"]
+    todo = sum(len(plan[i]) for i in pending)
+    log.info(
+        "precompute %s with %s: %d images in %d shards; rank %d/%d owns %d shards, %d to compute (%d images) on %d worker(s)",
+        cfg.dataset, cfg.estimator, len(keys), len(plan), rank, world, len(owned), len(pending), todo, cfg.workers,
+    )
+    job = dict(folder=str(folder), dataset_root=str(dataset.root), factory=factory, batch_size=cfg.batch_size, settings=settings, compression=cfg.compression)
+    with tqdm(total=todo, unit="img", desc=f"precompute {cfg.dataset}", disable=None) as bar:
+        if cfg.workers == 1 or len(pending) <= 1:
+            stats = _write_shards(_Job(**job, shards=[(i, plan[i]) for i in pending]), estimator, bar.update)
+        else:
+            n = min(cfg.workers, len(pending))
+            jobs = [_Job(**job, shards=[(i, plan[i]) for i in pending[w::n]]) for w in range(n)]
+            stats = _run_workers(jobs, bar)
+    elapsed = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "folder": str(folder), "up_to_date": False, "rank": rank, "world_size": world, "workers": cfg.workers,
+        "computed_images": stats["images"], "computed_found": stats["found"], "computed_failures": stats["failures"],
+        "elapsed_s": round(elapsed, 3), "images_per_s": round(stats["images"] / elapsed, 2) if elapsed > 0 else 0.0,
+    }
+    if _all_shards_current(writer, plan, settings):
+        final = writer.write_manifest(
+            cfg.dataset, keys, len(plan), extra={"shard_size": cfg.shard_size, "tag": cfg.tag, "summary": summary}
+        )
+        summary.update(num_images=final["num_images"], num_found=final["num_found"], failures=final["failures"],
+                       complete=True)
+    else:
+        log.info("this process wrote its shards; others are still missing, the last rank to finish writes the manifest")
+        summary["complete"] = False
+    return summary
+

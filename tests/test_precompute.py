@@ -1,0 +1,310 @@
+"""Precompute runner: determinism, resumability after SIGKILL, failed images, workers, torchrun ranks, CLI.
+
+Unit tests use fabricated images and a small fake estimator (below) so that they stay fast and
+independent of the real estimators and dataset adapters; subprocess tests drive the runner through a
+tiny script that imports these fakes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from data.store import MANIFEST_NAME, DSAPStore, StoreError, store_dir
+from dsa.iuv import IUV
+from precompute.runner import PrecomputeConfig, PrecomputeError, plan_shards, run_precompute
+
+S = 16
+HERE = Path(__file__).resolve().parent
+
+
+# --------------------------------------------------------------------------- fakes
+@dataclass(frozen=True)
+class FakeItem:
+    path: str
+    pid: int = 0
+    camid: int = 0
+
+
+class FakeDataset:
+    """Every image file under ``root`` (sorted), as a dataset with one split."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.name = "toy"
+
+    def all_items(self) -> list[FakeItem]:
+        return [FakeItem(p.relative_to(self.root).as_posix()) for p in sorted(self.root.rglob("*.jpg"))]
+
+
+class FakeEstimator:
+    """Deterministic IUV from the image itself: a centred body box, part = band of rows, u/v = position.
+
+    Keys containing ``noperson`` give "not found"; ``delay`` simulates a slow model (per image)."""
+
+    name = "fake"
+
+    def __init__(self, delay: float = 0.0, scale: float = 1.0, batch_size: int = 3) -> None:
+        self.delay, self.scale, self.batch_size = delay, scale, batch_size
+
+    def settings(self) -> dict:
+        return {"scale": self.scale}
+
+    def estimate(self, images, paths, keys):
+        out = []
+        for img, key in zip(images, keys):
+            time.sleep(self.delay)
+            if "noperson" in key:
+                out.append(None)
+                continue
+            h, w = img.shape[:2]
+            I = np.zeros((h, w), np.uint8)
+            y, x = np.mgrid[0:h, 0:w]
+            body = (y >= h // 8) & (y < h - h // 8) & (x >= w // 6) & (x < w - w // 6)
+            part = 1 + (y * 24 // h + img[..., 0] // 128) % 24
+            I[body] = part[body]
+            U = ((y % 7) / 6.0 * self.scale).astype(np.float32)
+            V = (x / max(w - 1, 1)).astype(np.float32)
+            out.append(IUV(I=I, U=U, V=V))
+        return out
+
+
+def fake_factory(dataset_root: Path, delay: float = 0.0, scale: float = 1.0) -> FakeEstimator:
+    return FakeEstimator(delay=delay, scale=scale)
+
+
+def make_images(root: Path, n: int = 23, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    keys = []
+    for i in range(n):
+        split = ("bounding_box_train", "query", "bounding_box_test")[i % 3]
+        tag = "noperson" if i % 11 == 5 else "p"
+        key = f"{split}/{i:04d}_c{i % 2 + 1}s1_{tag}.jpg"
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(40, 72)), int(rng.integers(20, 36))
+        cv2.imwrite(str(p), rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+        keys.append(key)
+    return sorted(keys)
+
+
+def config(root: Path, **kw) -> PrecomputeConfig:
+    base = dict(dataset="toy", root=root, estimator="fake", size=S, shard_size=5)
+    base.update(kw)
+    return PrecomputeConfig(**base)
+
+
+def run(root: Path, data: Path, delay: float = 0.0, scale: float = 1.0, **kw) -> dict:
+    return run_precompute(config(root, **kw), dataset=FakeDataset(data),
+                          estimator_factory=partial(fake_factory, delay=delay, scale=scale))
+
+
+def store_arrays(folder: Path) -> dict[str, tuple]:
+    store = DSAPStore(folder)
+    return {k: (store.get(k), store.get_written(k), store.found(k)) for k in store.keys}
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    x, y = store_arrays(a), store_arrays(b)
+    assert sorted(x) == sorted(y)
+    for k in x:
+        np.testing.assert_array_equal(x[k][0], y[k][0], err_msg=k)
+        np.testing.assert_array_equal(x[k][1], y[k][1], err_msg=k)
+        assert x[k][2] == y[k][2], k
+
+
+@pytest.fixture()
+def data(tmp_path):
+    d = tmp_path / "data"
+    make_images(d)
+    return d
+
+
+# --------------------------------------------------------------------------- in-process
+def test_plan_is_sorted_and_fixed():
+    keys = [f"k{i:02d}" for i in range(12)][::-1]
+    assert plan_shards(keys, 5) == [[f"k{i:02d}" for i in range(a, min(a + 5, 12))] for a in (0, 5, 10)]
+    with pytest.raises(PrecomputeError):
+        plan_shards(keys, 0)
+
+
+def test_store_matches_direct_warp(tmp_path, data):
+    from data.io import read_image
+    from dsa.dsap import warp_dsap
+
+    s = run(tmp_path / "root", data)
+    assert s["complete"] and s["num_images"] == 23 and s["computed_images"] == 23
+    folder = store_dir(tmp_path / "root", "toy", "fake")
+    store = DSAPStore(folder)
+    assert store.keys == [i.path for i in FakeDataset(data).all_items()]
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest["num_found"] == 21 and len(manifest["shards"]) == 5 and manifest["settings"] == {"scale": 1.0}
+    assert manifest["summary"]["computed_images"] == 23
+    for key in store.keys[:6]:
+        img = read_image(data / key)
+        iuv = FakeEstimator().estimate([img], [data / key], [key])[0]
+        if iuv is None:
+            assert not store.found(key) and not store.get_written(key).any()
+            continue
+        dsap, written = warp_dsap(img, iuv.I, iuv.U, iuv.V, S)
+        np.testing.assert_array_equal(store.get(key), dsap)
+        np.testing.assert_array_equal(store.get_written(key), written)
+        assert store.found(key)
+
+
+def test_csa_kind(tmp_path, data):
+    run(tmp_path, data, kind="csa")
+    store = DSAPStore(store_dir(tmp_path, "toy", "fake"))
+    assert store.kind == "csa" and len(store) == 23
+
+
+def test_resume_skips_complete_shards(tmp_path, data):
+    run(tmp_path, data)
+    folder = store_dir(tmp_path, "toy", "fake")
+    again = run(tmp_path, data)
+    assert again["up_to_date"]
+    (folder / MANIFEST_NAME).unlink()
+    (folder / "shard-00002.h5").unlink()
+    mtime = (folder / "shard-00000.h5").stat().st_mtime_ns
+    s = run(tmp_path, data)
+    assert s["computed_images"] == 5 and s["complete"]  # only the missing shard was computed
+    assert (folder / "shard-00000.h5").stat().st_mtime_ns == mtime
+
+
+def test_failed_images_are_recorded_and_run_goes_on(tmp_path, data):
+    keys = [i.path for i in FakeDataset(data).all_items()]
+    (data / keys[0]).write_bytes(b"")  # zero bytes
+    (data / keys[7]).write_bytes(b"not a jpeg at all")  # corrupt
+    s = run(tmp_path, data)
+    assert s["complete"] and s["computed_failures"] == 2
+    reasons = {f["key"]: f["reason"] for f in s["failures"]}
+    assert set(reasons) == {keys[0], keys[7]} and "empty" in reasons[keys[0]]
+    store = DSAPStore(store_dir(tmp_path, "toy", "fake"))
+    store.check_covers(keys)  # failed images are still covered, as not found
+    assert not store.found(keys[0]) and not store.get_written(keys[7]).any()
+    assert (store.get(keys[0]) == 128).all()
+
+
+def test_different_settings_refused_unless_force_or_tag(tmp_path, data):
+    run(tmp_path, data)
+    with pytest.raises(PrecomputeError, match="other settings.*--force.*--tag"):
+        run(tmp_path, data, scale=0.5)
+    with pytest.raises(PrecomputeError, match="size"):
+        run(tmp_path, data, size=8)
+    run(tmp_path, data, scale=0.5, tag="half")
+    assert DSAPStore(store_dir(tmp_path, "toy", "fake", "half")).settings == {"scale": 0.5}
+    run(tmp_path, data, scale=0.5, force=True)
+    assert DSAPStore(store_dir(tmp_path, "toy", "fake")).settings == {"scale": 0.5}
+
+
+def test_partial_shards_with_other_settings_refused(tmp_path, data):
+    run(tmp_path, data)
+    (store_dir(tmp_path, "toy", "fake") / MANIFEST_NAME).unlink()
+    with pytest.raises(PrecomputeError, match="other settings"):
+        run(tmp_path, data, scale=0.5)
+
+
+def test_dataset_change_rewrites_stale_shards(tmp_path, data):
+    run(tmp_path, data)
+    keys = [i.path for i in FakeDataset(data).all_items()]
+    (data / keys[3]).unlink()
+    s = run(tmp_path, data)
+    assert s["complete"] and s["num_images"] == 22
+    store = DSAPStore(store_dir(tmp_path, "toy", "fake"))
+    assert keys[3] not in store and len(store) == 22 and store.verify() == []
+
+
+# --------------------------------------------------------------------------- subprocesses
+DRIVER = """
+import json, sys
+from functools import partial
+from pathlib import Path
+sys.path.insert(0, {here!r})
+from test_precompute import FakeDataset, fake_factory, config
+from precompute.runner import run_precompute
+if __name__ == "__main__":
+    root, data, workers, delay = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    s = run_precompute(config(root, workers=workers), dataset=FakeDataset(data),
+                       estimator_factory=partial(fake_factory, delay=delay))
+    print(json.dumps(s))
+"""
+
+
+def driver(tmp_path: Path) -> Path:
+    p = tmp_path / "driver.py"
+    p.write_text(DRIVER.format(here=str(HERE)))
+    return p
+
+
+def start(script: Path, root: Path, data: Path, workers: int = 1, delay: float = 0.0, env: dict | None = None):
+    e = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, str(script), str(root), str(data), str(workers), str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+
+
+def finish(proc) -> dict:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, data):
+    script = driver(tmp_path)
+    reference = tmp_path / "ref"
+    run(reference, data)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for attempt in range(2):
+        root = tmp_path / f"killed{attempt}"
+        proc = start(script, root, data, delay=0.06)  # >= 1.4 s of work after start-up
+        time.sleep(rng.uniform(0.2, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        folder = store_dir(root, "toy", "fake")
+        assert not (folder / MANIFEST_NAME).exists(), f"seed {seed}: the run finished before the kill"
+        s = finish(start(script, root, data))
+        assert s["complete"], f"seed {seed}"
+        assert not list(folder.glob("*.tmp-*")), f"seed {seed}: temporary files left"
+        assert_same_store(store_dir(reference, "toy", "fake"), folder)
+
+
+def test_two_workers_equal_one(tmp_path, data):
+    run(tmp_path / "one", data)
+    s = finish(start(driver(tmp_path), tmp_path / "two", data, workers=2))
+    assert s["complete"] and s["computed_images"] == 23 and s["workers"] == 2
+    assert_same_store(store_dir(tmp_path / "one", "toy", "fake"), store_dir(tmp_path / "two", "toy", "fake"))
+
+
+def test_torchrun_ranks_complete_the_store(tmp_path, data):
+    script, root = driver(tmp_path), tmp_path / "ranks"
+    procs = [start(script, root, data, delay=0.005, env={"RANK": str(r), "WORLD_SIZE": "2"}) for r in (0, 1)]
+    results = [finish(p) for p in procs]
+    assert sum(r["computed_images"] for r in results) == 23
+    assert any(r["complete"] for r in results)
+    folder = store_dir(root, "toy", "fake")
+    assert (folder / MANIFEST_NAME).exists()
+    assert_same_store(store_dir(tmp_path / "ranks", "toy", "fake"), folder)
+    run(tmp_path / "one", data)
+    assert_same_store(store_dir(tmp_path / "one", "toy", "fake"), folder)
+
+
+def test_rerun_with_one_worker_completes_a_rank_store(tmp_path, data):
+    root = tmp_path / "r"
+    finish(start(driver(tmp_path), root, data, env={"RANK": "1", "WORLD_SIZE": "3"}))
+    folder = store_dir(root, "toy", "fake")
+    assert not (folder / MANIFEST_NAME).exists()
+    with pytest.raises(StoreError, match="incomplete"):
+        DSAPStore(folder)
+    s = run(root, data)
+    assert s["complete"] and s["computed_images"] == 23 - 8  # rank 1 of 3 wrote shards 1 and 4 (5 + 3 images)
