@@ -1,0 +1,203 @@
+"""The dataset base class and the helpers every adapter shares.
+
+Adapters (torchreid style) only find their folder and list ``(relative path, pid, camid)`` triples for
+train, query and gallery; :class:`ReidDataset` turns them into :class:`Item` lists, relabels the train
+pids to 0..N−1, validates them and computes statistics.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = [
+    "Item",
+    "ReidDataset",
+    "DatasetError",
+    "Triple",
+    "find_dataset_dir",
+    "scan_images",
+    "MARKET_PATTERN",
+    "IMAGE_EXTS",
+]
+
+#: ``0002_c1s1_000451_03.jpg`` → pid 2, camera 1 (1-based in the name).
+MARKET_PATTERN = r"(?P<pid>-?\d+)_c(?P<camid>\d+)"
+#: Image extensions the folder-style adapters list (DensePose side files ``*_IUV.png`` are skipped).
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+_SIDE_FILE_SUFFIXES = ("_iuv.png", "_inds.png")
+
+Triple = tuple[str, int, int]
+
+
+class DatasetError(Exception):
+    """A dataset problem a user can fix, phrased as one sentence (expected layout, path looked at)."""
+
+
+@dataclass(frozen=True, order=True)
+class Item:
+    """One image: ``path`` relative to the dataset folder (POSIX), ``pid``, ``camid`` (0-based)."""
+
+    path: str
+    pid: int
+    camid: int
+
+
+def _split_stats(items: Sequence[Item]) -> dict[str, int]:
+    return {
+        "ids": len({it.pid for it in items}),
+        "images": len(items),
+        "cameras": len({it.camid for it in items}),
+    }
+
+
+class ReidDataset:
+    """A re-ID dataset: train/query/gallery :class:`Item` lists relative to ``root``.
+
+    Train pids are relabelled to 0..N−1 (sorted by original pid; ``train_pid_map`` keeps original → label);
+    query and gallery keep the original pids. Adapters subclass this and call ``super().__init__`` with
+    their raw triples; it can also be built directly from lists (tests, custom splits).
+    """
+
+    name: str = "dataset"
+    protocol: str = "market"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        train: Iterable[Triple | Item],
+        query: Iterable[Triple | Item],
+        gallery: Iterable[Triple | Item],
+        *,
+        name: str | None = None,
+        protocol: str | None = None,
+    ) -> None:
+        if name is not None:
+            self.name = name
+        if protocol is not None:
+            self.protocol = protocol
+        self.root = Path(root)
+        raw_train = [self._as_item(t) for t in train]
+        self.query = [self._as_item(t) for t in query]
+        self.gallery = [self._as_item(t) for t in gallery]
+        self.train_pid_map = {pid: label for label, pid in enumerate(sorted({it.pid for it in raw_train}))}
+        self.train = [Item(it.path, self.train_pid_map[it.pid], it.camid) for it in raw_train]
+        self._validate()
+
+    @staticmethod
+    def _as_item(t: Triple | Item) -> Item:
+        if isinstance(t, Item):
+            return t
+        path, pid, camid = t
+        return Item(str(path), int(pid), int(camid))
+
+    def _validate(self) -> None:
+        for split in ("train", "query", "gallery"):
+            items: list[Item] = getattr(self, split)
+            if not items:
+                raise DatasetError(f"The {self.name} dataset at {self.root} has no {split} images.")
+            for it in items:
+                if it.path.startswith("/") or "\\" in it.path or it.path.startswith("../"):
+                    raise DatasetError(f"{self.name}: item path {it.path!r} must be POSIX and relative to {self.root}.")
+                if it.camid < 0:
+                    raise DatasetError(f"{self.name}: {it.path} has a negative camera id {it.camid}.")
+
+    @property
+    def num_train_pids(self) -> int:
+        return len(self.train_pid_map)
+
+    def all_items(self) -> list[Item]:
+        """Train + query + gallery, de-duplicated by path (first occurrence wins), sorted by path."""
+        seen: dict[str, Item] = {}
+        for it in (*self.train, *self.query, *self.gallery):
+            seen.setdefault(it.path, it)
+        return [seen[p] for p in sorted(seen)]
+
+    def stats(self) -> dict:
+        """Ids, images and cameras per split, plus the dataset name, protocol and folder."""
+        return {
+            "dataset": self.name,
+            "protocol": self.protocol,
+            "root": str(self.root),
+            "splits": {
+                "train": _split_stats(self.train),
+                "query": _split_stats(self.query),
+                "gallery": _split_stats(self.gallery),
+            },
+            "num_train_pids": self.num_train_pids,
+            "num_images": len(self.all_items()),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, root={str(self.root)!r}, protocol={self.protocol!r}, "
+            f"train={len(self.train)}, query={len(self.query)}, gallery={len(self.gallery)})"
+        )
+
+
+def find_dataset_dir(root: Path, candidates: Sequence[str], required: Sequence[str], layout: str) -> Path:
+    """The first of ``root/<candidate>`` (``""`` = ``root`` itself) holding every ``required`` entry.
+
+    Raises :class:`DatasetError` naming the layout expected and the folders looked at.
+    """
+    root = Path(root).expanduser()
+    looked: list[Path] = []
+    for cand in candidates:
+        folder = root / cand if cand else root
+        if folder in looked:
+            continue
+        looked.append(folder)
+        if all((folder / r).exists() for r in required):
+            return folder
+    if not root.exists():
+        raise DatasetError(f"The data root {root} does not exist (expected {layout} under it).")
+    where = ", ".join(str(p) for p in looked)
+    raise DatasetError(f"No {layout} found: looked in {where}.")
+
+
+def scan_images(
+    root: Path,
+    folder: str,
+    pattern: str | re.Pattern[str],
+    *,
+    exts: Sequence[str] = IMAGE_EXTS,
+    recursive: bool = False,
+    camid_base: int = 1,
+) -> list[Triple]:
+    """List ``root/folder``'s images as (path relative to ``root``, pid, 0-based camid) triples, sorted.
+
+    ``pattern`` is searched in each file name and must have named groups ``pid`` and ``camid``; ``camid``
+    in the name counts from ``camid_base``. A name that does not match is a :class:`DatasetError` naming
+    the pattern and a few offending files (DensePose side files ``*_IUV.png`` / ``*_INDS.png`` are skipped).
+    """
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    missing = {"pid", "camid"} - set(regex.groupindex)
+    if missing:
+        raise DatasetError(f"The file-name pattern {regex.pattern!r} lacks the named group(s) {', '.join(sorted(missing))}.")
+    base = Path(root) / folder
+    if not base.is_dir():
+        raise DatasetError(f"Expected an image folder at {base}, but it is missing.")
+    if recursive:
+        files = [Path(dp, f) for dp, _, fs in os.walk(base) for f in fs]
+    else:
+        files = [Path(e.path) for e in os.scandir(base) if e.is_file()]
+    triples: list[Triple] = []
+    bad: list[str] = []
+    for f in sorted(files):
+        low = f.name.lower()
+        if not low.endswith(tuple(exts)) or low.endswith(_SIDE_FILE_SUFFIXES):
+            continue
+        m = regex.search(f.name)
+        if m is None:
+            bad.append(f.name)
+            continue
+        rel = f.relative_to(root).as_posix()
+        triples.append((rel, int(m.group("pid")), int(m.group("camid")) - camid_base))
+    if bad:
+        examples = ", ".join(bad[:3])
+        raise DatasetError(
+            f"{len(bad)} file name(s) in {base} do not match the pattern {regex.pattern!r} (e.g. {examples})."
+        )
+    return triples

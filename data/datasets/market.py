@@ -1,0 +1,96 @@
+"""Market-1501-style datasets: Market-1501, DukeMTMC-reID and the embedded synthetic dataset.
+
+Layout: ``bounding_box_train/``, ``bounding_box_test/`` (gallery) and ``query/`` of ``*.jpg`` named
+``<pid>_c<cam>...``. pid −1 images are junk and are dropped; pid 0 images are distractors: kept in the
+gallery, dropped from train and query (they have no true match). Camera ids become 0-based.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .base import MARKET_PATTERN, DatasetError, ReidDataset, Triple, find_dataset_dir, scan_images
+
+__all__ = ["MarketLike", "Market1501", "DukeMTMCreID", "Synthetic"]
+
+_SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
+
+
+class MarketLike(ReidDataset):
+    """Base for the Market layout; subclasses set the folder names to look for and the camera count."""
+
+    #: sub-folders of ROOT tried in order ("" = ROOT itself)
+    folder_candidates: Sequence[str] = ("",)
+    #: camera ids in the names are 1..max_cameras (None: no limit)
+    max_cameras: int | None = None
+    layout_name = "Market-1501 layout"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        folder = self.locate(Path(root))
+        train, query, gallery = (self._list(folder, d) for d in _SPLIT_DIRS)
+        train = [t for t in train if t[1] > 0]
+        query = [t for t in query if t[1] > 0]
+        gallery = [t for t in gallery if t[1] >= 0]
+        super().__init__(folder, train, query, gallery)
+
+    def locate(self, root: Path) -> Path:
+        layout = f"{self.layout_name} ({', '.join(d + '/' for d in _SPLIT_DIRS)})"
+        return find_dataset_dir(root, self.folder_candidates, _SPLIT_DIRS, layout)
+
+    def _list(self, folder: Path, sub: str) -> list[Triple]:
+        triples = scan_images(folder, sub, MARKET_PATTERN, exts=(".jpg", ".jpeg", ".png"))
+        if self.max_cameras is not None:
+            bad = [p for p, _, c in triples if not 0 <= c < self.max_cameras]
+            if bad:
+                raise DatasetError(
+                    f"{len(bad)} image(s) in {folder / sub} have a camera outside c1..c{self.max_cameras} "
+                    f"for {self.name} (e.g. {', '.join(bad[:3])})."
+                )
+        return triples
+
+
+class Market1501(MarketLike):
+    """Market-1501 (Zheng et al., ICCV 2015): 751/750 ids, 6 cameras; folders as torchreid/fast-reid use them."""
+
+    name = "market1501"
+    folder_candidates = (
+        "market1501/Market-1501-v15.09.15",
+        "market1501",
+        "Market-1501-v15.09.15",
+        "Market-1501",
+        "",
+    )
+    max_cameras = 6
+
+
+class DukeMTMCreID(MarketLike):
+    """DukeMTMC-reID (Zheng et al., ICCV 2017): 702/1110 ids (408 gallery distractors), 8 cameras."""
+
+    name = "dukemtmcreid"
+    layout_name = "DukeMTMC-reID layout"
+    folder_candidates = (
+        "dukemtmc-reid/DukeMTMC-reID",
+        "dukemtmc-reid",
+        "DukeMTMC-reID",
+        "dukemtmcreid/DukeMTMC-reID",
+        "dukemtmcreid",
+        "",
+    )
+    max_cameras = 8
+
+
+class Synthetic(MarketLike):
+    """The embedded synthetic dataset written by ``data.synthetic`` (Market layout under ROOT/synthetic/)."""
+
+    name = "synthetic"
+    layout_name = "synthetic dataset (Market-1501 layout)"
+
+    def locate(self, root: Path) -> Path:
+        root = root.expanduser()
+        for folder in (root / "synthetic", root):
+            if (folder / "synthetic.json").is_file() and all((folder / d).is_dir() for d in _SPLIT_DIRS):
+                return folder
+        raise DatasetError(
+            f"No synthetic dataset at {root / 'synthetic'}: run `make synth` (or `make demo`) to generate it."
+        )

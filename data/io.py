@@ -1,0 +1,149 @@
+"""Image and file I/O shared by every stage.
+
+- :func:`read_image` reads any image OpenCV can decode as uint8 H×W×3 **RGB** and turns every failure
+  (missing, empty, undecodable file) into :class:`ImageReadError` with the reason in words, so that a
+  data loader or ``python -m data stats --check-images`` can report it instead of crashing.
+- :func:`read_iuv_png` / :func:`write_iuv_png` do the file side of the legacy DensePose ``*_IUV.png``
+  format (the array codec lives in :mod:`dsa.iuv`).
+- :func:`atomic_output` and the ``atomic_write_*`` helpers write to a temporary name in the target folder
+  and ``os.replace`` it into place, so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from dsa.iuv import IUV, decode_iuv_png, encode_iuv_png
+
+__all__ = [
+    "ImageReadError",
+    "read_image",
+    "read_iuv_png",
+    "write_iuv_png",
+    "encode_image",
+    "atomic_output",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+]
+
+PathLike = str | os.PathLike
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be read; ``reason`` says why in words, ``path`` which file."""
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+def _read_bytes(path: PathLike) -> np.ndarray:
+    """The file's bytes as a uint8 array, or :class:`ImageReadError` for a missing/empty/unreadable file."""
+    p = Path(path)
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageReadError(p, "file does not exist") from None
+    except IsADirectoryError:
+        raise ImageReadError(p, "is a directory, not a file") from None
+    except PermissionError:
+        raise ImageReadError(p, "permission denied") from None
+    except OSError as e:
+        raise ImageReadError(p, f"read failed ({e.strerror or e})") from None
+    if data.size == 0:
+        raise ImageReadError(p, "file is empty (0 bytes)")
+    return data
+
+
+def _decode(path: PathLike, flags: int) -> np.ndarray:
+    data = _read_bytes(path)
+    img = cv2.imdecode(data, flags)
+    if img is None or img.size == 0:
+        raise ImageReadError(path, f"not a decodable image ({data.size} bytes; corrupt or unsupported format)")
+    return img
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as uint8 H×W×3 RGB (grey and 16-bit images are converted; alpha is dropped).
+
+    Raises :class:`ImageReadError` for a missing, zero-byte or undecodable file.
+    """
+    bgr = _decode(path, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_image(rgb: np.ndarray, ext: str = ".png") -> bytes:
+    """Encode a uint8 H×W×3 RGB array to image-file bytes (``ext`` picks the format, e.g. ``.jpg``)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected a uint8 H×W×3 RGB array, got {rgb.dtype} {rgb.shape}")
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode an image as {ext}")
+    return buf.tobytes()
+
+
+def read_iuv_png(path: PathLike) -> IUV:
+    """Read a legacy DensePose ``*_IUV.png`` (B = I, G = U·255, R = V·255) as :class:`dsa.iuv.IUV`."""
+    bgr = _decode(path, cv2.IMREAD_UNCHANGED)
+    if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] < 3:
+        raise ImageReadError(path, f"not an 8-bit 3-channel IUV PNG (dtype {bgr.dtype}, shape {bgr.shape})")
+    try:
+        return decode_iuv_png(np.ascontiguousarray(bgr[..., :3]))
+    except ValueError as e:
+        raise ImageReadError(path, str(e)) from None
+
+
+def write_iuv_png(path: PathLike, iuv: IUV) -> None:
+    """Write ``iuv`` as a legacy DensePose ``*_IUV.png`` (lossless PNG), atomically."""
+    ok, buf = cv2.imencode(".png", encode_iuv_png(iuv))
+    if not ok:
+        raise ValueError("OpenCV could not encode the IUV map as PNG")
+    atomic_write_bytes(path, buf.tobytes())
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
+
+    For writers that need a file name (h5py, ``cv2.imwrite``, ``torch.save``): write everything to the
+    yielded path inside the ``with`` block. Parent folders are created.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its 0600 mode would survive the rename; a pid + random suffix is unique enough.
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (UTF-8, trailing newline) atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
