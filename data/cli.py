@@ -21,7 +21,7 @@ from .io import ImageReadError, read_image
 log = logging.getLogger("data")
 
 #: environment variable that overrides the default data root
-ROOT_ENV = "DSA_DATA_ROOT"
+ROOT_ENV = "DSA_ROOT"
 
 
 class LazyGroup(click.Group):

@@ -58,11 +58,14 @@ def test_read_image_errors_say_why(tmp_path: Path, content: bytes | None, reason
     assert err.value.path == str(path) and str(path) in str(err.value)
 
 
-def test_read_image_truncated_png(tmp_path: Path) -> None:
-    ok, buf = cv2.imencode(".png", np.full((32, 32, 3), 9, np.uint8))
-    (tmp_path / "t.png").write_bytes(buf.tobytes()[:40])
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_read_image_truncated(tmp_path: Path, ext: str) -> None:
+    img = np.random.default_rng(0).integers(0, 256, (64, 32, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(ext, img)
+    data = buf.tobytes()
+    (tmp_path / f"t{ext}").write_bytes(data[: len(data) // 2])  # an interrupted copy
     with pytest.raises(ImageReadError, match="not a decodable image"):
-        read_image(tmp_path / "t.png")
+        read_image(tmp_path / f"t{ext}")
 
 
 def test_read_image_directory(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def scan_images(
     regex = re.compile(pattern) if isinstance(pattern, str) else pattern
     missing = {"pid", "camid"} - set(regex.groupindex)
     if missing:
-        raise DatasetError(f"The file-name pattern {regex.pattern!r} lacks the named group(s) {', '.join(sorted(missing))}.")
+        raise DatasetError(f"The file-name pattern '{regex.pattern}' lacks the named group(s) {', '.join(sorted(missing))}.")
     base = Path(root) / folder
     if not base.is_dir():
         raise DatasetError(f"Expected an image folder at {base}, but it is missing.")
@@ -198,6 +198,6 @@ def scan_images(
     if bad:
         examples = ", ".join(bad[:3])
         raise DatasetError(
-            f"{len(bad)} file name(s) in {base} do not match the pattern {regex.pattern!r} (e.g. {examples})."
+            f"{len(bad)} file name(s) in {base} do not match the pattern '{regex.pattern}' (e.g. {examples})."
         )
     return triples
