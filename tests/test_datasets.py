@@ -268,6 +268,10 @@ def test_cuhk03_new_protocol_extracts_once(tmp_path: Path, name: str, kind: str)
     item = next(it for it in ds.query if it.path.endswith("2_001_2_06.png"))
     assert item.path == f"images_{kind}/2_001_2_06.png" and item.camid == 1 and item.pid == 4
     np.testing.assert_array_equal(read_image(folder / item.path), cuhk03_image(1, 0, 5))
+    # an interrupted extraction (no marker) resumes and restores what is missing
+    (folder / f"images_{kind}" / ".complete").unlink()
+    (folder / item.path).unlink()
+    assert build_dataset(name, tmp_path).query == ds.query and (folder / item.path).is_file()
     # the cache is reused: the .mat is no longer needed once extraction is complete
     (folder / "cuhk03_release" / "cuhk-03.mat").write_bytes(b"gone")
     assert build_dataset(name, folder).train == ds.train
