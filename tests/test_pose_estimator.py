@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 
 from dsa.iuv import IUV
 from dsa.parts import FLIP_PARTNER, flip_labels
+from precompute.estimators.base import EstimatorError, build_estimator
+from precompute.estimators.pose import PoseEstimator, landmarks_to_crop, prepare_canvas
 from precompute.estimators.pose_geometry import (
     LANDMARK_FLIP, NUM_LANDMARKS, GeometrySettings, facing_front, iuv_from_landmarks, mirror_landmarks,
 )
@@ -175,3 +180,106 @@ def test_far_mask_pixels_and_invisible_limbs(front):
     hidden[[13, 15, 17, 19, 21], 3] = 0.1             # left elbow, wrist, hand not visible
     iuv = iuv_from_landmarks(hidden, mask, GeometrySettings(min_visibility=0.5))
     assert not set(np.unique(iuv.I)) & {17, 19, 21, 4}
+
+
+# ----------------------------------------------------------------------------- the estimator wrapper
+
+HAS_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
+
+
+class _FakePose:
+    """Stands in for MediaPipe: reports the given crop landmarks and mask on the padded canvas."""
+
+    def __init__(self, lm, mask, est):
+        self.lm, self.mask, self.est = lm, mask, est
+        self.canvas_shapes = []
+
+    def process(self, canvas):
+        self.canvas_shapes.append(canvas.shape)
+        if self.lm is None:
+            return SimpleNamespace(pose_landmarks=None, segmentation_mask=None)
+        side = canvas.shape[0]
+        _, (sx, sy), (ox, oy) = prepare_canvas(np.zeros((H, W, 3), np.uint8), self.est.input_height, self.est.pad)
+        points = [SimpleNamespace(x=(x * sx + ox) / side, y=(y * sy + oy) / side, z=z * sx / side, visibility=v)
+                  for x, y, z, v in self.lm]
+        soft = np.zeros(canvas.shape[:2], np.float32)
+        big = cv2.resize(self.mask.astype(np.float32), (round(W * sx), round(H * sy)), interpolation=cv2.INTER_LINEAR)
+        soft[oy:oy + big.shape[0], ox:ox + big.shape[1]] = big
+        return SimpleNamespace(pose_landmarks=SimpleNamespace(landmark=points), segmentation_mask=soft)
+
+
+def _fake_estimator(monkeypatch, lm, mask, **options):
+    monkeypatch.setattr(PoseEstimator, "_check_mediapipe", lambda self: None)
+    est = PoseEstimator("/nonexistent", **options)
+    fake = _FakePose(lm, mask, est)
+    monkeypatch.setattr(est, "_pose", lambda: fake)
+    return est, fake
+
+
+def test_canvas_resizes_pads_and_maps_back():
+    image = np.zeros((128, 64, 3), np.uint8)
+    canvas, (sx, sy), (ox, oy) = prepare_canvas(image, 320, 0.25)
+    assert canvas.shape == (400, 400, 3) and sy == 2.5 and sx == 2.5
+    assert (canvas[oy:oy + 320, ox:ox + 160] == 0).all() and canvas[0, 0, 0] == 114
+    crop_pts = np.array([[10.0, 20.0, 0.1, 0.9], [63.0, 127.0, -0.2, 0.5]])
+    norm = crop_pts.copy()
+    norm[:, 0] = (crop_pts[:, 0] * sx + ox) / 400
+    norm[:, 1] = (crop_pts[:, 1] * sy + oy) / 400
+    norm[:, 2] = crop_pts[:, 2] * sx / 400
+    np.testing.assert_allclose(landmarks_to_crop(norm, 400, (sx, sy), (ox, oy)), crop_pts, atol=1e-9)
+
+
+def test_estimator_maps_model_output_back_to_the_crop(monkeypatch, front):
+    lm, mask = front
+    est, fake = _fake_estimator(monkeypatch, lm, mask)
+    image = np.zeros((H, W, 3), np.uint8)
+    (iuv,) = est.estimate([image], ["/x/a.jpg"], ["a.jpg"])
+    assert fake.canvas_shapes == [(400, 400, 3)]          # upscaled to 320 rows, padded square
+    direct = iuv_from_landmarks(lm, mask)
+    assert iuv.shape == (H, W)
+    assert (iuv.I == direct.I).mean() > 0.98
+    assert est.settings()["input_height"] == 320 and est.settings()["approximates"] == "densepose"
+
+
+def test_estimator_not_found(monkeypatch, front):
+    lm, mask = front
+    est, _ = _fake_estimator(monkeypatch, None, mask)
+    assert est.estimate([np.zeros((H, W, 3), np.uint8)], ["p"], ["k"]) == [None]
+    tiny = np.zeros_like(mask)
+    tiny[60:62, 40:42] = True
+    est, _ = _fake_estimator(monkeypatch, lm, tiny)
+    assert est.estimate([np.zeros((H, W, 3), np.uint8)], ["p"], ["k"]) == [None]
+
+
+def test_bad_options_are_one_sentence(monkeypatch):
+    monkeypatch.setattr(PoseEstimator, "_check_mediapipe", lambda self: None)
+    with pytest.raises(EstimatorError, match="mask_threshold"):
+        build_estimator("pose", "/tmp", mask_threshold=2)
+    with pytest.raises(EstimatorError, match="model_complexity"):
+        build_estimator("pose", "/tmp", model_complexity=5)
+
+
+@pytest.mark.skipif(HAS_MEDIAPIPE, reason="MediaPipe is installed")
+def test_missing_mediapipe_says_how_to_install():
+    with pytest.raises(EstimatorError, match="make install-pose"):
+        build_estimator("pose", "/tmp")
+
+
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "densepose-demo"
+
+
+@pytest.mark.skipif(not HAS_MEDIAPIPE or not DEMO.is_dir(), reason="needs MediaPipe and shared/data")
+def test_real_person_with_mediapipe():
+    image = cv2.imread(str(DEMO / "demo_im.jpg"))[:, :, ::-1]
+    inds = cv2.imread(str(DEMO / "demo_im_INDS.png"), cv2.IMREAD_UNCHANGED)
+    ys, xs = np.nonzero(inds == 19)                       # the man walking towards the camera
+    crop = np.ascontiguousarray(image[ys.min() - 10:ys.max() + 10, xs.min() - 10:xs.max() + 10])
+    est = build_estimator("pose", str(DEMO))
+    (iuv,) = est.estimate([crop], ["demo_im.jpg"], ["demo_im.jpg"])
+    assert iuv is not None and iuv.shape == crop.shape[:2]
+    present = set(np.unique(iuv.I))
+    assert 2 in present and 1 not in present and {23, 24} <= present
+    col = lambda parts: np.nonzero(np.isin(iuv.I, list(parts)))[1].mean()
+    assert col(LEFT_ARM) > col(RIGHT_ARM)
+    (none,) = est.estimate([np.full((128, 64, 3), 114, np.uint8)], ["blank"], ["blank"])
+    assert none is None
