@@ -1,0 +1,72 @@
+"""The joint image + DSAP training dataset.
+
+Each item is joined to its DSAP images by *key* (the image path relative to the dataset root), never by
+position, and the store is checked to cover every key when the dataset is built, so a missing key is a
+sentence at start-up rather than an error in a worker mid-epoch.
+
+Nothing here holds a file open: images are read per item, and the store opens its HDF5 files lazily
+in each process (h5py handles do not survive ``fork``), so DataLoader workers start clean.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from .io import read_image
+
+
+class JointDataset(Dataset):
+    """``(image, dsap, pid, camid)`` per item.
+
+    Args:
+        dataset_items: the items (``data.datasets.Item``: ``path``, ``pid``, ``camid``).
+        dataset_root: the folder the item paths are relative to.
+        store: a ``DSAPStore`` (or anything with ``check_covers(keys)`` and ``get(key)``).
+        transform: applied to the RGB uint8 HxWx3 image; returns the image tensor (see
+            ``data.transforms``: uint8 [3, H, W]).
+        use_dsap: when False (MF-only baselines) the store is not read and ``dsap`` is an empty tensor.
+
+    Returns per item: image tensor, DSAP uint8 tensor [24, 3, S, S] (unaugmented), pid, camid.
+    """
+
+    def __init__(self, dataset_items: Sequence[Any], dataset_root: str | Path, store: Any,
+                 transform: Callable[[Any], torch.Tensor], use_dsap: bool = True) -> None:
+        self.items = list(dataset_items)
+        self.root = Path(dataset_root)
+        self.store = store
+        self.transform = transform
+        self.use_dsap = use_dsap
+        if use_dsap:
+            store.check_covers([item.path for item in self.items])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def pids(self) -> list[int]:
+        """The pid of each index, for ``PKSampler``."""
+        return [item.pid for item in self.items]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Item ``index``; an ``(index, seed)`` pair (``data.sampler.SeededBatches``) runs the transform
+        under its own seed, leaving the process's random state as it was."""
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
+        item = self.items[index]
+        image = read_image(self.root / item.path)
+        if seed is None:
+            image = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                image = self.transform(image)
+        if self.use_dsap:
+            dsap = torch.from_numpy(self.store.get(item.path))
+        else:
+            dsap = torch.empty(0, dtype=torch.uint8)
+        return image, dsap, int(item.pid), int(item.camid)

@@ -1,0 +1,334 @@
+"""The training loop: one step = forward both streams, the recipe's loss, one optimizer step.
+
+The loop is written so that a run can stop at any step boundary and continue *exactly*:
+
+- the sampler's position (epoch, batch) is saved, and every image's augmentation seed is a function of
+  (seed, epoch, batch, rank, slot) (``data.sampler.SeededBatches``), independent of DataLoader workers;
+- the DataLoader gets its own generator per epoch, so creating one never draws from the global RNG;
+- model, optimizer, scheduler, AMP scaler and the Python/NumPy/torch/CUDA random states are saved.
+
+Checkpoints are written at each epoch end, when ``max_steps`` is reached and on SIGINT/SIGTERM (the
+signal is noted, the current step finishes, then the checkpoint is written).  A non-finite loss stops
+the run with a ``TrainingError`` naming the step and the term, and no checkpoint is written after it,
+so the last good one stays.  Under DDP every rank takes the same decisions: the stop flag and the loss
+values are summed over ranks each step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.sampler import PKSampler, SeededBatches
+
+from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistInfo, all_reduce_sum, barrier
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+Prepare = Callable[[Batch, torch.device], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+
+
+class TrainingError(Exception):
+    """A training problem the user can act on; the CLI prints it and exits 2."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (bitwise-reproducible runs) or cuDNN autotuning (fast runs)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker start: deterministic NumPy/Python seeds from the worker's torch seed (itself
+    derived from the loader's seeded generator), and SIGINT left to the main process, which saves a
+    checkpoint and shuts the workers down."""
+    import random
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device``, or the process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def default_prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """uint8 images and DSAP from the loader → normalised float on ``device`` (never in place)."""
+    from dsa.dsap import normalise_dsap
+    from dsa.transforms import normalise
+
+    images, dsap, pids, _ = batch
+    nb = device.type == "cuda"
+    images = normalise(images.to(device, non_blocking=nb))
+    dsap_t = normalise_dsap(dsap.to(device, non_blocking=nb)) if dsap.numel() else None
+    return images, dsap_t, pids.to(device, non_blocking=nb)
+
+
+class Trainer:
+    """Runs (or resumes) one training run in ``run_dir``.
+
+    Args:
+        model: the network (``DSANet`` or any module called as ``model(images, dsap)`` → dict).
+        loss_fn: called as ``loss_fn(outputs, pids)`` → ``(total, {name: float or scalar tensor})``.
+        dataset: yields ``(image uint8, dsap uint8, pid, camid)`` and accepts ``(index, seed)``.
+        sampler: the ``PKSampler`` of this rank.
+        optimizer, scheduler: the scheduler is stepped once per epoch.
+        run_dir: where ``checkpoint.pt`` and ``log.jsonl`` go (rank 0 writes).
+        info: this process's place in the (possibly one-process) world.
+        epochs: total epochs; ``max_steps`` stops earlier (a checkpoint is written, not complete).
+        meta: extra checkpoint entries (``model_config``, ``preset``, ``variant``, ``num_classes``, ``config``).
+    """
+
+    def __init__(self, *, model: torch.nn.Module, loss_fn: Callable, dataset: Any, sampler: PKSampler,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 run_dir: str | os.PathLike, info: DistInfo, epochs: int, max_steps: int | None = None,
+                 amp: bool = False, workers: int = 0, log_every: int = 10, prepare: Prepare = default_prepare,
+                 meta: dict[str, Any] | None = None, tensorboard: bool = False, progress: bool = True,
+                 find_unused_parameters: bool = False) -> None:
+        self.info = info
+        self.device = info.device
+        self.amp = amp and self.device.type == "cuda"
+        self.channels_last = self.device.type == "cuda"
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(model, device_ids=ids,
+                                                 find_unused_parameters=find_unused_parameters)
+        self.loss_fn = loss_fn
+        self.dataset, self.sampler = dataset, sampler
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.run_dir = Path(run_dir)
+        self.epochs, self.max_steps = epochs, max_steps
+        self.workers, self.log_every = workers, max(1, log_every)
+        self.prepare = prepare
+        self.meta = dict(meta or {})
+        self.progress = progress and info.is_main
+        self.epoch = 0
+        self.step = 0
+        self._stop_signal: int | None = None
+        self._tb = None
+        if tensorboard and info.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("TensorBoard is not installed (pip install tensorboard); logging to log.jsonl only")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    @property
+    def bare_model(self) -> torch.nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def state_dict(self, complete: bool) -> dict[str, Any]:
+        """The checkpoint dict (docs/INTERFACES.md): weights, optimizer, schedule, position, RNG."""
+        return {
+            "format_version": FORMAT_VERSION,
+            **self.meta,
+            "model": self.bare_model.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "complete": complete,
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by ``state_dict``."""
+        self.bare_model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        set_rng_state(ckpt["rng"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+
+    def save(self, complete: bool = False) -> None:
+        """Rank 0 writes the checkpoint atomically; the others wait for it."""
+        if self.info.is_main:
+            save_checkpoint(self.checkpoint_path, self.state_dict(complete))
+        barrier(self.info)
+
+    def resume_if_possible(self) -> bool:
+        """Load ``checkpoint.pt`` from the run folder if there is one; True when resumed."""
+        if not self.checkpoint_path.is_file():
+            return False
+        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        self._trim_log()
+        log.info("resumed %s at epoch %d, step %d", self.run_dir, self.epoch, self.step)
+        return True
+
+    # ------------------------------------------------------------------ logging
+    def _trim_log(self) -> None:
+        """Drop log lines written after the checkpoint we resume from (those steps are redone)."""
+        path = self.run_dir / "log.jsonl"
+        if not self.info.is_main or not path.is_file():
+            return
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+            os.replace(tmp, path)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for name, value in record.items():
+                if name not in ("step", "epoch") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(name, value, record["step"])
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self) -> DataLoader:
+        """This epoch's loader: its own seeded generator, so making it never touches the global RNG."""
+        gen = torch.Generator()
+        gen.manual_seed(int(np.random.SeedSequence([self.sampler.seed, self.epoch, self.info.rank])
+                            .generate_state(1, dtype=np.uint64)[0] >> 1))
+        return DataLoader(self.dataset, batch_sampler=SeededBatches(self.sampler), num_workers=self.workers,
+                          worker_init_fn=worker_init, generator=gen,
+                          pin_memory=self.device.type == "cuda")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop_signal is None:
+            log.warning("%s received: finishing the current step, then saving a checkpoint",
+                        signal.Signals(signum).name)
+        self._stop_signal = signum
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0])
+        if self.info.distributed:
+            flag = flag.to(self.device)
+            all_reduce_sum(flag, self.info)
+        return bool(flag.item() > 0)
+
+    def _train_step(self, batch: Batch) -> dict[str, float]:
+        images, dsap, pids = self.prepare(batch, self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            outputs = self.model(images, dsap)
+            total, terms = self.loss_fn(outputs, pids)
+        names = ["loss", *terms]
+        values = torch.tensor([float(total.detach()), *(float(t) for t in terms.values())], dtype=torch.float64)
+        if self.info.distributed:
+            values = all_reduce_sum(values.to(self.device), self.info).cpu()
+        values = (values / self.info.world_size).tolist()
+        for name, value in zip(names, values):
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the loss term {name!r} became {value} at step {self.step + 1} (epoch {self.epoch}); "
+                    f"training stopped and the last good checkpoint {self.checkpoint_path} was kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return dict(zip(names, values))
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``epochs`` (or ``max_steps``, or a signal); returns a summary dict."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        started, images_seen, stopped_by = time.perf_counter(), 0, "complete"
+        bar = tqdm(total=None, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        try:
+            while self.epoch < self.epochs:
+                self.sampler.set_epoch(self.epoch)
+                bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
+                tick, tick_images, logged = time.perf_counter(), 0, {}
+                for batch in self._loader():
+                    if self.max_steps is not None and self.step >= self.max_steps:
+                        stopped_by = "max-steps"
+                        break
+                    if self._should_stop():
+                        stopped_by = "signal"
+                        break
+                    logged = self._train_step(batch)
+                    self.step += 1
+                    self.sampler.advance()
+                    n = int(batch[0].shape[0]) * self.info.world_size
+                    images_seen += n
+                    tick_images += n
+                    bar.update(1)
+                    if self.step % self.log_every == 0:
+                        now = time.perf_counter()
+                        self._log({"step": self.step, "epoch": self.epoch, **logged,
+                                   "lr": self.optimizer.param_groups[0]["lr"],
+                                   "images_per_s": tick_images / max(now - tick, 1e-9),
+                                   "memory_mb": peak_memory_mb(self.device)})
+                        bar.set_postfix(loss=f"{logged['loss']:.3f}")
+                        tick, tick_images = now, 0
+                if stopped_by != "complete":
+                    break
+                # epoch end: the schedule moves on and the position goes to the next epoch's start
+                self.scheduler.step()
+                self.epoch += 1
+                self.sampler.set_epoch(self.epoch)
+                self.save(complete=self.epoch >= self.epochs)
+                if self.max_steps is not None and self.step >= self.max_steps and self.epoch < self.epochs:
+                    stopped_by = "max-steps"
+                    break
+            if stopped_by != "complete":
+                self.save(complete=False)
+        finally:
+            bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if self._tb is not None:
+                self._tb.close()
+        elapsed = time.perf_counter() - started
+        summary = {"stopped_by": stopped_by, "epoch": self.epoch, "step": self.step,
+                   "images_per_s": images_seen / max(elapsed, 1e-9), "seconds": elapsed,
+                   "memory_mb": peak_memory_mb(self.device), "signal": self._stop_signal}
+        if self.info.is_main:
+            log.info("%s: epoch %d/%d, step %d, %.1f images/s, peak memory %.0f MiB (%s)",
+                     self.run_dir.name, self.epoch, self.epochs, self.step, summary["images_per_s"],
+                     summary["memory_mb"], stopped_by)
+        return summary
