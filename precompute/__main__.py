@@ -19,7 +19,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [PrecomputeError, StoreError]
     for module, name in (("data.datasets", "DatasetError"), ("data.io", "ImageReadError"),
-                         ("precompute.estimators", "EstimatorError")):
+                         ("precompute.estimators.base", "EstimatorError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -96,6 +96,124 @@ def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, s
         else:
             line += "; store not complete yet (other ranks still running)"
         log.info("%s -> %s", line, s["folder"])
+
+    _guard(go)
+
+
+def _label_map(estimator: str, dataset_root: Path, settings: dict, image: Any, path: Path, key: str) -> Any:
+    """The part-label map of one image from the store's estimator (None when it cannot be rebuilt)."""
+    from precompute.estimators import build_estimator
+
+    try:
+        try:
+            est = build_estimator(estimator, dataset_root, **settings)
+        except Exception:  # noqa: BLE001 - settings() may hold derived values that are not options
+            est = build_estimator(estimator, dataset_root)
+        iuv = est.estimate([image], [path], [key])[0]
+    except Exception as e:  # noqa: BLE001 - the montage is still useful without the label map
+        log.warning("no part-label map for %s (%s)", key, e)
+        return None
+    return None if iuv is None else iuv.I
+
+
+@cli.command("inspect")
+@click.option("--dataset", required=True, help="Dataset name.")
+@click.option("--root", default="datasets", show_default=True, type=click.Path(path_type=Path), help="Data root.")
+@click.option("--estimator", required=True, help="Estimator the store was computed with.")
+@click.option("--tag", default=None, help="Store variant name (as given to `run --tag`).")
+@click.option("--verify", "do_verify", is_flag=True, help="Check checksums, every array, keys vs the dataset; exit 1 on problems.")
+@click.option("--montage", "montage_keys", multiple=True, help="Write a montage PNG for this key (repeatable).")
+@click.option("--montage-random", default=0, type=int, help="Write montages for N random keys.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for --montage-random.")
+@click.option("--out", default=None, type=click.Path(path_type=Path), help="Folder for montages (default: STORE/inspect).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_verify: bool,
+                montage_keys: tuple[str, ...], montage_random: int, seed: int, out: Path | None, as_json: bool) -> None:
+    """Summarise a DSAP store (coverage per part and group, problems); verify it; draw montages."""
+    import numpy as np
+
+    from data.datasets import build_dataset
+    from data.io import read_image
+    from data.store import DSAPStore, store_dir
+    from precompute import inspect as insp
+
+    def go() -> int:
+        store = DSAPStore(store_dir(root, dataset, estimator, tag))
+        ds = build_dataset(dataset, root)
+        keys = [it.path for it in ds.all_items()]
+        summary = insp.summarise(store, keys)
+        code = 0
+        if do_verify:
+            problems = insp.verify(store, keys)
+            summary["verify"] = problems
+            code = 1 if problems else 0
+        chosen = list(montage_keys)
+        if montage_random:
+            rng = np.random.default_rng(seed)
+            chosen += [store.keys[i] for i in rng.choice(len(store), min(montage_random, len(store)), replace=False)]
+        written_files = []
+        for key in chosen:
+            if key not in store:
+                raise KeyError(key)
+            image = read_image(ds.root / key)
+            labels = _label_map(store.estimator, ds.root, store.settings, image, ds.root / key, key)
+            folder = out or store.folder / "inspect"
+            path = insp.draw_montage(folder / f"{insp.safe_name(key)}.png", image, store.get(key),
+                                     store.get_written(key), labels,
+                                     title=f"{dataset} / {store.estimator} ({store.kind})  {key}  found={store.found(key)}")
+            written_files.append(str(path))
+        summary["montages"] = written_files
+        if as_json:
+            click.echo(json.dumps(summary, indent=2))
+        else:
+            click.echo(insp.format_summary(summary))
+            if do_verify:
+                click.echo("verify     " + ("OK" if not summary["verify"] else "\n  ".join(["FAILED", *summary["verify"]])))
+            for f in written_files:
+                click.echo(f"montage    {f}")
+        return code
+
+    try:
+        code = _guard(go)
+    except KeyError as e:
+        click.echo(f"error: {e.args[0]!r} is not a key of the store; keys are paths relative to the dataset folder", err=True)
+        sys.exit(2)
+    sys.exit(code)
+
+
+@cli.command("inspect-iuv")
+@click.option("--image", "image_path", required=True, type=click.Path(path_type=Path), help="Scene image (e.g. demo_im.jpg).")
+@click.option("--iuv", "iuv_path", required=True, type=click.Path(path_type=Path), help="Its DensePose *_IUV.png.")
+@click.option("--inds", "inds_path", required=True, type=click.Path(path_type=Path), help="Its *_INDS.png (person index).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for the PNGs.")
+@click.option("--size", default=32, show_default=True, type=int, help="DSAP image size S.")
+@click.option("--kind", default="dsap", show_default=True, type=click.Choice(["dsap", "csa"]))
+@click.option("--max-persons", default=6, show_default=True, type=int, help="At most this many persons (largest first).")
+def inspect_iuv_cmd(image_path: Path, iuv_path: Path, inds_path: Path, out: Path, size: int, kind: str,
+                    max_persons: int) -> None:
+    """Montages and coverage figures of the persons in one image with its DensePose IUV + INDS output."""
+    from data.io import read_image, read_iuv_png
+    from dsa.dsap import coverage, crop_csa, warp_dsap
+    from precompute import inspect as insp
+    from precompute.estimators.iuv import persons_from_inds, read_inds_png
+
+    def go() -> None:
+        image = read_image(image_path)
+        persons = persons_from_inds(image, read_iuv_png(iuv_path), read_inds_png(inds_path))[:max_persons]
+        if not persons:
+            log.warning("no person with enough body pixels in %s", inds_path)
+        for n, (crop, iuv, box) in enumerate(persons):
+            if kind == "csa":
+                dsap, written = crop_csa(crop, iuv.I, size)
+            else:
+                dsap, written = warp_dsap(crop, iuv.I, iuv.U, iuv.V, size)
+            stem = f"{image_path.stem}_person{n}"
+            title = f"{image_path.name}  person {n}  box {box}"
+            m = insp.draw_montage(out / f"{stem}_montage.png", crop, dsap, written, iuv.I, title=title)
+            c = insp.draw_coverage(out / f"{stem}_coverage.png", coverage(written), title=f"{title}: per-part coverage")
+            click.echo(f"person {n}: box {box}, {int((iuv.I > 0).sum())} body pixels, "
+                       f"{100 * float(written.mean()):.1f}% cells written -> {m.name}, {c.name}")
+        log.info("inspect-iuv: %d person(s) drawn to %s", len(persons), out)
 
     _guard(go)
 

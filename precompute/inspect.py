@@ -1,0 +1,218 @@
+"""Look inside a DSAP store: summary statistics, verification and montages.
+
+- :func:`summarise` — settings, image count, found rate, per-part and per-group coverage (mean fraction
+  of the S×S cells written, over all images and over the images where a person was found), problems.
+- :func:`verify` — checksums, readability of every array, keys versus the dataset.
+- :func:`draw_montage` — one PNG per image: the image, its part-label map (colour-coded with a
+  legend), its 24 DSAP images labelled by part name (unwritten cells faded), and the 8 merged groups
+  (each cell the average of the member parts' *written* cells, via :func:`dsa.dsap.merge_groups`, so
+  front/back and left/right faces overlay as the DSAG-Stream's element-wise merge does).
+- :func:`draw_coverage` — bar chart of per-part coverage, coloured by merged group.
+"""
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from data.io import atomic_output
+from data.store import DSAPStore
+from dsa.dsap import merge_groups
+from dsa.parts import GROUP_NAMES, NUM_PARTS, PART_NAMES, PART_TO_GROUP
+
+log = logging.getLogger(__name__)
+
+#: Faded display of unwritten (mean-filled) cells: blend towards white by this much.
+FADE = 0.6
+
+
+def summarise(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """Settings, counts, coverage tables and problems of ``store`` (JSON-able)."""
+    found = store.table("found").astype(bool) if len(store) else np.zeros(0, bool)
+    cov = store.table("coverage") if len(store) else np.zeros((0, NUM_PARTS), np.float32)
+    mean_all = cov.mean(axis=0) if len(cov) else np.zeros(NUM_PARTS)
+    mean_found = cov[found].mean(axis=0) if found.any() else np.zeros(NUM_PARTS)
+    parts = [
+        {"part": p + 1, "name": PART_NAMES[p + 1], "group": GROUP_NAMES[PART_TO_GROUP[p]],
+         "coverage": round(float(mean_all[p]), 4), "coverage_found": round(float(mean_found[p]), 4)}
+        for p in range(NUM_PARTS)
+    ]
+    groups = [
+        {"group": name, "coverage": round(float(mean_all[PART_TO_GROUP == g].mean()), 4),
+         "coverage_found": round(float(mean_found[PART_TO_GROUP == g].mean()), 4)}
+        for g, name in enumerate(GROUP_NAMES)
+    ]
+    problems: dict[str, Any] = {"failures": store.failures}
+    if dataset_keys is not None:
+        in_store = set(store.keys)
+        wanted = set(dataset_keys)
+        missing, extra = sorted(wanted - in_store), sorted(in_store - wanted)
+        problems.update(missing_keys=len(missing), missing_examples=missing[:5],
+                        extra_keys=len(extra), extra_examples=extra[:5])
+    m = store.manifest
+    return {
+        "folder": str(store.folder), "dataset": m.get("dataset"), "estimator": store.estimator, "kind": store.kind,
+        "size": store.size, "settings": store.settings, "num_images": len(store), "num_found": int(found.sum()),
+        "found_rate": round(float(found.mean()), 4) if len(found) else 0.0, "num_shards": len(m["shards"]),
+        "summary": m.get("summary"), "parts": parts, "groups": groups, "problems": problems,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """A readable text report of :func:`summarise`'s dict."""
+    lines = [
+        f"store      {s['folder']}",
+        f"dataset    {s['dataset']}   estimator {s['estimator']} {s['settings']}   kind {s['kind']}   S={s['size']}",
+        f"images     {s['num_images']} in {s['num_shards']} shards, person found in {s['num_found']} "
+        f"({100 * s['found_rate']:.1f}%)",
+        "",
+        f"{'part':>4}  {'name':<22} {'group':<11} {'coverage':>8} {'(found)':>8}",
+    ]
+    for p in s["parts"]:
+        lines.append(f"{p['part']:>4}  {p['name']:<22} {p['group']:<11} {100 * p['coverage']:>7.1f}% "
+                     f"{100 * p['coverage_found']:>7.1f}%")
+    lines += ["", f"{'group':<11} {'coverage':>8} {'(found)':>8}"]
+    for g in s["groups"]:
+        lines.append(f"{g['group']:<11} {100 * g['coverage']:>7.1f}% {100 * g['coverage_found']:>7.1f}%")
+    pr = s["problems"]
+    lines.append("")
+    fails = pr["failures"]
+    lines.append(f"failures   {len(fails)}" + "".join(f"\n  {f['key']}: {f['reason']}" for f in fails[:10]))
+    if "missing_keys" in pr:
+        lines.append(f"missing    {pr['missing_keys']} dataset images not in the store"
+                     + (f" (e.g. {', '.join(pr['missing_examples'][:3])})" if pr["missing_keys"] else ""))
+        lines.append(f"extra      {pr['extra_keys']} store keys not in the dataset"
+                     + (f" (e.g. {', '.join(pr['extra_examples'][:3])})" if pr["extra_keys"] else ""))
+    return "\n".join(lines)
+
+
+def verify(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> list[str]:
+    """Problems found by checking checksums, every array and (when given) the keys against the dataset."""
+    problems = store.verify()
+    if dataset_keys is not None:
+        keys = sorted(set(dataset_keys))
+        missing = [k for k in keys if k not in store]
+        extra = sorted(set(store.keys) - set(keys))
+        if missing:
+            problems.append(f"{len(missing)} of {len(keys)} dataset images missing from the store (e.g. {', '.join(missing[:3])})")
+        if extra:
+            problems.append(f"{len(extra)} store keys are not in the dataset (e.g. {', '.join(extra[:3])})")
+    return problems
+
+
+# --------------------------------------------------------------------------- figures
+def part_colours() -> np.ndarray:
+    """RGB float colours for labels 0..24 (0 = black background), distinct per part."""
+    import matplotlib
+
+    cmap = [matplotlib.colormaps["tab20"](i) for i in range(20)] + [matplotlib.colormaps["Set1"](i) for i in range(4)]
+    return np.array([(0.0, 0.0, 0.0)] + [c[:3] for c in cmap])
+
+
+def _faded(dsap_chw: np.ndarray, written: np.ndarray) -> np.ndarray:
+    img = dsap_chw.transpose(1, 2, 0).astype(np.float32) / 255.0
+    return np.where(written[..., None], img, img * (1 - FADE) + FADE)
+
+
+def draw_montage(
+    out: str | Path,
+    image: np.ndarray,
+    dsap: np.ndarray,
+    written: np.ndarray,
+    labels: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Write a montage PNG: image, part-label map + legend, 24 DSAP images, 8 merged groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colours = part_colours()
+    fig = plt.figure(figsize=(17, 7.2), dpi=100)
+    outer = fig.add_gridspec(1, 4, width_ratios=[1.25, 1.6, 4.4, 2.4], wspace=0.12)
+    left = outer[0].subgridspec(2, 1, hspace=0.15)
+    ax = fig.add_subplot(left[0])
+    ax.imshow(image, interpolation="nearest")
+    ax.set_title("image", fontsize=9)
+    ax.axis("off")
+    ax = fig.add_subplot(left[1])
+    present = []
+    if labels is not None:
+        ax.imshow(colours[labels], interpolation="nearest")
+        present = [int(p) for p in np.unique(labels) if p > 0]
+        ax.set_title("part labels", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "label map\nunavailable", ha="center", va="center", fontsize=9)
+    ax.axis("off")
+    lax = fig.add_subplot(outer[1])
+    lax.axis("off")
+    handles = [Patch(color=colours[p], label=f"{p:2d} {PART_NAMES[p]}") for p in range(1, NUM_PARTS + 1)]
+    leg = lax.legend(handles=handles, loc="center left", fontsize=7, frameon=False, handlelength=1.2,
+                     title="parts (bold: visible)", title_fontsize=8)
+    for p, text in zip(range(1, NUM_PARTS + 1), leg.get_texts()):
+        if p in present:
+            text.set_fontweight("bold")
+    cov = written.reshape(NUM_PARTS, -1).mean(axis=1)
+    grid = outer[2].subgridspec(4, 6, hspace=0.55, wspace=0.1)
+    for p in range(NUM_PARTS):
+        ax = fig.add_subplot(grid[p // 6, p % 6])
+        ax.imshow(_faded(dsap[p], written[p]), interpolation="nearest")
+        name = "\n".join(textwrap.wrap(PART_NAMES[p + 1], 14)[:2])
+        ax.set_title(f"{p + 1} {name}\n{100 * cov[p]:.0f}%", fontsize=6.5, color="black" if cov[p] else "grey")
+        ax.set_xticks([]), ax.set_yticks([])
+    merged, union = merge_groups(dsap, written)
+    gcov = union.reshape(len(GROUP_NAMES), -1).mean(axis=1)
+    grid = outer[3].subgridspec(4, 2, hspace=0.45, wspace=0.1)
+    for g, name in enumerate(GROUP_NAMES):
+        ax = fig.add_subplot(grid[g // 2, g % 2])
+        ax.imshow(_faded(merged[g], union[g]), interpolation="nearest")
+        ax.set_title(f"{name} {100 * gcov[g]:.0f}%", fontsize=7.5)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.text(0.5, 0.015, "DSAP images: rows = U, columns = V; faded cells were not written (mean fill).  "
+             "Merged groups: average of the member parts' written cells (union shown).", ha="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out)
+
+
+def draw_coverage(out: str | Path, coverage: np.ndarray, title: str = "") -> Path:
+    """Bar chart of per-part coverage (fraction of cells written), bars coloured by merged group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = [matplotlib.colormaps["tab10"](int(g)) for g in PART_TO_GROUP]
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    ax.bar(np.arange(NUM_PARTS), 100 * np.asarray(coverage), color=colours)
+    ax.set_xticks(np.arange(NUM_PARTS), [f"{p + 1} {PART_NAMES[p + 1]}" for p in range(NUM_PARTS)],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("cells written (%)")
+    ax.set_ylim(0, 100)
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=matplotlib.colormaps["tab10"](g), label=n) for g, n in enumerate(GROUP_NAMES)],
+              fontsize=7, ncol=4, loc="upper right", frameon=False)
+    ax.set_title(title or "per-part coverage", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def safe_name(key: str) -> str:
+    """A file name for a dataset key (folders flattened)."""
+    return key.replace("/", "__").rsplit(".", 1)[0]
