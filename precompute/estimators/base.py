@@ -1,0 +1,137 @@
+"""The estimator interface, its registry and helpers shared by the backends (DESIGN.md §5).
+
+An estimator turns a batch of person crops into per-image dense semantics (:class:`dsa.iuv.IUV`:
+part labels I and chart coordinates U, V of the crop's size) or ``None`` when no person was found.
+Backends are registered by name as ``"module:Class"`` strings and imported only when chosen, so that
+optional dependencies (detectron2, MediaPipe) are never imported unless asked for.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from dsa.iuv import IUV
+
+__all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "build_estimator", "key_rng", "sibling_path"]
+
+
+class EstimatorError(ValueError):
+    """A problem the user can fix (unknown estimator, bad option, missing file or dependency): one sentence."""
+
+
+#: name → "module:Class"; imported lazily by :func:`build_estimator`.
+ESTIMATORS: dict[str, str] = {
+    "synthetic": "precompute.estimators.synthetic:SyntheticEstimator",
+    "iuv": "precompute.estimators.iuv:IUVFileEstimator",
+    "densepose": "precompute.estimators.densepose:DensePoseEstimator",
+    "pose": "precompute.estimators.pose:PoseEstimator",
+}
+
+
+class Estimator(ABC):
+    """Dense-semantics source.  Subclasses take their options as keyword arguments of ``__init__``
+    (after ``dataset_root``) and validate them there with :class:`EstimatorError`."""
+
+    name: ClassVar[str] = ""
+    #: how many images :meth:`estimate` gets at once (the runner may override it)
+    batch_size: int = 16
+
+    def __init__(self, dataset_root: str | Path) -> None:
+        self.dataset_root = Path(dataset_root)
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """JSON-able description of everything that changes the output (goes into the store)."""
+
+    @abstractmethod
+    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
+                 keys: Sequence[str]) -> list[IUV | None]:
+        """One :class:`IUV` of each image's size per image (RGB uint8), or ``None``: no person found.
+
+        ``paths`` are absolute file paths, ``keys`` the dataset-relative keys (used for seeding and
+        for looking up precomputed files)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings()})"
+
+
+def _resolve(name: str) -> type[Estimator]:
+    module_name, _, class_name = ESTIMATORS[name].partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)
+
+
+def _coerce(name: str, option: str, value: Any, default: Any) -> Any:
+    """Make CLI-style values (strings, ints for floats) fit the type of the option's default."""
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(value, bool):
+            raise ValueError(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        if isinstance(default, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise EstimatorError(
+            f"estimator {name!r}: option {option}={value!r} must be a {type(default).__name__} "
+            f"(default {default!r})") from None
+    return value
+
+
+def build_estimator(name: str, dataset_root: str | Path, **options: Any) -> Estimator:
+    """Build the estimator ``name`` for the dataset folder ``dataset_root`` with its ``options``.
+
+    Unknown names and options raise :class:`EstimatorError` (a ``ValueError``) naming the valid ones."""
+    if name not in ESTIMATORS:
+        raise EstimatorError(f"unknown estimator {name!r}; choose one of: {', '.join(sorted(ESTIMATORS))}")
+    try:
+        cls = _resolve(name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("precompute.estimators"):
+            raise EstimatorError(f"the estimator {name!r} is not available in this checkout ({e.name} is missing)") from None
+        raise
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
+              if k not in ("self", "dataset_root") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        valid = ", ".join(f"{k}={p.default!r}" for k, p in params.items()) or "none"
+        raise EstimatorError(f"estimator {name!r} has no option {', '.join(unknown)}; its options are: {valid}")
+    coerced = {k: _coerce(name, k, v, params[k].default) for k, v in options.items()}
+    return cls(dataset_root, **coerced)
+
+
+# ----------------------------------------------------------------------------- helpers for backends
+def key_rng(seed: int, key: str) -> np.random.Generator:
+    """A random generator that depends only on (seed, key): results do not depend on batch order or worker."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def sibling_path(path: str | Path, suffix: str, key: str | None = None, folder: str | Path | None = None) -> Path:
+    """``<stem><suffix>`` beside the image, or under ``folder`` mirroring the dataset tree (by ``key``).
+
+    Example: ``sibling_path("/d/query/0001_c1.jpg", "_IUV.png")`` → ``/d/query/0001_c1_IUV.png``."""
+    path = Path(path)
+    if folder is None:
+        return path.with_name(path.stem + suffix)
+    rel = Path(key) if key is not None else Path(path.name)
+    return Path(folder) / rel.parent / (rel.stem + suffix)

@@ -1,0 +1,274 @@
+"""Estimators (precompute.estimators): registry, synthetic error simulation, IUV files, INDS person
+pick, apply_net dump and DensePose output conversion (without detectron2)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from data.io import read_image, read_iuv_png, write_iuv_png
+from dsa.iuv import IUV
+from precompute.estimators import ESTIMATORS, EstimatorError, build_estimator
+from precompute.estimators.densepose import INSTALL_HINT, chart_output_to_iuv
+from precompute.estimators.iuv import (
+    dump_entry_to_maps, load_apply_net_dump, paste_box_results, persons_from_inds, pick_person,
+    read_inds_png, select_person,
+)
+from precompute.estimators.synthetic import simulate_errors
+
+#: real DensePose output shared beside the checkout (absent in a user's fresh clone: tests skip)
+DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "densepose-demo"
+
+
+def _person_iuv(h: int = 32, w: int = 16, seed: int = 0) -> IUV:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((h, w), dtype=np.uint8)
+    labels[4:28, 4:12] = rng.integers(1, 25, (24, 8))
+    u = np.where(labels > 0, rng.integers(0, 256, (h, w)) / 255.0, 0).astype(np.float32)
+    v = np.where(labels > 0, rng.integers(0, 256, (h, w)) / 255.0, 0).astype(np.float32)
+    return IUV(I=labels, U=u, V=v)
+
+
+def _write_image(path: Path, h: int = 32, w: int = 16) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(len(str(path))).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return read_image(path)
+
+
+# ------------------------------------------------------------------------------------- registry
+def test_registry_names_and_errors(tmp_path):
+    assert {"synthetic", "iuv", "densepose", "pose"} <= set(ESTIMATORS)
+    with pytest.raises(ValueError, match="choose one of: densepose, iuv, pose, synthetic"):
+        build_estimator("nope", tmp_path)
+    with pytest.raises(EstimatorError, match="has no option colour; its options are: miss=0.0"):
+        build_estimator("synthetic", tmp_path, colour=1)
+    with pytest.raises(EstimatorError, match="must be a float"):
+        build_estimator("synthetic", tmp_path, miss="often")
+    with pytest.raises(EstimatorError, match="between 0 and 1"):
+        build_estimator("synthetic", tmp_path, miss=1.5)
+    est = build_estimator("synthetic", tmp_path, miss="0.25", seed="7")  # CLI strings are coerced
+    assert est.settings()["miss"] == 0.25 and est.settings()["seed"] == 7
+
+
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is not None, reason="detectron2 is installed")
+def test_densepose_without_detectron2_says_how_to_install(tmp_path):
+    with pytest.raises(EstimatorError) as err:
+        build_estimator("densepose", tmp_path)
+    assert str(err.value) == INSTALL_HINT
+    assert "git+https://github.com/facebookresearch/detectron2.git" in INSTALL_HINT
+    assert "subdirectory=projects/DensePose" in INSTALL_HINT
+
+
+# ------------------------------------------------------------------------------------ synthetic
+def test_synthetic_reads_ground_truth(tmp_path):
+    image = _write_image(tmp_path / "query" / "0001_c1s1_000001_00.jpg")
+    truth = _person_iuv()
+    write_iuv_png(tmp_path / "query" / "0001_c1s1_000001_00_IUV.png", truth)
+    est = build_estimator("synthetic", tmp_path)
+    (iuv,) = est.estimate([image], [tmp_path / "query" / "0001_c1s1_000001_00.jpg"], ["query/0001_c1s1_000001_00.jpg"])
+    np.testing.assert_array_equal(iuv.I, truth.I)
+    np.testing.assert_allclose(iuv.U, truth.U, atol=1e-6)
+    np.testing.assert_allclose(iuv.V, truth.V, atol=1e-6)
+
+
+def test_simulated_error_rates():
+    truth = _person_iuv(h=64, w=32)
+    body = truth.I > 0
+    keys = [f"bounding_box_train/{i:04d}.jpg" for i in range(600)]
+    missed = sum(simulate_errors(truth, k, miss=0.3) is None for k in keys)
+    assert abs(missed / len(keys) - 0.3) < 0.06
+
+    present = np.unique(truth.I[body])
+    kept = [np.isin(present, np.unique(simulate_errors(truth, k, drop_part=0.25).I)).mean() for k in keys[:200]]
+    assert abs(1 - np.mean(kept) - 0.25) < 0.05
+
+    noisy = simulate_errors(truth, keys[0], label_noise=0.2)
+    changed = (noisy.I != truth.I)[body]
+    assert abs(changed.mean() - 0.2) < 0.03
+    assert (noisy.I[body] > 0).all() and (noisy.I[~body] == 0).all()  # relabelled to another part, never background
+
+    jittered = simulate_errors(truth, keys[0], uv_jitter=0.05)
+    inner = body & (truth.U > 0.2) & (truth.U < 0.8)  # away from the clamp
+    assert abs(np.std(jittered.U[inner] - truth.U[inner]) - 0.05) < 0.01
+    assert jittered.U.min() >= 0 and jittered.U.max() <= 1 and (jittered.U[~body] == 0).all()
+
+
+def test_simulation_is_deterministic_per_key_regardless_of_order(tmp_path):
+    keys, paths, images = [], [], []
+    for i in range(4):
+        key = f"bounding_box_test/{i:04d}_c1s1_000001_00.jpg"
+        images.append(_write_image(tmp_path / key))
+        write_iuv_png(tmp_path / key.replace(".jpg", "_IUV.png"), _person_iuv(seed=i))
+        keys.append(key)
+        paths.append(tmp_path / key)
+    opts = dict(drop_part=0.3, label_noise=0.2, uv_jitter=0.05, seed=1)
+    forward = build_estimator("synthetic", tmp_path, **opts).estimate(images, paths, keys)
+    backward = build_estimator("synthetic", tmp_path, **opts).estimate(images[::-1], paths[::-1], keys[::-1])[::-1]
+    single = [build_estimator("synthetic", tmp_path, **opts).estimate([im], [p], [k])[0]
+              for im, p, k in zip(images, paths, keys)]
+    for a, b, c in zip(forward, backward, single):
+        for name in "IUV":
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+            np.testing.assert_array_equal(getattr(a, name), getattr(c, name))
+    other_seed = build_estimator("synthetic", tmp_path, **{**opts, "seed": 2}).estimate(images, paths, keys)
+    assert any((a.I != b.I).any() for a, b in zip(forward, other_seed))
+
+
+# ------------------------------------------------------------------------------- INDS person pick
+def test_pick_person_prefers_the_central_person():
+    inds = np.zeros((40, 20), dtype=np.uint8)
+    inds[:, 0:4] = 1        # a big neighbour at the left edge (160 pixels, none central)
+    inds[10:30, 8:12] = 2   # the crop's own person in the centre (80 pixels)
+    assert pick_person(inds) == 2
+    assert pick_person(np.zeros((5, 5), np.uint8)) is None
+    inds[:] = 0
+    inds[10:20, 6:10], inds[20:36, 10:14] = 3, 4  # both central: more central pixels wins
+    assert pick_person(inds) == 4
+
+
+def test_select_person_clears_the_others():
+    iuv = _person_iuv()
+    inds = np.zeros(iuv.shape, dtype=np.uint8)
+    inds[iuv.I > 0] = 1
+    inds[4:28, 4:6] = 5  # a sliver of someone else at the left of the body
+    kept = select_person(iuv, inds)
+    assert (kept.I[inds == 5] == 0).all() and (kept.U[inds == 5] == 0).all()
+    np.testing.assert_array_equal(kept.I[inds == 1], iuv.I[inds == 1])
+
+
+def test_iuv_estimator_files_beside_and_under_iuv_dir(tmp_path):
+    key = "query/0002_c2s1_000001_00.jpg"
+    image = _write_image(tmp_path / "data" / key)
+    iuv = _person_iuv()
+    write_iuv_png(tmp_path / "data" / "query" / "0002_c2s1_000001_00_IUV.png", iuv)
+    inds = np.where(iuv.I > 0, 1, 0).astype(np.uint8)
+    inds[4:28, 4:6] = np.where(iuv.I[4:28, 4:6] > 0, 2, 0)  # a second person at the edge
+    cv2.imwrite(str(tmp_path / "data" / "query" / "0002_c2s1_000001_00_INDS.png"), inds)
+
+    (beside,) = build_estimator("iuv", tmp_path / "data").estimate([image], [tmp_path / "data" / key], [key])
+    assert (beside.I[inds == 2] == 0).all()
+    np.testing.assert_array_equal(beside.I[inds == 1], iuv.I[inds == 1])
+
+    mirror = tmp_path / "dp_out"
+    write_iuv_png(mirror / "query" / "0002_c2s1_000001_00_IUV.png", iuv)
+    (under,) = build_estimator("iuv", tmp_path / "data", iuv_dir=str(mirror)).estimate(
+        [image], [tmp_path / "data" / key], [key])
+    np.testing.assert_array_equal(under.I, iuv.I)  # no INDS there: everything kept
+
+    other = "query/0003_c1s1_000001_00.jpg"
+    image2 = _write_image(tmp_path / "data" / other)
+    with pytest.raises(EstimatorError, match="no DensePose output for query/0003"):
+        build_estimator("iuv", tmp_path / "data").estimate([image2], [tmp_path / "data" / other], [other])
+    assert build_estimator("iuv", tmp_path / "data", missing="not-found").estimate(
+        [image2], [tmp_path / "data" / other], [other]) == [None]
+
+
+def test_persons_from_inds_fabricated():
+    h, w = 60, 80
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    labels = np.zeros((h, w), np.uint8)
+    inds = np.zeros((h, w), np.uint8)
+    labels[10:50, 5:25], inds[10:50, 5:25] = 2, 3     # 800 pixels
+    labels[20:40, 50:60], inds[20:40, 50:60] = 23, 7  # 200 pixels
+    labels[0:2, 70:72], inds[0:2, 70:72] = 4, 9       # tiny: skipped
+    iuv = IUV(I=labels, U=np.full((h, w), 0.5, np.float32), V=np.full((h, w), 0.5, np.float32))
+    people = persons_from_inds(image, iuv, inds, margin=0.1, min_pixels=100)
+    assert [p[2] for p in people] == [(3, 6, 27, 54), (49, 18, 61, 42)]
+    crop, crop_iuv, (x0, y0, x1, y1) = people[0]
+    np.testing.assert_array_equal(crop, image[y0:y1, x0:x1])
+    assert crop_iuv.shape == crop.shape[:2] and set(np.unique(crop_iuv.I)) == {0, 2}
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="shared densepose-demo data not available")
+def test_densepose_demo_persons():
+    image = read_image(DEMO / "demo_im.jpg")
+    people = persons_from_inds(image, read_iuv_png(DEMO / "demo_im_IUV.png"), read_inds_png(DEMO / "demo_im_INDS.png"))
+    assert len(people) >= 2
+    for crop, iuv, box in people[:2]:
+        assert crop.shape[:2] == iuv.shape and crop.shape[0] > 50
+        assert iuv.body_fraction > 0.2 and len(np.unique(iuv.I)) > 5
+
+
+# ---------------------------------------------------------------- apply_net dump / DensePose output
+def test_paste_box_results_places_and_clips():
+    labels = np.array([[1, 0], [2, 3]], dtype=np.uint8)
+    uv = np.stack([np.full((2, 2), 0.25), np.full((2, 2), 1.5)]).astype(np.float32)
+    iuv, inds = paste_box_results((4, 5), [[3.7, 2.2, 5.7, 4.2], [-1.0, -1.0, 1.0, 1.0]], [labels, labels], [uv, uv])
+    assert iuv.I[2, 3] == 1 and iuv.I[3, 3] == 2 and iuv.I[3, 4] == 3 and iuv.I[2, 4] == 0
+    assert iuv.I[0, 0] == 3  # the second box starts outside the image: only its bottom-right pixel lands
+    assert iuv.U[3, 3] == 0.25 and iuv.V[3, 3] == 1.0  # V clamped to 1
+    assert inds[3, 4] == 1 and inds[0, 0] == 2 and inds[2, 4] == 0
+
+
+def _fake_dump_entry(file_name: str) -> dict:
+    lab_a = torch.ones((10, 4), dtype=torch.int64) * 2
+    lab_b = torch.ones((20, 8), dtype=torch.int64) * 23
+    uv_a = torch.full((2, 10, 4), 0.5)
+    uv_b = torch.full((2, 20, 8), 0.75)
+    return {"file_name": file_name, "scores": torch.tensor([0.6, 0.9]),
+            "pred_boxes_XYXY": torch.tensor([[0.0, 0.0, 4.0, 10.0], [4.0, 6.0, 12.0, 26.0]]),
+            "pred_densepose": [SimpleNamespace(labels=lab_a, uv=uv_a), SimpleNamespace(labels=lab_b, uv=uv_b)]}
+
+
+def test_dump_entry_conversion_and_estimator(tmp_path):
+    iuv, inds = dump_entry_to_maps(_fake_dump_entry("x.jpg"), (32, 16))
+    assert (iuv.I[0:10, 0:4] == 2).all() and (iuv.I[6:26, 4:12] == 23).all()
+    assert inds[0, 0] == 1 and inds[10, 8] == 2  # score order: the 0.9 box is pasted last (index 2)
+
+    key = "bounding_box_test/0005_c3s1_000001_00.jpg"
+    image = _write_image(tmp_path / key)
+    dump = tmp_path / "results.pkl"
+    torch.save([_fake_dump_entry(str(tmp_path / key))], dump)
+    est = build_estimator("iuv", tmp_path, dump=str(dump))
+    (picked,) = est.estimate([image], [tmp_path / key], [key])
+    # the person covering the centre of the 32×16 crop is the larger head box (index 2)
+    assert set(np.unique(picked.I)) == {0, 23}
+
+
+def test_dump_needing_detectron2_gives_a_sentence(tmp_path):
+    dump = tmp_path / "dump.pkl"
+    dump.write_bytes(b"cdensepose_missing_module.structures\nDensePoseChartResult\n.")
+    with pytest.raises(EstimatorError, match="needs the module .* install detectron2"):
+        load_apply_net_dump(dump)
+    with pytest.raises(EstimatorError, match="does not exist"):
+        load_apply_net_dump(tmp_path / "absent.pkl")
+
+
+def test_chart_output_to_iuv_identity_size():
+    # 4×4 box-local output, box of the same size at (2, 3): no resampling, so values are checkable by hand
+    fine = torch.zeros(1, 25, 4, 4)
+    fine[0, 5] = 1.0          # part 5 everywhere ...
+    fine[0, 9, :, 2:] = 2.0   # ... part 9 in the right half
+    coarse = torch.zeros(1, 2, 4, 4)
+    coarse[0, 1] = 1.0
+    coarse[0, 0, 0, :] = 2.0  # top row is background
+    u = torch.zeros(1, 25, 4, 4)
+    v = torch.zeros(1, 25, 4, 4)
+    u[0, 5], v[0, 5] = 0.2, 0.4
+    u[0, 9], v[0, 9] = 1.3, -0.1  # out of range: clamped
+    iuv = chart_output_to_iuv(coarse, fine, u, v, (2.0, 3.0, 6.0, 7.0), (10, 8))
+    assert iuv.shape == (10, 8)
+    box = iuv.I[3:7, 2:6]
+    np.testing.assert_array_equal(box, [[0, 0, 0, 0], [5, 5, 9, 9], [5, 5, 9, 9], [5, 5, 9, 9]])
+    assert iuv.I.sum() == box.sum()  # nothing outside the box
+    np.testing.assert_allclose([iuv.U[4, 2], iuv.V[4, 2]], [0.2, 0.4], rtol=1e-6)
+    assert iuv.U[4, 4] == 1.0 and iuv.V[4, 4] == 0.0 and iuv.U[3, 2] == 0.0
+
+
+def test_chart_output_to_iuv_resamples_to_the_box():
+    fine = np.zeros((1, 25, 8, 8), np.float32)
+    fine[0, 24] = 1.0
+    coarse = np.zeros((1, 15, 8, 8), np.float32)
+    coarse[0, 3] = 1.0  # any non-background coarse class counts as foreground
+    u = np.full((1, 25, 8, 8), 0.6, np.float32)
+    v = np.full((1, 25, 8, 8), 0.3, np.float32)
+    iuv = chart_output_to_iuv(coarse, fine, u, v, (0, 0, 16, 32), (32, 16))
+    assert (iuv.I == 24).all()
+    np.testing.assert_allclose(iuv.U, 0.6, atol=1e-6)
+    np.testing.assert_allclose(iuv.V, 0.3, atol=1e-6)
