@@ -252,9 +252,14 @@ class DSAPStore:
             if not path.is_file():
                 raise StoreError(f"the DSAP store at {self.folder} lacks its shard {shard['name']}; rerun `make precompute`")
             self._shard_paths.append(path)
-            with h5py.File(path, "r") as f:
-                for row, key in enumerate(f["keys"].asstr()[()]):
-                    self._index[key] = (s, row)
+            try:
+                with h5py.File(path, "r") as f:
+                    for row, key in enumerate(f["keys"].asstr()[()]):
+                        self._index[key] = (s, row)
+            except (OSError, KeyError, ValueError) as e:
+                raise StoreError(
+                    f"the shard {path} is damaged ({e}); rebuild the store with `make precompute ARGS=--force`"
+                ) from None
         self._pid: int | None = None
         self._files: dict[int, h5py.File] = {}
         self._datasets: dict[tuple[int, str], h5py.Dataset] = {}

@@ -134,7 +134,7 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
 
     from data.datasets import build_dataset
     from data.io import read_image
-    from data.store import DSAPStore, store_dir
+    from data.store import DSAPStore, StoreError, store_dir
     from precompute import inspect as insp
 
     def go() -> int:
@@ -154,7 +154,7 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
         written_files = []
         for key in chosen:
             if key not in store:
-                raise KeyError(key)
+                raise StoreError(f"{key!r} is not a key of the store; keys are paths relative to the dataset folder")
             image = read_image(ds.root / key)
             labels = _label_map(store.estimator, ds.root, store.settings, image, ds.root / key, key)
             folder = out or store.folder / "inspect"
@@ -173,12 +173,7 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
                 click.echo(f"montage    {f}")
         return code
 
-    try:
-        code = _guard(go)
-    except KeyError as e:
-        click.echo(f"error: {e.args[0]!r} is not a key of the store; keys are paths relative to the dataset folder", err=True)
-        sys.exit(2)
-    sys.exit(code)
+    sys.exit(_guard(go))
 
 
 @cli.command("inspect-iuv")

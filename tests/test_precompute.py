@@ -308,3 +308,100 @@ def test_rerun_with_one_worker_completes_a_rank_store(tmp_path, data):
         DSAPStore(folder)
     s = run(root, data)
     assert s["complete"] and s["computed_images"] == 23 - 8  # rank 1 of 3 wrote shards 1 and 4 (5 + 3 images)
+
+
+# --------------------------------------------------------------------------- inspect
+def test_summarise_and_verify(tmp_path, data):
+    from precompute.inspect import format_summary, summarise, verify
+
+    run(tmp_path, data)
+    store = DSAPStore(store_dir(tmp_path, "toy", "fake"))
+    keys = store.keys
+    s = summarise(store, keys[1:] + ["query/extra.jpg"])
+    assert s["num_images"] == 23 and s["num_found"] == 21 and s["found_rate"] == round(21 / 23, 4)
+    cov = store.table("coverage")
+    assert [p["coverage"] for p in s["parts"]] == [round(float(c), 4) for c in cov.mean(0)]
+    torso = next(g for g in s["groups"] if g["group"] == "torso")
+    assert torso["coverage"] == round(float(cov[:, :2].mean()), 4)
+    pr = s["problems"]
+    assert pr["missing_keys"] == 1 and pr["missing_examples"] == ["query/extra.jpg"] and pr["extra_keys"] == 1
+    text = format_summary(s)
+    assert "torso front" in text and "1 dataset images not in the store" in text
+    assert verify(store, keys) == []
+    problems = verify(store, keys + ["query/extra.jpg"])
+    assert len(problems) == 1 and "1 of 24 dataset images missing" in problems[0]
+
+
+def test_montage_png(tmp_path, data):
+    from data.io import read_image
+    from precompute.inspect import draw_coverage, draw_montage
+
+    run(tmp_path, data)
+    store = DSAPStore(store_dir(tmp_path, "toy", "fake"))
+    key = next(k for k in store.keys if store.found(k))
+    img = read_image(data / key)
+    labels = FakeEstimator().estimate([img], [data / key], [key])[0].I
+    out = draw_montage(tmp_path / "m" / "x.png", img, store.get(key), store.get_written(key), labels, title=key)
+    png = cv2.imread(str(out))
+    assert png.shape == (720, 1700, 3) and png.std() > 10
+    out = draw_coverage(tmp_path / "m" / "c.png", store.table("coverage").mean(0))
+    assert cv2.imread(str(out)).shape == (400, 1000, 3)
+    assert not list((tmp_path / "m").glob("*.tmp-*"))
+
+
+@pytest.fixture()
+def synthetic_root(tmp_path):
+    synthetic = pytest.importorskip("data.synthetic")
+    pytest.importorskip("precompute.estimators.synthetic")
+    synthetic.generate(tmp_path / "synthetic", num_ids=4, num_cameras=2, workers=1, progress=False, preview=False)
+    return tmp_path
+
+
+def test_cli_run_inspect_verify(synthetic_root):
+    from click.testing import CliRunner
+
+    from precompute.__main__ import cli
+
+    root = str(synthetic_root)
+    args = ["--dataset", "synthetic", "--root", root, "--estimator", "synthetic"]
+    r = CliRunner().invoke(cli, ["inspect", *args])
+    assert r.exit_code == 2 and "no DSAP store" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["run", *args, "--shard-size", "7", "-o", "seed=3"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["inspect", *args, "--verify", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.output)
+    assert s["verify"] == [] and s["num_found"] == s["num_images"] > 0 and s["problems"]["missing_keys"] == 0
+    r = CliRunner().invoke(cli, ["run", *args, "--size", "16"])
+    assert r.exit_code == 2 and "--force" in r.output
+    folder = store_dir(synthetic_root, "synthetic", "synthetic")
+    shard = folder / "shard-00000.h5"
+    with open(shard, "r+b") as f:  # damage DSAP pixels in the middle of the file: only the checksum sees it
+        f.seek(shard.stat().st_size // 2)
+        f.write(b"\xff" * 16)
+    r = CliRunner().invoke(cli, ["inspect", *args, "--verify"])
+    assert r.exit_code == 1 and "checksum" in r.output
+    with open(shard, "r+b") as f:  # damage the HDF5 metadata at the end: the reader says so in a sentence
+        f.seek(-64, 2)
+        f.write(b"\xff" * 16)
+    r = CliRunner().invoke(cli, ["inspect", *args, "--verify"])
+    assert r.exit_code == 2 and "damaged" in r.output and "--force" in r.output
+    r = CliRunner().invoke(cli, ["run", *args, "--force"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["inspect", *args, "--verify", "--montage", "query/nope.jpg"])
+    assert r.exit_code == 2 and "not a key" in r.output
+
+
+DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "densepose-demo"
+
+
+@pytest.mark.skipif(not (DEMO / "demo_im_IUV.png").exists(), reason="densepose-demo data not present")
+def test_inspect_iuv_demo(tmp_path):
+    from click.testing import CliRunner
+
+    from precompute.__main__ import cli
+
+    r = CliRunner().invoke(cli, ["inspect-iuv", "--image", str(DEMO / "demo_im.jpg"), "--iuv", str(DEMO / "demo_im_IUV.png"),
+                                 "--inds", str(DEMO / "demo_im_INDS.png"), "--out", str(tmp_path), "--max-persons", "1"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["demo_im_person0_coverage.png", "demo_im_person0_montage.png"]
