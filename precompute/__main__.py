@@ -70,7 +70,7 @@ def cli(verbose: bool) -> None:
 @click.option("-o", "--option", "options", multiple=True, help="Estimator option key=value (repeatable).")
 @click.option("--tag", default=None, help="Store variant name: the store goes to <estimator>-<tag>.")
 @click.option("--force", is_flag=True, help="Replace an existing store computed with other settings.")
-@click.option("--compression", default="none", show_default=True, type=click.Choice(["none", "lzf", "gzip"]),
+@click.option("--compression", default="lzf", show_default=True, type=click.Choice(["none", "lzf", "gzip"]),
               help="HDF5 compression of the DSAP arrays.")
 def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, size: int, shard_size: int,
             batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, compression: str) -> None:

@@ -65,7 +65,7 @@ class PrecomputeConfig:
     batch_size: int | None = None
     tag: str | None = None
     force: bool = False
-    compression: str | None = None
+    compression: str | None = "lzf"
 
 
 def plan_shards(keys: Sequence[str], shard_size: int) -> list[list[str]]:
@@ -352,7 +352,8 @@ def run_precompute(
         "precompute %s with %s: %d images in %d shards; rank %d/%d owns %d shards, %d to compute (%d images) on %d worker(s)",
         cfg.dataset, cfg.estimator, len(keys), len(plan), rank, world, len(owned), len(pending), todo, cfg.workers,
     )
-    job = dict(folder=str(folder), dataset_root=str(dataset.root), factory=factory, batch_size=cfg.batch_size, settings=settings, compression=cfg.compression)
+    job = dict(folder=str(folder), dataset_root=str(dataset.root), factory=factory, batch_size=cfg.batch_size,
+               settings=settings, compression=cfg.compression)
     with tqdm(total=todo, unit="img", desc=f"precompute {cfg.dataset}", disable=None) as bar:
         if cfg.workers == 1 or len(pending) <= 1:
             stats = _write_shards(_Job(**job, shards=[(i, plan[i]) for i in pending]), estimator, bar.update)
