@@ -256,8 +256,9 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             outputs = self.model(images, dsap)
             total, terms = self.loss_fn(outputs, pids)
-        names = ["loss", *terms]
-        values = torch.tensor([float(total.detach()), *(float(t) for t in terms.values())], dtype=torch.float64)
+        names = [*terms, "loss"]  # terms first: a NaN is named by the term that produced it
+        values = torch.tensor([*(float(torch.as_tensor(t).detach()) for t in terms.values()),
+                               float(total.detach())], dtype=torch.float64)
         if self.info.distributed:
             values = all_reduce_sum(values.to(self.device), self.info).cpu()
         values = (values / self.info.world_size).tolist()

@@ -1,0 +1,262 @@
+"""The trainer: loss falls, exact resume (max-steps stop and SIGTERM), NaN stop, schedule, DDP, CLI errors.
+
+The loop tests use a tiny stand-in network on fabricated images and a real (fabricated) DSAP store,
+so that they run in seconds; the CLI tests build the real tiny DSANet.  Run as a script under
+``torchrun`` this file is also the DDP test's worker (see ``ddp_worker``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.joint import JointDataset
+from data.sampler import PKSampler
+from data.store import DSAPStore, StoreSettings, StoreWriter, store_dir
+from data.transforms import build_train_transform
+from dsa.presets import Recipe
+from train.checkpoint import load_checkpoint, rng_state, set_rng_state
+from train.distributed import DistInfo, init_distributed, shutdown
+from train.schedule import build_optimizer, build_scheduler, lr_at
+from train.trainer import Trainer, TrainingError, seed_everything, set_deterministic
+
+NUM_IDS, PER_ID, S = 6, 4, 8
+RECIPE = Recipe(epochs=3, warmup_epochs=1, lr_start=1e-3, lr_peak=1e-2, lr_decay_step=2, batch_p=2, batch_k=2)
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    pid: int
+    camid: int
+
+
+def make_data(folder: Path) -> tuple[list[Item], DSAPStore]:
+    """Images whose colour depends on the identity (learnable), and a store of matching DSAP images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    items, dsap = [], []
+    for pid in range(NUM_IDS):
+        colour = rng.integers(0, 256, 3)
+        for k in range(PER_ID):
+            image = np.clip(colour + rng.normal(0, 20, (32, 16, 3)), 0, 255).astype(np.uint8)
+            name = f"{pid:04d}_c{k % 2}_{k}.png"
+            cv2.imwrite(str(folder / name), image[..., ::-1])
+            items.append(Item(name, pid, k % 2))
+            dsap.append(np.broadcast_to(colour.astype(np.uint8)[None, :, None, None], (24, 3, S, S)))
+    keys = [it.path for it in items]
+    writer = StoreWriter(folder / "store", StoreSettings("test", {}, size=S))
+    writer.write_shard(0, keys, np.stack(dsap), np.ones((len(keys), 24, S, S), bool), np.ones(len(keys), bool))
+    writer.write_manifest("test", keys, 1)
+    return items, DSAPStore(folder / "store")
+
+
+class StandIn(nn.Module):
+    """A few-hundred-parameter two-input network with BatchNorm (so DDP has buffers to keep in sync)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dsag = nn.Linear(3, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, images: torch.Tensor, dsap: torch.Tensor | None = None) -> dict:
+        f = self.conv(images).mean((2, 3))
+        if dsap is not None:
+            f = f + self.dsag(dsap.mean((1, 3, 4)))
+        return {"f": f, "logits": self.fc(f)}
+
+
+class Loss:
+    """Cross-entropy, with hooks: record the pids seen, raise a signal or return NaN at a given step."""
+
+    def __init__(self, signal_at: int | None = None, nan_at: int | None = None) -> None:
+        self.calls, self.signal_at, self.nan_at = 0, signal_at, nan_at
+        self.pids: list[list[int]] = []
+
+    def __call__(self, out: dict, pids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        self.calls += 1
+        self.pids.append(pids.tolist())
+        ce = F.cross_entropy(out["logits"], pids)
+        if self.calls == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if self.calls == self.nan_at:
+            ce = ce * float("nan")
+        return ce, {"ce": ce}
+
+
+def make_trainer(run_dir: Path, data: tuple[list[Item], DSAPStore], *, info: DistInfo | None = None,
+                 max_steps: int | None = None, workers: int = 0, loss: Loss | None = None,
+                 log_every: int = 1, epochs: int = RECIPE.epochs) -> Trainer:
+    items, store = data
+    info = info or DistInfo()
+    seed_everything(0)
+    model = StandIn(NUM_IDS)
+    dataset = JointDataset(items, Path(store.folder).parent, store, build_train_transform(32, 16, pad=2))
+    sampler = PKSampler(dataset.pids, RECIPE.batch_p, RECIPE.batch_k, seed=0, rank=info.rank,
+                        world_size=info.world_size)
+    optimizer = build_optimizer(model.parameters(), RECIPE)
+    return Trainer(model=model, loss_fn=loss or Loss(), dataset=dataset, sampler=sampler, optimizer=optimizer,
+                   scheduler=build_scheduler(optimizer, RECIPE), run_dir=run_dir, info=info,
+                   epochs=epochs, max_steps=max_steps, workers=workers, log_every=log_every,
+                   meta={"preset": "test", "variant": "dsa"}, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Item], DSAPStore]:
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture()
+def deterministic():
+    set_deterministic(True)
+    yield
+    set_deterministic(False)
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.bare_model.state_dict().items()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_log_records(tmp_path: Path, data) -> None:
+    trainer = make_trainer(tmp_path / "run", data, epochs=8)
+    summary = trainer.fit()
+    assert summary["stopped_by"] == "complete" and summary["epoch"] == 8
+    records = read_log(tmp_path / "run")
+    assert [r["step"] for r in records] == list(range(1, summary["step"] + 1))
+    assert {"step", "epoch", "loss", "ce", "lr", "images_per_s", "memory_mb"} <= records[0].keys()
+    first = np.mean([r["loss"] for r in records[:6]])
+    last = np.mean([r["loss"] for r in records[-6:]])
+    assert last < 0.6 * first, (first, last)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    for key in ("format_version", "model", "epoch", "step", "optimizer", "scheduler", "sampler", "rng",
+                "complete", "preset", "variant"):
+        assert key in ckpt
+    assert ckpt["complete"] is True and ckpt["epoch"] == 8
+
+
+def test_resume_after_max_steps_is_exact(tmp_path: Path, data, deterministic) -> None:
+    straight = make_trainer(tmp_path / "a", data)
+    straight.fit()
+    total = straight.step
+    half = total // 2 + 1  # mid-epoch
+    first = make_trainer(tmp_path / "b", data, max_steps=half)
+    assert first.fit()["stopped_by"] == "max-steps" and first.step == half
+    torch.manual_seed(1234)  # a resumed process starts from other random states
+    np.random.seed(99)
+    second = make_trainer(tmp_path / "b", data)
+    assert second.resume_if_possible() and second.step == half
+    second.fit()
+    assert second.step == total
+    assert_same(weights(straight), weights(second))
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
+
+
+def test_sigterm_saves_and_resume_is_exact_with_workers(tmp_path: Path, data, deterministic) -> None:
+    straight = make_trainer(tmp_path / "a", data, workers=1)
+    straight.fit()
+    stopped = make_trainer(tmp_path / "b", data, workers=1, loss=Loss(signal_at=4))
+    summary = stopped.fit()
+    assert summary["stopped_by"] == "signal" and summary["step"] == 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+    resumed = make_trainer(tmp_path / "b", data, workers=0)  # worker count does not change the data
+    assert resumed.resume_if_possible()
+    resumed.fit()
+    assert_same(weights(straight), weights(resumed))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data) -> None:
+    probe = make_trainer(tmp_path / "probe", data, max_steps=1)
+    steps_per_epoch = len(probe.sampler)
+    trainer = make_trainer(tmp_path / "run", data, loss=Loss(nan_at=steps_per_epoch + 2))
+    with pytest.raises(TrainingError, match=rf"'ce'.*step {steps_per_epoch + 2}.*last good checkpoint"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == steps_per_epoch and ckpt["epoch"] == 1 and not ckpt["complete"]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_schedule_follows_the_paper() -> None:
+    paper = Recipe()
+    assert lr_at(0, paper) == pytest.approx(8e-6)
+    assert lr_at(10, paper) == pytest.approx(8e-6 + (8e-4 - 8e-6) / 2)
+    assert lr_at(20, paper) == lr_at(59, paper) == pytest.approx(8e-4)
+    assert lr_at(60, paper) == pytest.approx(4e-4) and lr_at(100, paper) == pytest.approx(2e-4)
+    optimizer = build_optimizer([nn.Parameter(torch.zeros(1))], paper)
+    assert optimizer.param_groups[0]["weight_decay"] == 5e-4
+    scheduler = build_scheduler(optimizer, paper)
+    seen = []
+    for _ in range(70):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([lr_at(e, paper) for e in range(70)])
+
+
+def test_rng_state_round_trip() -> None:
+    import random
+
+    state = rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+# --------------------------------------------------------------------------- DDP (torchrun, gloo)
+def ddp_worker(out: Path) -> None:
+    """One rank of the DDP test: 3 steps on the stand-in, then this rank's parameters and pids to ``out``
+    (BatchNorm running statistics are per rank under DDP, and rank 0's go into the checkpoint)."""
+    set_deterministic(True)
+    info = init_distributed("cpu")
+    loss = Loss()
+    trainer = make_trainer(out / "run", make_data(out / f"data{info.rank}"), info=info, max_steps=3, loss=loss)
+    trainer.fit()
+    params = {k: v.detach() for k, v in trainer.bare_model.named_parameters()}
+    torch.save({"model": params, "pids": loss.pids}, out / f"rank{info.rank}.pt")
+    shutdown(info)
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes_agree(tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not available")
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", __file__, "--ddp-worker", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert_same(r0["model"], r1["model"])
+    seed_everything(0)
+    initial = StandIn(NUM_IDS).state_dict()
+    assert not torch.equal(initial["fc.weight"], r0["model"]["fc.weight"])  # it trained
+    for p0, p1 in zip(r0["pids"], r1["pids"]):
+        assert len(p0) == len(p1) == RECIPE.batch_k and not set(p0) & set(p1)  # disjoint identities
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["sampler"]["world_size"] == 2
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
+    ddp_worker(Path(sys.argv[2]))

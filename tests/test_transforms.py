@@ -1,0 +1,151 @@
+"""Training augmentation (image only) and the joint image + DSAP dataset."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from data.joint import JointDataset
+from data.transforms import MEAN_RGB_UINT8, build_test_transform, build_train_transform
+
+MEAN = torch.tensor(MEAN_RGB_UINT8, dtype=torch.uint8).view(3, 1, 1)
+
+
+def erased_fraction(t: torch.Tensor) -> float:
+    """Fraction of pixels painted with the erasing/padding colour."""
+    return (t == MEAN).all(0).float().mean().item()
+
+
+def test_train_transform_shape_dtype_and_seeded_determinism() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (90, 40, 3), dtype=np.uint8)
+    tf = build_train_transform(64, 32)
+    torch.manual_seed(1)
+    a = tf(image)
+    torch.manual_seed(1)
+    b = tf(image)
+    assert a.shape == (3, 64, 32) and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+
+
+def test_no_augmentation_equals_plain_resize() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (90, 40, 3), dtype=np.uint8)
+    plain = build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=0.0)(image)
+    assert torch.equal(plain, build_test_transform(64, 32)(image))
+
+
+def test_flip_and_erasing_switches() -> None:
+    image = np.zeros((64, 32, 3), np.uint8)
+    image[:, :16] = 255  # left half white
+    flipped = build_train_transform(64, 32, pad=0, flip_p=1.0, erasing_p=0.0)(image)
+    assert flipped[:, :, 16:].min() == 255 and flipped[:, :, :16].max() == 0
+    torch.manual_seed(0)
+    always = [erased_fraction(build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=1.0)(image))
+              for _ in range(5)]
+    never = [erased_fraction(build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=0.0)(image))
+             for _ in range(5)]
+    assert min(always) > 0.01 and max(never) == 0.0
+
+
+def test_padding_crop_shifts_the_image() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (64, 32, 3), dtype=np.uint8)
+    tf = build_train_transform(64, 32, pad=10, flip_p=0.0, erasing_p=0.0)
+    base = torch.from_numpy(image.transpose(2, 0, 1).copy())
+    torch.manual_seed(3)
+    outs = [tf(image) for _ in range(8)]
+    assert any(not torch.equal(o, base) for o in outs)  # crops move around inside the padded image
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    pid: int
+    camid: int
+
+
+class DictStore:
+    """A minimal store: DSAP images by key, coverage check like DSAPStore."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.reads: list[str] = []
+
+    def check_covers(self, keys: list[str]) -> None:
+        from data.store import StoreError
+
+        missing = [k for k in keys if k not in self.arrays]
+        if missing:
+            raise StoreError(f"{len(missing)} of {len(keys)} images missing (e.g. {missing[0]})")
+
+    def get(self, key: str) -> np.ndarray:
+        self.reads.append(key)
+        return self.arrays[key]
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> list[Item]:
+    items = []
+    for i in range(4):
+        name = f"img{i}.png"
+        cv2.imwrite(str(tmp_path / name), np.full((40, 20, 3), 60 * i, np.uint8))
+        items.append(Item(name, pid=i // 2, camid=i % 2))
+    return items
+
+
+def test_joint_dataset_joins_by_key_not_order(tmp_path: Path, images: list[Item]) -> None:
+    arrays = {it.path: np.full((24, 3, 8, 8), k, np.uint8) for k, it in enumerate(images)}
+    store = DictStore(dict(reversed(list(arrays.items()))))  # store order differs from item order
+    ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16))
+    assert len(ds) == 4 and ds.pids == [0, 0, 1, 1]
+    for k in range(4):
+        image, dsap, pid, camid = ds[k]
+        assert image.shape == (3, 32, 16) and image.dtype == torch.uint8
+        assert int(image[0, 0, 0]) == 60 * k
+        assert dsap.shape == (24, 3, 8, 8) and int(dsap.flatten()[0]) == k
+        assert (pid, camid) == (images[k].pid, images[k].camid)
+
+
+def test_joint_dataset_missing_key_fails_at_construction(tmp_path: Path, images: list[Item]) -> None:
+    from data.store import StoreError
+
+    store = DictStore({it.path: np.zeros((24, 3, 8, 8), np.uint8) for it in images[:3]})
+    with pytest.raises(StoreError, match="1 of 4"):
+        JointDataset(images, tmp_path, store, build_test_transform(32, 16))
+
+
+def test_joint_dataset_without_dsap_never_reads_the_store(tmp_path: Path, images: list[Item]) -> None:
+    store = DictStore({})
+    ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16), use_dsap=False)
+    _, dsap, _, _ = ds[0]
+    assert dsap.numel() == 0 and store.reads == []
+
+
+def test_seeded_items_reproduce_and_leave_global_rng_alone(tmp_path: Path, images: list[Item]) -> None:
+    arrays = {it.path: np.zeros((24, 3, 8, 8), np.uint8) for it in images}
+    ds = JointDataset(images, tmp_path, DictStore(arrays), build_train_transform(32, 16, erasing_p=1.0))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = [ds[(1, 1234)][0] for _ in range(3)]
+    assert all(torch.equal(a[0], x) for x in a)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert any(not torch.equal(ds[(1, s)][0], a[0]) for s in range(5))
+
+
+def test_joint_dataset_with_real_store_holds_no_open_handle(tmp_path: Path, images: list[Item]) -> None:
+    from data.store import DSAPStore, StoreSettings, StoreWriter
+
+    keys = [it.path for it in images]
+    dsap = np.random.default_rng(0).integers(0, 256, (4, 24, 3, 8, 8), dtype=np.uint8)
+    writer = StoreWriter(tmp_path / "store", StoreSettings("test", {}, size=8))
+    writer.write_shard(0, keys[::-1], dsap[::-1], np.zeros((4, 24, 8, 8), bool), np.ones(4, bool))
+    writer.write_manifest("test", keys, 1)
+    store = DSAPStore(tmp_path / "store")
+    ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16))
+    assert store._files == {}  # nothing open before DataLoader workers fork
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
+    got = torch.cat([b[1] for b in loader])
+    assert torch.equal(got, torch.from_numpy(dsap))
