@@ -50,21 +50,13 @@ def _check_inputs(image: np.ndarray, I: np.ndarray, U: np.ndarray | None = None,
         raise ValueError(f"DSAP size must be positive, got {size}")
 
 
-def _planes(image: np.ndarray) -> np.ndarray:
-    """uint8 H×W×3 → contiguous [3, H·W] (one row per channel: fast reductions and gathers)."""
-    return np.ascontiguousarray(image.reshape(-1, 3).T)
-
-
-def _mean_of_planes(planes: np.ndarray) -> np.ndarray:
-    n = planes.shape[1]
-    if n == 0:
-        return np.zeros(3, dtype=np.uint8)
-    return ((2 * planes.sum(axis=1, dtype=np.int64) + n) // (2 * n)).astype(np.uint8)
-
-
 def image_mean(image: np.ndarray) -> np.ndarray:
     """Per-channel mean of a uint8 H×W×3 image, rounded half up with integer arithmetic (uint8 [3])."""
-    return _mean_of_planes(_planes(image))
+    n = image.shape[0] * image.shape[1]
+    if n == 0:
+        return np.zeros(3, dtype=np.uint8)
+    sums = cv2.sumElems(np.ascontiguousarray(image))  # float64 sums of uint8 values: exact integers
+    return np.array([(2 * int(sums[ch]) + n) // (2 * n) for ch in range(3)], dtype=np.uint8)
 
 
 def dsap_not_found(image: np.ndarray, size: int = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -84,35 +76,38 @@ def warp_dsap(image: np.ndarray, I: np.ndarray, U: np.ndarray, V: np.ndarray,
     _check_inputs(image, I, U, V, size)
     ss = size * size
     n_cells = NUM_PARTS * ss
-    planes = _planes(image)
-    mean = _mean_of_planes(planes)
+    mean = image_mean(image)
     labels = I.reshape(-1)
-    body = (labels > 0) & (labels <= NUM_PARTS)
-    s = np.float32(size)
-    u = U.reshape(-1)[body].astype(np.float32, copy=False)
-    v = V.reshape(-1)[body].astype(np.float32, copy=False)
-    with np.errstate(invalid="ignore"):  # NaN coordinates are dropped below
-        row = np.minimum(np.floor(np.clip(u, 0, 1) * s), size - 1)
-        col = np.minimum(np.floor(np.clip(v, 0, 1) * s), size - 1)
-        pos = row * s + col  # exact: integers below 2**24
-    finite = np.isfinite(pos)
-    all_finite = bool(finite.all())
-    cell = pos.astype(np.int64) if all_finite else pos[finite].astype(np.int64)
-    cell += ((labels[body] if all_finite else labels[body][finite]).astype(np.int64) - 1) * ss
+    body = np.flatnonzero((labels > 0) & (labels <= NUM_PARTS))
+    s, top = np.float32(size), np.float32(size - 1)
+    # clip(u·S, 0, S−1) then truncate == min(⌊clip(u, 0, 1)·S⌋, S−1): same float32 product inside [0, 1]
+    row = np.clip(U.reshape(-1)[body].astype(np.float32, copy=False) * s, 0, top)
+    col = np.clip(V.reshape(-1)[body].astype(np.float32, copy=False) * s, 0, top)
+    if np.isnan(row.sum() + col.sum()):  # rare: drop pixels with NaN coordinates
+        ok = ~(np.isnan(row) | np.isnan(col))
+        body, row, col = body[ok], row[ok], col[ok]
+    cell = labels[body].astype(np.int64)
+    cell -= 1
+    cell *= ss
+    cell += row.astype(np.int64) * size
+    cell += col.astype(np.int64)
 
     count = np.bincount(cell, minlength=n_cells)
-    written = (count > 0).reshape(NUM_PARTS, ss)
-    half = count // 2
-    divisor = np.maximum(count, 1).astype(np.float64)
-    dsap = np.empty((NUM_PARTS, 3, ss), dtype=np.uint8)
+    hit = np.flatnonzero(count)
+    c = count[hit]
+    half, divisor = c // 2, c.astype(np.float64)
+    out = np.empty((3, n_cells), dtype=np.uint8)
+    rgb = image.reshape(-1, 3)
     for ch in range(3):
-        values = planes[ch][body] if all_finite else planes[ch][body][finite]
-        total = np.bincount(cell, weights=values, minlength=n_cells)  # exact integer sums in float64
+        out[ch] = mean[ch]
+        total = np.bincount(cell, weights=rgb[body, ch], minlength=n_cells)[hit]  # exact integer sums
         # floor((sum + count//2) / count) in float64 equals the integer division: a non-integer
         # quotient is at least 1/count away from the next integer, far above the rounding error
-        avg = np.floor((total + half) / divisor).reshape(NUM_PARTS, ss)
-        dsap[:, ch] = np.where(written, avg, mean[ch])
-    return dsap.reshape(NUM_PARTS, 3, size, size), written.reshape(NUM_PARTS, size, size)
+        out[ch, hit] = np.floor((total + half) / divisor)
+    dsap = np.ascontiguousarray(out.reshape(3, NUM_PARTS, size, size).transpose(1, 0, 2, 3))
+    written = np.zeros(n_cells, dtype=bool)
+    written[hit] = True
+    return dsap, written.reshape(NUM_PARTS, size, size)
 
 
 def warp_dsap_reference(image: np.ndarray, I: np.ndarray, U: np.ndarray, V: np.ndarray,
@@ -172,39 +167,43 @@ def warp_dsap_torch(images: "torch.Tensor", I: "torch.Tensor", U: "torch.Tensor"
             raise ValueError(f"{name} must be [B, H, W] = {(b, h, w)}, got {tuple(m.shape)}")
     device = images.device
     n = h * w
-    cells = NUM_PARTS * size * size
-
-    rgb = images.reshape(b, 3, n).to(torch.int64)
-    if n:
-        mean = (2 * rgb.sum(dim=2) + n) // (2 * n)  # [B, 3], rounded half up
-    else:
-        mean = torch.zeros(b, 3, dtype=torch.int64, device=device)
+    ss = size * size
+    cells = NUM_PARTS * ss
+    planes = images.reshape(b, 3, n)
+    mean = (2 * planes.sum(dim=2, dtype=torch.int64) + n) // (2 * n) if n else \
+        torch.zeros(b, 3, dtype=torch.int64, device=device)
 
     labels = I.reshape(b * n).to(torch.int64)
     u = U.reshape(b * n).to(torch.float32)
     v = V.reshape(b * n).to(torch.float32)
-    keep = (labels > 0) & (labels <= NUM_PARTS) & torch.isfinite(u) & torch.isfinite(v)
-    pix = keep.nonzero().squeeze(1)
+    keep = (labels > 0) & (labels <= NUM_PARTS) & ~torch.isnan(u) & ~torch.isnan(v)
+    pix = keep.nonzero().squeeze(1)  # flat (batch, pixel) positions, ascending
     s = torch.tensor(size, dtype=torch.float32, device=device)
-    row = torch.floor(u[pix].clamp(0, 1) * s).to(torch.int64).clamp_(max=size - 1)
-    col = torch.floor(v[pix].clamp(0, 1) * s).to(torch.int64).clamp_(max=size - 1)
+    # same float32 arithmetic as the NumPy path: clamp(u·S, 0, S−1), truncate
+    row = (u[pix] * s).clamp_(0, size - 1).to(torch.int64)
+    col = (v[pix] * s).clamp_(0, size - 1).to(torch.int64)
     batch = torch.div(pix, n, rounding_mode="floor")
-    cell = batch * cells + (labels[pix] - 1) * (size * size) + row * size + col
+    cell = batch * cells + (labels[pix] - 1) * ss + row * size + col
 
     count = torch.zeros(b * cells, dtype=torch.int64, device=device)
     count.index_add_(0, cell, torch.ones_like(cell))
-    # pixel colours in (batch, pixel) order: [B·N, 3]
-    colours = rgb.permute(0, 2, 1).reshape(b * n, 3)[pix]
-    total = torch.zeros(b * cells, 3, dtype=torch.int64, device=device)
-    total.index_add_(0, cell, colours)
-
-    written = count > 0
-    safe = count.clamp(min=1).unsqueeze(1)
-    avg = (total + count.unsqueeze(1) // 2) // safe  # [B·cells, 3]
-    filled = mean.repeat_interleave(cells, dim=0)  # [B·cells, 3]
-    out = torch.where(written.unsqueeze(1), avg, filled)
-    dsap = out.reshape(b, NUM_PARTS, size, size, 3).permute(0, 1, 4, 2, 3).to(torch.uint8).contiguous()
-    return dsap, written.reshape(b, NUM_PARTS, size, size)
+    hit = count.nonzero().squeeze(1)
+    c = count[hit]
+    hit_batch = torch.div(hit, cells, rounding_mode="floor")
+    hit_cell = hit - hit_batch * cells
+    # [B, 3, cells] filled with the mean; written cells get the integer average
+    out = mean.to(torch.uint8)[:, :, None].expand(b, 3, cells).contiguous()
+    flat_out = out.view(-1)
+    flat_in = planes.reshape(-1)
+    src = batch * (3 * n) + (pix - batch * n)  # position of channel 0 of each pixel in images
+    for ch in range(3):
+        total = torch.zeros(b * cells, dtype=torch.int64, device=device)
+        total.index_add_(0, cell, flat_in[src + ch * n].to(torch.int64))
+        avg = (total[hit] + c // 2) // c
+        flat_out[hit_batch * (3 * cells) + ch * cells + hit_cell] = avg.to(torch.uint8)
+    dsap = out.view(b, 3, NUM_PARTS, size, size).permute(0, 2, 1, 3, 4).contiguous()
+    written = (count > 0).view(b, NUM_PARTS, size, size)
+    return dsap, written
 
 
 # ------------------------------------------------------------------------------------ CSA ablation
