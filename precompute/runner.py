@@ -213,9 +213,16 @@ def _write_shards(job: _Job, estimator: Any, progress: Callable[[int], None]) ->
 
 def _worker_main(job: _Job, q: Any) -> None:
     """Entry point of a spawned worker: report progress and the final counts through ``q``."""
+    parent = os.getppid()
+
+    def progress(n: int) -> None:
+        if os.getppid() != parent:  # the parent was killed: stop rather than compete with a rerun
+            raise SystemExit(1)
+        q.put(("progress", n))
+
     try:
         est = _make_estimator(job.factory, job.dataset_root, job.batch_size)
-        stats = _write_shards(job, est, lambda n: q.put(("progress", n)))
+        stats = _write_shards(job, est, progress)
         q.put(("done", stats))
     except BaseException:  # noqa: BLE001 - hand the traceback to the parent, which reports it
         q.put(("error", traceback.format_exc()))

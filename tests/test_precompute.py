@@ -265,9 +265,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, data):
     run(reference, data)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    for attempt in range(2):
+    for attempt, workers in enumerate((1, 2)):  # with 2 workers the orphaned workers must stop too
         root = tmp_path / f"killed{attempt}"
-        proc = start(script, root, data, delay=0.06)  # >= 1.4 s of work after start-up
+        proc = start(script, root, data, workers=workers, delay=0.06)  # >= 1.4 s of work after start-up
         time.sleep(rng.uniform(0.2, 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
