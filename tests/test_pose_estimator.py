@@ -269,6 +269,7 @@ DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "densepose-demo
 
 
 @pytest.mark.skipif(not HAS_MEDIAPIPE or not DEMO.is_dir(), reason="needs MediaPipe and shared/data")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # MediaPipe's protobuf use
 def test_real_person_with_mediapipe():
     image = cv2.imread(str(DEMO / "demo_im.jpg"))[:, :, ::-1]
     inds = cv2.imread(str(DEMO / "demo_im_INDS.png"), cv2.IMREAD_UNCHANGED)

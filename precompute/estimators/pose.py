@@ -39,10 +39,11 @@ _PAD_VALUE = 114  # neutral grey: no edges for the detector to latch onto
 
 def prepare_canvas(image: np.ndarray, input_height: int,
                    pad: float) -> tuple[np.ndarray, tuple[float, float], tuple[int, int]]:
-    """Resize a crop to ``input_height`` rows and centre it on a square grey canvas whose side is
-    ``(1 + pad)`` × the longer side.  Returns (canvas, (sx, sy), (ox, oy)): crop pixel (x, y) sits
-    at canvas pixel (x·sx + ox, y·sy + oy)."""
+    """Resize a crop to ``input_height`` rows (0: keep its size) and centre it on a square grey
+    canvas whose side is ``(1 + pad)`` × the longer side.  Returns (canvas, (sx, sy), (ox, oy)):
+    crop pixel (x, y) sits at canvas pixel (x·sx + ox, y·sy + oy)."""
     h, w = image.shape[:2]
+    input_height = input_height or h
     scale = input_height / h
     new_w = max(1, round(w * scale))
     resized = cv2.resize(image, (new_w, input_height),
@@ -69,7 +70,7 @@ class PoseEstimator(Estimator):
     """MediaPipe Pose landmarks + person mask → approximate DensePose (I, U, V) per crop.
 
     Options: ``model_complexity`` (MediaPipe's landmark model; only 1 ships inside the wheel),
-    ``min_detection_confidence``, ``input_height`` (crops are resized to this height),
+    ``min_detection_confidence``, ``input_height`` (crops are resized to this height; 0 keeps them),
     ``pad`` (canvas margin as a fraction of the longer side), ``mask_threshold`` (on MediaPipe's
     soft segmentation mask), ``min_body_fraction`` (a smaller mask means not found) and the geometry
     constants ``min_visibility``, ``max_distance``, ``arm_front_strip``.
@@ -90,9 +91,9 @@ class PoseEstimator(Estimator):
                               ("min_visibility", min_visibility), ("arm_front_strip", arm_front_strip)):
             if not 0.0 <= value <= 1.0:
                 raise EstimatorError(f"estimator 'pose': {option} must be between 0 and 1, got {value}")
-        if input_height < 32 or pad < 0 or max_distance <= 0:
-            raise EstimatorError("estimator 'pose': input_height must be at least 32, pad at least 0 and "
-                                 "max_distance positive")
+        if not (input_height == 0 or input_height >= 32) or pad < 0 or max_distance <= 0:
+            raise EstimatorError("estimator 'pose': input_height must be 0 (keep the crop's size) or at least 32, "
+                                 "pad at least 0 and max_distance positive")
         self.model_complexity = int(model_complexity)
         self.min_detection_confidence = float(min_detection_confidence)
         self.input_height = int(input_height)
@@ -126,6 +127,8 @@ class PoseEstimator(Estimator):
     def _pose(self) -> Any:
         """The MediaPipe Pose graph, created lazily once per process (graphs do not survive a fork)."""
         if self._model is None or self._model_pid != os.getpid():
+            # MediaPipe's C++ side logs every graph start to stderr; keep warnings and errors only
+            os.environ.setdefault("GLOG_minloglevel", "2")
             try:
                 import mediapipe as mp  # optional dependency, imported only when used
             except ImportError:
@@ -155,6 +158,7 @@ class PoseEstimator(Estimator):
         the crop's size, or None when no person is detected."""
         h, w = image.shape[:2]
         canvas, scale, (ox, oy) = prepare_canvas(np.ascontiguousarray(image), self.input_height, self.pad)
+        rows = self.input_height or h
         result = self._pose().process(canvas)
         if result.pose_landmarks is None:
             return None
@@ -166,6 +170,6 @@ class PoseEstimator(Estimator):
         if soft is None:
             return None
         new_w = round(w * scale[0])
-        region = np.ascontiguousarray(soft[oy:oy + self.input_height, ox:ox + new_w], dtype=np.float32)
+        region = np.ascontiguousarray(soft[oy:oy + rows, ox:ox + new_w], dtype=np.float32)
         mask = cv2.resize(region, (w, h), interpolation=cv2.INTER_LINEAR) > self.mask_threshold
         return landmarks, mask
