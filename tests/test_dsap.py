@@ -120,6 +120,21 @@ def test_numpy_equals_reference_and_torch(h, w, size):
     np.testing.assert_array_equal(written, t_written)
 
 
+def test_float64_maps_and_strided_image():
+    # coordinates are cast to float32 on every path; a non-contiguous image view gives the same result
+    rng = np.random.default_rng(11)
+    image, labels, u, v = _random_case(rng, 30, 20)
+    big = np.zeros((30, 40, 3), dtype=np.uint8)
+    big[:, ::2] = image
+    view = big[:, ::2]
+    a = warp_dsap(image, labels, u.astype(np.float64), v.astype(np.float64))
+    b = warp_dsap(view, labels, u, v)
+    c = warp_dsap_reference(image, labels, u.astype(np.float64), v.astype(np.float64))
+    for x, y in ((a, b), (a, c)):
+        np.testing.assert_array_equal(x[0], y[0])
+        np.testing.assert_array_equal(x[1], y[1])
+
+
 def test_torch_batch_equals_per_image():
     rng = np.random.default_rng(7)
     cases = [_random_case(rng, 48, 24, body=f) for f in (0.0, 0.3, 0.9)]

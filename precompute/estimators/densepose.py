@@ -171,6 +171,9 @@ class DensePoseEstimator(Estimator):
         for image, out in zip(images, outputs):
             inst = out["instances"]
             dp = inst.pred_densepose
+            if not hasattr(dp, "u"):
+                raise EstimatorError(f"{Path(self.config).name} is not a chart-based (IUV) DensePose model: "
+                                     "use a densepose_rcnn_* config, not a CSE one")
             h, w = image.shape[:2]
             # the given box is the whole crop; use it exactly rather than the rescaled float box
             iuv = chart_output_to_iuv(dp.coarse_segm[:1], dp.fine_segm[:1], dp.u[:1], dp.v[:1], (0, 0, w, h), (h, w))
