@@ -224,6 +224,91 @@ def test_rng_state_round_trip() -> None:
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
+# --------------------------------------------------------------------------- the CLI on the real network
+def write_store(root: Path, keys: list[str], *, tag: str | None = None, size: int = 32, kind: str = "dsap") -> None:
+    """A store for the synthetic dataset from its ground-truth IUV (what ``precompute`` would write)."""
+    from data.io import read_image, read_iuv_png
+    from dsa.dsap import crop_csa, warp_dsap
+
+    dataset_dir = root / "synthetic"
+    dsap, written = [], []
+    for key in keys:
+        image = read_image(dataset_dir / key)
+        iuv = read_iuv_png(dataset_dir / (key[:-4] + "_IUV.png"))
+        a, b = warp_dsap(image, iuv.I, iuv.U, iuv.V, size) if kind == "dsap" else crop_csa(image, iuv.I, size)
+        dsap.append(a)
+        written.append(b)
+    writer = StoreWriter(store_dir(root, "synthetic", "synthetic", tag), StoreSettings("synthetic", {}, size, kind))
+    writer.write_shard(0, keys, np.stack(dsap), np.stack(written), np.ones(len(keys), bool))
+    writer.write_manifest("synthetic", keys, 1)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data.datasets import build_dataset
+    from data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root / "synthetic", num_ids=8, num_cameras=2, seed=0, preview=False, workers=1, progress=False)
+    keys = [it.path for it in build_dataset("synthetic", root).all_items()]
+    write_store(root, keys)
+    write_store(root, keys[: len(keys) // 2], tag="partial")
+    write_store(root, keys, tag="s16", size=16)
+    return root
+
+
+def cli(root: Path, runs: Path, *extra: str):
+    from click.testing import CliRunner
+
+    from train.__main__ import main
+
+    args = ["--dataset", "synthetic", "--root", str(root), "--preset", "tiny", "--run", "r", "--runs-dir",
+            str(runs), "--workers", "0", "--device", "cpu", *extra]
+    return CliRunner().invoke(main, args)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--tag", "partial"], r"does not cover the dataset: \d+ of \d+ images missing \(e\.g\. "),
+    (["--tag", "s16"], "16x16 part images but the preset expects S=32"),
+    (["--tag", "none-here"], "no DSAP store at"),
+    (["--input", "csa"], "holds 'dsap' part images but --input csa"),
+])
+def test_cli_bad_inputs_are_one_sentence(tmp_path: Path, synth_root: Path, extra: list[str], message: str) -> None:
+    result = cli(synth_root, tmp_path, *extra)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert __import__("re").search(message, result.output), result.output
+
+
+def test_cli_refuses_a_run_of_another_configuration(tmp_path: Path, synth_root: Path) -> None:
+    (tmp_path / "r").mkdir()
+    saved = {"dataset": "synthetic", "preset": "tiny", "variant": "two-branch"}
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    result = cli(synth_root, tmp_path)
+    assert result.exit_code == 2
+    assert "another configuration" in result.output and "variant (saved 'two-branch', now 'dsa')" in result.output
+
+
+def test_cli_trains_resumes_and_checks_the_checkpoint(tmp_path: Path, synth_root: Path) -> None:
+    from dsa.model import load_dsanet
+
+    first = cli(synth_root, tmp_path, "--max-steps", "1", "--log-every", "1")
+    assert first.exit_code == 0, first.output
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ckpt["step"] == 1 and ckpt["preset"] == "tiny" and ckpt["variant"] == "dsa" and not ckpt["complete"]
+    assert load_dsanet(ckpt).num_classes == ckpt["num_classes"]
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["preset"] == "tiny" and config["model"]["height"] == 64
+    other = cli(synth_root, tmp_path, "--variant", "baseline", "--max-steps", "2")
+    assert other.exit_code == 2 and "variant" in other.output
+    second = cli(synth_root, tmp_path, "--max-steps", "2", "--log-every", "1")
+    assert second.exit_code == 0, second.output
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 2
+    assert [r["step"] for r in read_log(tmp_path / "r")][-1] == 2
+
+
 # --------------------------------------------------------------------------- DDP (torchrun, gloo)
 def ddp_worker(out: Path) -> None:
     """One rank of the DDP test: 3 steps on the stand-in, then this rank's parameters and pids to ``out``
