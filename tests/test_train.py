@@ -198,6 +198,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data) -> 
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_is_a_sentence(tmp_path: Path, workers: int) -> None:
+    items, store = make_data(tmp_path / "data")
+    (tmp_path / "data" / items[5].path).write_bytes(b"")  # a zero-byte image
+    trainer = make_trainer(tmp_path / "run", (items, store), workers=workers)
+    with pytest.raises(TrainingError, match=rf"cannot read image .*{items[5].path}: file is empty"):
+        trainer.fit()
+
+
 def test_schedule_follows_the_paper() -> None:
     paper = Recipe()
     assert lr_at(0, paper) == pytest.approx(8e-6)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from data.io import ImageReadError
 from data.sampler import PKSampler, SeededBatches
 
 from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -74,6 +75,18 @@ def worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+def data_error_sentence(error: BaseException) -> str | None:
+    """The sentence of an unreadable image, whether raised here or in a DataLoader worker (where torch
+    re-raises it as a generic exception whose message carries the worker's traceback); else None."""
+    if isinstance(error, ImageReadError):
+        text = str(error)
+    elif "ImageReadError: " in str(error):
+        text = str(error).rsplit("ImageReadError: ", 1)[1].strip().splitlines()[0]
+    else:
+        return None
+    return f"{text}; replace or remove that image (and rerun precompute), then rerun to resume"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -318,6 +331,11 @@ class Trainer:
                     break
             if stopped_by != "complete":
                 self.save(complete=False)
+        except Exception as e:
+            sentence = data_error_sentence(e)
+            if sentence is None:
+                raise
+            raise TrainingError(sentence) from None
         finally:
             bar.close()
             for s, h in handlers.items():
