@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import urllib.error
 from collections import OrderedDict
 from pathlib import Path
@@ -158,6 +159,12 @@ def copy_branch(dst: nn.Module, src: nn.Module, index: int, branches: int) -> No
 
 # --------------------------------------------------------------------------- ImageNet weights
 
+def _reason(e: BaseException) -> str:
+    """An exception as one short line (torch.load's messages run to paragraphs)."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{e.__class__.__name__}: {text[:160]}"
+
+
 def imagenet_cache_path() -> Path:
     """Where torchvision's ResNet-50 ImageNet weights live in the torch hub cache."""
     url = ResNet50_Weights.IMAGENET1K_V1.url
@@ -170,13 +177,18 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     Raises PretrainedWeightsError when they are not cached and the download fails (offline).
     """
     weights = ResNet50_Weights.IMAGENET1K_V1
+    cached = imagenet_cache_path()
     try:
         return torch.hub.load_state_dict_from_url(
             weights.url, map_location="cpu", progress=True, check_hash=True, weights_only=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
+    except (urllib.error.URLError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        if cached.exists():
+            raise PretrainedWeightsError(
+                f"the cached ImageNet ResNet-50 weights {cached} are unreadable ({_reason(e)}); "
+                f"delete the file to download it again, or pass a state dict file") from e
         raise PretrainedWeightsError(
-            f"ImageNet ResNet-50 weights are not cached at {imagenet_cache_path()} and could not be "
-            f"downloaded ({e.__class__.__name__}: {e}); put {os.path.basename(weights.url)} there "
+            f"ImageNet ResNet-50 weights are not cached at {cached} and could not be "
+            f"downloaded ({_reason(e)}); put {os.path.basename(weights.url)} there "
             f"(from {weights.url}), or pass a saved torchvision resnet50 state dict as a file path, "
             f"or use pretrained='none'") from e
 
@@ -198,7 +210,7 @@ def resolve_pretrained(source: str | os.PathLike | None) -> dict[str, torch.Tens
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path}: {e}") from e
+        raise PretrainedWeightsError(f"cannot read pretrained weights {path} ({_reason(e)})") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -45,10 +45,13 @@ class BranchMerge(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, ch, h, w = x.shape
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and ch > 1 \
+            else torch.contiguous_format
         x = x.reshape(b, self.n_in, ch // self.n_in, h, w)
         x = torch.cat([x, x.new_zeros(b, 1, ch // self.n_in, h, w)], dim=1)
         merged = x[:, self.index].sum(dim=2)          # [B, n_out, c, h, w]
-        return merged.reshape(b, self.n_out * (ch // self.n_in), h, w)
+        merged = merged.reshape(b, self.n_out * (ch // self.n_in), h, w)
+        return merged.contiguous(memory_format=fmt)
 
 
 def _stem(cin: int, c1: int, c2: int, branches: int) -> nn.Sequential:

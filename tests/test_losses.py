@@ -14,6 +14,13 @@ from dsa.presets import get_preset
 RECIPE = get_preset("paper").recipe
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # a shared 2-core machine: oversubscribed OpenMP threads cost 10-100x
+    before = torch.get_num_threads(); torch.set_num_threads(1)  # noqa: E702
+    yield
+    torch.set_num_threads(before)
+
+
 def test_label_smoothing_value_by_hand():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     targets = torch.tensor([0, 1])
@@ -131,16 +138,11 @@ def test_training_on_one_batch_lowers_the_loss():
     loss_fn = DSALoss(RECIPE, "dsa")
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)      # a shared 2-core machine: oversubscribed OpenMP is 10-100x slower
-    try:
-        for _ in range(8):
-            total, _ = loss_fn(net(images, dsap), y)
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            losses.append(total.item())
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(8):
+        total, _ = loss_fn(net(images, dsap), y)
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        losses.append(total.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0]

@@ -354,6 +354,10 @@ def test_pretrained_imagenet_cache_and_offline(resnet50_file, tmp_path, monkeypa
         MFStream(get_preset("paper").model, pretrained="imagenet")
     cache = imagenet_cache_path()
     cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"not a checkpoint")
+    with pytest.raises(PretrainedWeightsError, match="unreadable.*delete the file"):
+        MFStream(get_preset("paper").model, pretrained="imagenet")
+    cache.unlink()
     cache.symlink_to(path)
     _check_loaded(MFStream(get_preset("paper").model, pretrained="imagenet"), state)
 
