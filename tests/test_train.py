@@ -144,8 +144,12 @@ def test_loss_falls_and_log_records(tmp_path: Path, data) -> None:
     trainer = make_trainer(tmp_path / "run", data, epochs=8)
     summary = trainer.fit()
     assert summary["stopped_by"] == "complete" and summary["epoch"] == 8
-    records = read_log(tmp_path / "run")
+    everything = read_log(tmp_path / "run")
+    records = [r for r in everything if "event" not in r]
+    epochs = [r for r in everything if r.get("event") == "epoch_end"]
     assert [r["step"] for r in records] == list(range(1, summary["step"] + 1))
+    assert [r["epoch"] for r in epochs] == list(range(8))
+    assert epochs[0]["loss"] == pytest.approx(np.mean([r["loss"] for r in records if r["epoch"] == 0]))
     assert {"step", "epoch", "loss", "ce", "lr", "images_per_s", "memory_mb"} <= records[0].keys()
     first = np.mean([r["loss"] for r in records[:6]])
     last = np.mean([r["loss"] for r in records[-6:]])

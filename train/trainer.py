@@ -156,6 +156,8 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self._stop_signal: int | None = None
+        self._epoch_sums: dict[str, float] = {}  # loss sums of the current epoch (for its summary record)
+        self._epoch_steps = 0
         self._tb = None
         if tensorboard and info.is_main:
             try:
@@ -186,6 +188,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
+            "epoch_log": {"sums": dict(self._epoch_sums), "steps": self._epoch_steps},
             "complete": complete,
         }
 
@@ -199,6 +202,9 @@ class Trainer:
         self.sampler.load_state_dict(ckpt["sampler"])
         set_rng_state(ckpt["rng"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        epoch_log = ckpt.get("epoch_log") or {}
+        self._epoch_sums = dict(epoch_log.get("sums", {}))
+        self._epoch_steps = int(epoch_log.get("steps", 0))
 
     def save(self, complete: bool = False) -> None:
         """Rank 0 writes the checkpoint atomically; the others wait for it."""
@@ -297,6 +303,7 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch)
                 bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
                 tick, tick_images, logged = time.perf_counter(), 0, {}
+                epoch_start, epoch_images = time.perf_counter(), 0
                 for batch in self._loader():
                     if self.max_steps is not None and self.step >= self.max_steps:
                         stopped_by = "max-steps"
@@ -305,11 +312,15 @@ class Trainer:
                         stopped_by = "signal"
                         break
                     logged = self._train_step(batch)
+                    self._epoch_steps += 1
+                    for name, value in logged.items():
+                        self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + value
                     self.step += 1
                     self.sampler.advance()
                     n = int(batch[0].shape[0]) * self.info.world_size
                     images_seen += n
                     tick_images += n
+                    epoch_images += n
                     bar.update(1)
                     if self.step % self.log_every == 0:
                         now = time.perf_counter()
@@ -321,9 +332,17 @@ class Trainer:
                         tick, tick_images = now, 0
                 if stopped_by != "complete":
                     break
-                # epoch end: the schedule moves on and the position goes to the next epoch's start
+                # epoch end: one summary record (this run's steps of the epoch), then the schedule moves
+                # on and the position goes to the next epoch's start
+                if self._epoch_steps:
+                    self._log({"step": self.step, "epoch": self.epoch, "event": "epoch_end",
+                               **{k: v / self._epoch_steps for k, v in self._epoch_sums.items()},
+                               "lr": self.optimizer.param_groups[0]["lr"],
+                               "images_per_s": epoch_images / max(time.perf_counter() - epoch_start, 1e-9),
+                               "memory_mb": peak_memory_mb(self.device)})
                 self.scheduler.step()
                 self.epoch += 1
+                self._epoch_sums, self._epoch_steps = {}, 0
                 self.sampler.set_epoch(self.epoch)
                 self.save(complete=self.epoch >= self.epochs)
                 if self.max_steps is not None and self.step >= self.max_steps and self.epoch < self.epochs:
