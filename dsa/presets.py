@@ -128,7 +128,7 @@ PRESETS: dict[str, Preset] = {
     "small": Preset(
         "small",
         ModelConfig(height=128, width=64, base_width=16, global_dim=128, part_dim=16,
-                    dsag_conv1=8, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
+                    dsag_conv1=4, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
                     dsag_conv5_g=128, dsag_conv5_l=16, classifier_dim=128),
         Recipe(epochs=30, warmup_epochs=3, lr_start=3.5e-5, lr_peak=3.5e-3, lr_decay_step=10,
                batch_p=8, batch_k=4),
