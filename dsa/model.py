@@ -160,7 +160,6 @@ def load_dsanet(ckpt: dict[str, Any]) -> DSANet:
     except (TypeError, ValueError) as e:
         raise ModelError(f"checkpoint's model configuration is not usable: {e}") from e
     state = _strip_prefixes(ckpt["model"])
-    missing, unexpected = [], []
     own = net.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
