@@ -1,0 +1,57 @@
+"""Python API: load a trained model, extract features, rank a gallery.
+
+    from evaluate.api import ReidModel, rank
+    model = ReidModel.from_run("runs/synthetic-synthetic-small", device="cpu")
+    q = model.extract(["query/0001_c1s1_000001_00.jpg"], root="datasets/synthetic")
+    g = model.extract(gallery_arrays)            # HxWx3 uint8 RGB arrays work too
+    idx, dist = rank(q, g, top_k=10)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluate.features import ImageList, build_model, extract, load_checkpoint, resolve_checkpoint
+from evaluate.metrics import pairwise_distance
+
+
+class ReidModel:
+    """The MF-Stream of a trained run as a feature extractor (normalisation included)."""
+
+    def __init__(self, model: torch.nn.Module, size: tuple[int, int], device: str = "cpu",
+                 feature_set: str = "mf", checkpoint: str | None = None):
+        self.model, self.size, self.device = model.to(device).eval(), size, device
+        self.feature_set, self.checkpoint = feature_set, checkpoint
+
+    @classmethod
+    def from_run(cls, run_or_checkpoint: str | os.PathLike, device: str = "cpu", feature_set: str = "mf",
+                 runs_dir: str | os.PathLike = "runs") -> "ReidModel":
+        """From a run folder, a run name under ``runs_dir`` or a checkpoint.pt path."""
+        if feature_set == "fused":
+            raise ValueError("ReidModel extracts MF-Stream features; 'fused' needs DSAP images (use `evaluate run`).")
+        path = resolve_checkpoint(run_or_checkpoint, runs_dir)
+        model, size = build_model(load_checkpoint(path), feature_set)
+        return cls(model, size, device, feature_set, str(path))
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.dim)
+
+    def extract(self, images: Sequence[Any], *, root: str | os.PathLike | None = None, batch_size: int = 64,
+                flip: bool = False, progress: bool = False) -> np.ndarray:
+        """Features [N, D] float32 for image paths (relative to ``root`` if given) or RGB arrays."""
+        data = ImageList(images, self.size, root=root)
+        return extract(self.model, data, batch_size=batch_size, device=self.device, flip=flip, progress=progress)
+
+
+def rank(query_feats, gallery_feats, top_k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Top-k gallery indices [Q, k] and their distances [Q, k], nearest first (ties: lower index)."""
+    dist = pairwise_distance(query_feats, gallery_feats, metric)
+    k = min(top_k, dist.shape[1])
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+    return order.numpy(), torch.gather(dist, 1, order).numpy()

@@ -1,0 +1,247 @@
+"""Feature extraction with the MF-Stream (the paper's inference) and the features file.
+
+A features file (HDF5) holds everything the metrics need, so evaluation runs offline from it:
+
+    /query/features    float32 [Q, D]      /gallery/features  float32 [G, D]
+    /query/pids        int64   [Q]         /gallery/pids      int64   [G]
+    /query/camids      int64   [Q]         /gallery/camids    int64   [G]
+    /query/keys        UTF-8   [Q]         /gallery/keys      UTF-8   [G]
+    attributes: checkpoint, checkpoint_sha256, step, epoch, feature_set, flip, dataset, protocol,
+                height, width, created (ISO 8601, UTC), format_version
+
+Feature sets: ``mf`` (f_G ⊕ f_L, default), ``global`` (f_G), ``local`` (f_L), and ``fused``
+(z_G ⊕ z_L with z = f + d: needs the DSAG-Stream and the run's DSAP store; the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from data.io import ImageReadError, atomic_output, read_image
+from data.store import file_sha256
+from data.transforms import build_test_transform
+from dsa.dsap import normalise_dsap
+from dsa.model import InferenceModel, ModelError, load_dsanet
+from dsa.transforms import normalise
+
+log = logging.getLogger(__name__)
+
+FEATURE_SETS = ("mf", "global", "local", "fused")
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class EvaluationError(Exception):
+    """A problem the user can fix (missing checkpoint, bad features file...): one sentence."""
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints and models
+
+
+def resolve_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Path:
+    """A run name, a run folder or a checkpoint file -> the checkpoint path (checked to exist)."""
+    p = Path(run_or_path)
+    candidates = [p] if p.suffix == ".pt" else [p / CHECKPOINT_NAME, Path(runs_dir) / p / CHECKPOINT_NAME]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise EvaluationError(
+        f"No checkpoint found for {str(run_or_path)!r} (looked at {', '.join(map(str, candidates))}); "
+        "train the run first with `make train`."
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``), with a sentence on failure."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise EvaluationError(f"Cannot read the checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise EvaluationError(f"{path} is not a checkpoint written by `python -m train`.")
+    return ckpt
+
+
+class FusedFeatures(nn.Module):
+    """z_G ⊕ flatten(z_L) from a full DSANet (images and DSAP images): the fused ablation."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        if getattr(net, "dsag", None) is None:
+            raise EvaluationError("The 'fused' feature set needs a DSAG-Stream; this checkpoint's variant has none.")
+        self.net = net
+
+    def forward(self, images: torch.Tensor, dsap: torch.Tensor) -> torch.Tensor:
+        out = self.net(images, dsap)
+        parts = [out[k].flatten(1) for k in ("z_G", "z_L") if k in out]
+        return torch.cat(parts, 1)
+
+
+def build_model(ckpt: dict[str, Any], feature_set: str = "mf") -> tuple[nn.Module, tuple[int, int]]:
+    """The evaluation network for ``feature_set`` (eval mode, CPU) and its input size (H, W)."""
+    if feature_set not in FEATURE_SETS:
+        raise EvaluationError(f"Unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}.")
+    try:
+        net = load_dsanet(ckpt)
+        model = FusedFeatures(net) if feature_set == "fused" else InferenceModel(net, feature_set)
+    except (ModelError, ValueError) as e:
+        raise EvaluationError(str(e)) from None
+    cfg = ckpt["model_config"]
+    return model.eval(), (int(cfg["height"]), int(cfg["width"]))
+
+
+# --------------------------------------------------------------------------------------------
+# extraction
+
+
+class ImageList(Dataset):
+    """Images (paths relative to ``root``, absolute paths or HxWx3 uint8 RGB arrays) -> uint8
+    tensors resized to the model's input, plus their DSAP images when a store is given."""
+
+    def __init__(self, images: Sequence[Any], size: tuple[int, int], root: str | os.PathLike | None = None,
+                 store: Any = None, keys: Sequence[str] | None = None):
+        self.images, self.root, self.store = list(images), Path(root) if root else None, store
+        self.keys = list(keys) if keys is not None else None
+        self.transform = build_test_transform(*size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        x = self.images[i]
+        if not isinstance(x, np.ndarray):
+            x = read_image(self.root / x if self.root else x)
+        elif x.ndim != 3 or x.shape[2] != 3 or x.dtype != np.uint8:
+            raise EvaluationError(f"Image {i} must be an HxWx3 uint8 RGB array, got {x.dtype} {x.shape}.")
+        image = self.transform(x)
+        if self.store is None:
+            return image, torch.empty(0, dtype=torch.uint8)
+        return image, torch.from_numpy(self.store.get(self.keys[i]))
+
+
+@torch.no_grad()
+def extract(
+    model: nn.Module,
+    dataset: ImageList,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    flip: bool = False,
+    workers: int = 0,
+    desc: str = "features",
+    progress: bool = True,
+) -> np.ndarray:
+    """Features [N, D] float32 of every image, in order; ``flip`` averages with the mirrored image.
+
+    Normalisation happens here (``dsa.transforms.normalise``), outside the model.  For the fused
+    set the mirrored image keeps its DSAP images (the level-1 merge sums left/right partners).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    fused = isinstance(model, FusedFeatures)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    out: list[np.ndarray] = []
+    try:
+        for images, dsap in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            x = normalise(images.to(device))
+            args = (normalise_dsap(dsap.to(device)),) if fused else ()
+            f = model(x, *args)
+            if flip:
+                f = (f + model(torch.flip(x, dims=[3]), *args)) / 2
+            out.append(f.float().cpu().numpy())
+    except ImageReadError as e:
+        raise EvaluationError(str(e)) from None
+    dim = out[0].shape[1] if out else 0
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# the features file
+
+
+@dataclass
+class Features:
+    """Query and gallery features with their labels and the provenance attributes."""
+
+    query: np.ndarray
+    gallery: np.ndarray
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_camids: np.ndarray
+    g_camids: np.ndarray
+    q_keys: list[str]
+    g_keys: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        return str(self.attrs.get("protocol", "market"))
+
+
+def now_iso() -> str:
+    """UTC timestamp, ISO 8601, second precision."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def save_features(path: str | os.PathLike, feats: Features) -> None:
+    """Write a features file atomically (temporary name, then rename)."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for split, x, pids, cams, keys in (
+            ("query", feats.query, feats.q_pids, feats.q_camids, feats.q_keys),
+            ("gallery", feats.gallery, feats.g_pids, feats.g_camids, feats.g_keys),
+        ):
+            g = f.create_group(split)
+            g.create_dataset("features", data=np.asarray(x, np.float32))
+            g.create_dataset("pids", data=np.asarray(pids, np.int64))
+            g.create_dataset("camids", data=np.asarray(cams, np.int64))
+            g.create_dataset("keys", data=list(keys), dtype=h5py.string_dtype("utf-8"))
+        f.attrs["format_version"] = FORMAT_VERSION
+        for k, v in feats.attrs.items():
+            f.attrs[k] = "" if v is None else v
+
+
+def load_features(path: str | os.PathLike) -> Features:
+    """Read a features file, checking it can be evaluated (sentences for what is wrong)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"No features file at {path}.")
+    try:
+        with h5py.File(path, "r") as f:
+            for split in ("query", "gallery"):
+                if split not in f or "features" not in f[split] or len(f[split]["features"]) == 0:
+                    raise EvaluationError(f"The features file {path} has no {split} features.")
+            parts = {}
+            for split in ("query", "gallery"):
+                g = f[split]
+                n = len(g["features"])
+                for name in ("pids", "camids", "keys"):
+                    if name not in g or len(g[name]) != n:
+                        raise EvaluationError(
+                            f"The features file {path} has {n} {split} features but no matching {split}/{name}."
+                        )
+                parts[split] = (g["features"][()].astype(np.float32), g["pids"][()], g["camids"][()],
+                                list(g["keys"].asstr()[()]))
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError as e:
+        raise EvaluationError(f"Cannot read the features file {path}: {e}") from None
+    (qf, qp, qc, qk), (gf, gp, gc, gk) = parts["query"], parts["gallery"]
+    if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
+        raise EvaluationError(
+            f"The features file {path} has query features of shape {qf.shape} and gallery features of "
+            f"shape {gf.shape}: their sizes do not match."
+        )
+    return Features(qf, gf, qp, gp, qc, gc, qk, gk, attrs)

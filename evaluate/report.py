@@ -1,0 +1,223 @@
+"""Evaluation of a run or a features file: metrics.json, the printed table, CMC plot, ranked lists.
+
+Outputs of ``evaluate_run`` go to ``runs/<RUN>/eval/<dataset>/``: ``features.h5``,
+``metrics.json``, ``cmc.png`` and ``ranked/<query>.png``.  Each evaluation overwrites the
+previous one there; metrics.json names every setting it was made with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.datasets import DatasetError, build_dataset
+from data.io import atomic_write_json
+from evaluate.features import (
+    EvaluationError,
+    Features,
+    ImageList,
+    build_model,
+    extract,
+    file_sha256,
+    load_checkpoint,
+    load_features,
+    now_iso,
+    resolve_checkpoint,
+    save_features,
+)
+from evaluate.metrics import MetricsError, evaluate_distances, pairwise_distance
+from evaluate.plots import plot_cmc, ranked_list
+from evaluate.rerank import k_reciprocal_rerank
+
+log = logging.getLogger(__name__)
+
+RERANK = {"k1": 20, "k2": 6, "lambda": 0.3}
+
+
+def distances_for(feats: Features, distance: str = "cosine", rerank: bool = False, progress: bool = True):
+    """The final query-gallery distance matrix (numpy float32), re-ranked on request."""
+    if rerank:
+        return k_reciprocal_rerank(feats.query, feats.gallery, k1=RERANK["k1"], k2=RERANK["k2"],
+                                   lambda_value=RERANK["lambda"], metric=distance, progress=progress)
+    return pairwise_distance(feats.query, feats.gallery, distance).numpy()
+
+
+def score(feats: Features, dist: np.ndarray, *, distance: str, rerank: bool, ap: str) -> dict[str, Any]:
+    """metrics.json content for a features set and its distance matrix."""
+    try:
+        m = evaluate_distances(dist, feats.q_pids, feats.g_pids, feats.q_camids, feats.g_camids,
+                               protocol=feats.protocol, ap=ap)
+    except MetricsError as e:
+        raise EvaluationError(str(e)) from None
+    a = feats.attrs
+    out = {
+        "dataset": a.get("dataset", ""),
+        "protocol": m.protocol,
+        "feature_set": a.get("feature_set", ""),
+        "feature_dim": int(feats.query.shape[1]),
+        "flip": bool(a.get("flip", False)),
+        "distance": distance,
+        "rerank": dict(RERANK) if rerank else False,
+        "ap": ap,
+        "ap_definition": m.to_dict()["ap_definition"],
+        "checkpoint": a.get("checkpoint", ""),
+        "checkpoint_sha256": a.get("checkpoint_sha256", ""),
+        "step": a.get("step", ""),
+        "num_queries": m.num_queries,
+        "num_evaluated": m.num_evaluated,
+        "num_skipped": m.num_skipped,
+        "num_gallery": int(len(feats.g_pids)),
+        "rank1": m.cmc.get(1), "rank5": m.cmc.get(5), "rank10": m.cmc.get(10), "rank20": m.cmc.get(20),
+        "mAP": m.mAP,
+        "mINP": m.mINP,
+        "cmc": m.cmc_curve,
+        "created": now_iso(),
+    }
+    return out
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Side-by-side table of metrics dicts (percentages)."""
+    cols = ["rank1", "rank5", "rank10", "rank20", "mAP", "mINP"]
+    name_w = max([4] + [len(n) for n in rows])
+    lines = [f"{'':{name_w}}  " + "  ".join(f"{c:>7}" for c in cols) + "  settings"]
+    for name, r in rows.items():
+        vals = "  ".join(f"{100 * r[c]:7.2f}" if isinstance(r.get(c), (int, float)) else f"{'-':>7}" for c in cols)
+        rr = "+rerank" if r.get("rerank") else ""
+        flip = "+flip" if r.get("flip") else ""
+        settings = (f"{r.get('dataset', '')}/{r.get('protocol', '')} {r.get('feature_set', '')}{flip} "
+                    f"{r.get('distance', '')}{rr} AP={r.get('ap', '')} q={r.get('num_evaluated')}"
+                    f"(-{r.get('num_skipped')})")
+        lines.append(f"{name:{name_w}}  {vals}  {settings}")
+    return "\n".join(lines)
+
+
+def evaluate_file(path: str | os.PathLike, *, distance: str = "cosine", rerank: bool = False,
+                  ap: str = "standard", progress: bool = True) -> dict[str, Any]:
+    """Metrics of a features file (no model, no images)."""
+    feats = load_features(path)
+    dist = distances_for(feats, distance, rerank, progress)
+    out = score(feats, dist, distance=distance, rerank=rerank, ap=ap)
+    out["features_file"] = str(path)
+    return out
+
+
+def _pick_queries(keys: Sequence[str], num: int, chosen: Sequence[str] | None, seed: int = 0) -> list[int]:
+    if chosen:
+        index = {k: i for i, k in enumerate(keys)}
+        missing = [k for k in chosen if k not in index]
+        if missing:
+            raise EvaluationError(f"{len(missing)} query key(s) are not in the query set, e.g. {missing[0]!r}.")
+        return [index[k] for k in chosen]
+    return sorted(random.Random(seed).sample(range(len(keys)), min(num, len(keys))))
+
+
+def draw_ranked_lists(feats: Features, dist: np.ndarray, root: Path, out_dir: Path, queries: list[int],
+                      top_k: int = 10) -> list[Path]:
+    """One picture per query: query + top-k (green correct, red wrong, grey junk)."""
+    written = []
+    for qi in queries:
+        order = np.argsort(dist[qi], kind="stable")[:top_k]
+        status, captions = [], []
+        for gi in order:
+            same = feats.g_pids[gi] == feats.q_pids[qi]
+            junk = same and feats.g_camids[gi] == feats.q_camids[qi] and feats.protocol == "market"
+            status.append("junk" if junk else "correct" if same else "wrong")
+            captions.append(f"{int(feats.g_pids[gi])} c{int(feats.g_camids[gi]) + 1}")
+        name = Path(feats.q_keys[qi]).stem + ".png"
+        path = out_dir / name
+        ranked_list(root / feats.q_keys[qi], [root / feats.g_keys[i] for i in order], status, captions, path,
+                    query_caption=f"{int(feats.q_pids[qi])} c{int(feats.q_camids[qi]) + 1}")
+        written.append(path)
+    return written
+
+
+def evaluate_run(
+    run: str,
+    dataset: str,
+    root: str | os.PathLike,
+    *,
+    runs_dir: str | os.PathLike = "runs",
+    feature_set: str = "mf",
+    distance: str = "cosine",
+    rerank: bool = False,
+    flip: bool = False,
+    ap: str = "standard",
+    num_pictures: int = 5,
+    query_keys: Sequence[str] | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Extract features with the run's checkpoint, score them, write the outputs; returns metrics."""
+    ckpt_path = resolve_checkpoint(run, runs_dir)
+    ckpt = load_checkpoint(ckpt_path)
+    model, size = build_model(ckpt, feature_set)
+    try:
+        ds = build_dataset(dataset, root)
+    except DatasetError as e:
+        raise EvaluationError(str(e)) from None
+    store = _open_store(ckpt, ds) if feature_set == "fused" else None
+    run_dir = ckpt_path.parent
+    out_dir = run_dir / "eval" / dataset
+    splits = {}
+    for split, items in (("query", ds.query), ("gallery", ds.gallery)):
+        keys = [it.path for it in items]
+        data = ImageList(keys, size, root=ds.root, store=store, keys=keys)
+        splits[split] = extract(model, data, batch_size=batch_size, device=device, flip=flip, workers=workers,
+                                desc=f"{split} features", progress=progress)
+    feats = Features(
+        splits["query"], splits["gallery"],
+        np.array([it.pid for it in ds.query]), np.array([it.pid for it in ds.gallery]),
+        np.array([it.camid for it in ds.query]), np.array([it.camid for it in ds.gallery]),
+        [it.path for it in ds.query], [it.path for it in ds.gallery],
+        attrs={"checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
+               "step": int(ckpt.get("step", -1)), "epoch": int(ckpt.get("epoch", -1)),
+               "feature_set": feature_set, "flip": bool(flip), "dataset": dataset, "protocol": ds.protocol,
+               "height": size[0], "width": size[1], "created": now_iso()},
+    )
+    save_features(out_dir / "features.h5", feats)
+    dist = distances_for(feats, distance, rerank, progress)
+    metrics = score(feats, dist, distance=distance, rerank=rerank, ap=ap)
+    metrics.update(run=str(run), features_file=str(out_dir / "features.h5"))
+    plot_cmc({f"{Path(str(run)).name} ({feature_set})": metrics["cmc"]}, out_dir / "cmc.png",
+             title=f"CMC: {dataset} ({ds.protocol})")
+    picks = _pick_queries(feats.q_keys, num_pictures, query_keys)
+    metrics["ranked_lists"] = [str(p) for p in draw_ranked_lists(feats, dist, ds.root, out_dir / "ranked", picks)]
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    log.info("evaluated %s on %s: rank-1 %.2f%%, mAP %.2f%% (%d queries, %d skipped) -> %s", run, dataset,
+             100 * metrics["rank1"], 100 * metrics["mAP"], metrics["num_evaluated"], metrics["num_skipped"], out_dir)
+    return metrics
+
+
+def _open_store(ckpt: dict[str, Any], ds) -> Any:
+    """The run's DSAP store (for the fused feature set), checked to cover query and gallery."""
+    from data.store import DSAPStore, StoreError
+
+    folder = (ckpt.get("config") or {}).get("store")
+    if not folder:
+        raise EvaluationError("The 'fused' feature set needs the run's DSAP store, but its checkpoint names none.")
+    try:
+        store = DSAPStore(folder)
+        store.check_covers([it.path for it in (*ds.query, *ds.gallery)])
+    except StoreError as e:
+        raise EvaluationError(str(e)) from None
+    return store
+
+
+def load_metrics(run: str, dataset: str, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:
+    """runs/<RUN>/eval/<dataset>/metrics.json (a sentence when it is missing)."""
+    p = Path(run) / "eval" / dataset / "metrics.json"
+    if not p.is_file():
+        p = Path(runs_dir) / run / "eval" / dataset / "metrics.json"
+    if not p.is_file():
+        raise EvaluationError(f"No metrics for run {run!r} on {dataset!r} ({p}); run `make eval RUN={run}` first.")
+    return json.loads(p.read_text(encoding="utf-8"))

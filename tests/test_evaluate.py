@@ -1,0 +1,157 @@
+"""The evaluate stage end to end on a tiny network: features file, metrics, CLI, pictures, API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from evaluate.__main__ import cli
+from evaluate.api import ReidModel, rank
+from evaluate.features import EvaluationError, Features, load_features, save_features
+from evaluate.metrics import evaluate_reference, pairwise_distance
+
+
+def _tiny_checkpoint(folder: Path, variant: str = "dsa") -> Path:
+    from dsa.model import DSANet
+    from dsa.presets import get_preset
+
+    torch.manual_seed(0)
+    p = get_preset("tiny")
+    net = DSANet(p.model, 3, variant=variant)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "checkpoint.pt"
+    torch.save({"format_version": 1, "model": net.state_dict(), "model_config": p.model.to_dict(),
+                "preset": "tiny", "variant": variant, "num_classes": 3, "epoch": 1, "step": 7,
+                "complete": True}, path)
+    return path
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    _tiny_checkpoint(tmp_path / "runs" / "r1")
+    return tmp_path / "runs"
+
+
+def test_run_writes_features_metrics_and_pictures(run_dir, market_tree):
+    res = CliRunner().invoke(cli, ["run", "--run", "r1", "--runs-dir", str(run_dir), "--dataset", "market1501",
+                                   "--root", str(market_tree.parent), "--queries", "2", "--flip", "--json"])
+    assert res.exit_code == 0, res.output
+    out = run_dir / "r1" / "eval" / "market1501"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"] == "market" and m["feature_set"] == "mf" and m["flip"] is True
+    assert m["num_queries"] == 2 and m["num_evaluated"] + m["num_skipped"] == 2 and m["step"] == 7
+    assert len(m["checkpoint_sha256"]) == 64 and (out / "cmc.png").stat().st_size > 0
+    assert len(list((out / "ranked").glob("*.png"))) == 2
+    feats = load_features(out / "features.h5")
+    assert feats.query.shape == (2, 96) and feats.gallery.shape[0] == 5  # junk pid -1 dropped
+    assert feats.attrs["feature_set"] == "mf" and feats.attrs["dataset"] == "market1501"
+    # offline evaluation of the file gives the same figures as the run
+    res = CliRunner().invoke(cli, ["features", str(out / "features.h5"), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.output)
+    assert again["mAP"] == pytest.approx(m["mAP"]) and again["rank1"] == m["rank1"]
+    ref = evaluate_reference(pairwise_distance(feats.query, feats.gallery), feats.q_pids, feats.g_pids,
+                             feats.q_camids, feats.g_camids)
+    assert m["mAP"] == pytest.approx(ref.mAP)
+    import shutil
+
+    shutil.copytree(run_dir / "r1" / "eval", run_dir / "r2" / "eval")
+    res = CliRunner().invoke(cli, ["compare", "r1", "r2", "--dataset", "market1501", "--runs-dir", str(run_dir)])
+    assert res.exit_code == 0
+    lines = res.output.splitlines()
+    assert lines[1].startswith("r1") and lines[2].startswith("r2") and f"{100 * m['mAP']:.2f}" in lines[2]
+
+
+def test_features_match_api_and_global_local_split(run_dir, market_tree):
+    model = ReidModel.from_run(run_dir / "r1")
+    keys = ["query/0007_c1s1_000010_00.jpg", "query/0009_c1s1_000011_00.jpg"]
+    f = model.extract(keys, root=market_tree)
+    assert f.shape == (2, model.dim) and f.dtype == np.float32
+    g = ReidModel.from_run(run_dir / "r1" / "checkpoint.pt", feature_set="global").extract(keys, root=market_tree)
+    loc = ReidModel.from_run("r1", runs_dir=run_dir, feature_set="local").extract(keys, root=market_tree)
+    np.testing.assert_allclose(np.concatenate([g, loc], 1), f, atol=1e-5)
+    from data.io import read_image
+
+    arrays = [read_image(market_tree / k) for k in keys]
+    np.testing.assert_allclose(model.extract(arrays), f, atol=1e-6)
+
+
+def test_rank_orders_nearest_first_and_breaks_ties_by_index():
+    q = np.array([[1.0, 0.0]])
+    g = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 0.0], [-1.0, 0.0]])
+    idx, dist = rank(q, g, top_k=3)
+    assert idx.tolist() == [[1, 2, 0]]  # 1 and 2 tie at cosine distance 0: lower index first
+    assert np.all(np.diff(dist[0]) >= 0)
+
+
+def _features(n_q=3, n_g=4, dim=5, g_dim=None):
+    rng = np.random.default_rng(0)
+    return Features(rng.normal(size=(n_q, dim)), rng.normal(size=(n_g, g_dim or dim)),
+                    np.array([1, 2, 3][:n_q]), np.array([1, 2, 3, 4][:n_g]), np.zeros(n_q, int),
+                    np.ones(n_g, int), [f"q{i}" for i in range(n_q)], [f"g{i}" for i in range(n_g)],
+                    attrs={"protocol": "market", "feature_set": "mf"})
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, list(map(str, args)))
+
+
+def test_cli_bad_inputs_are_sentences(tmp_path, run_dir, market_tree):
+    good = tmp_path / "good.h5"
+    save_features(good, _features())
+    assert _invoke("features", good).exit_code == 0
+    # a features file without gallery
+    bad = tmp_path / "nogallery.h5"
+    with h5py.File(bad, "w") as f:
+        f.create_group("query").create_dataset("features", data=np.ones((2, 3)))
+    res = _invoke("features", bad)
+    assert res.exit_code == 2 and "no gallery features" in res.output and "Traceback" not in res.output
+    # mismatched feature sizes
+    mism = tmp_path / "mismatch.h5"
+    save_features(mism, _features(g_dim=7))
+    res = _invoke("features", mism)
+    assert res.exit_code == 2 and "do not match" in res.output
+    # a run without checkpoint
+    res = _invoke("run", "--run", "nothing", "--runs-dir", run_dir, "--dataset", "market1501", "--root",
+                  market_tree.parent)
+    assert res.exit_code == 2 and "No checkpoint" in res.output
+    res = _invoke("export", "--run", "nothing", "--runs-dir", run_dir)
+    assert res.exit_code == 2 and "No checkpoint" in res.output
+    # an unknown dataset
+    res = _invoke("run", "--run", "r1", "--runs-dir", run_dir, "--dataset", "nope", "--root", market_tree.parent)
+    assert res.exit_code == 2 and "Unknown dataset" in res.output
+    # compare without metrics
+    res = _invoke("compare", "r1", "--dataset", "market1501", "--runs-dir", run_dir)
+    assert res.exit_code == 2 and "No metrics" in res.output
+    # unknown query key for the pictures
+    res = _invoke("run", "--run", "r1", "--runs-dir", run_dir, "--dataset", "market1501", "--root",
+                  market_tree.parent, "--query-keys", "query/missing.jpg")
+    assert res.exit_code == 2 and "not in the query set" in res.output
+
+
+def test_features_file_is_written_atomically(tmp_path):
+    path = tmp_path / "f.h5"
+    save_features(path, _features())
+    assert [p.name for p in tmp_path.iterdir()] == ["f.h5"]
+    with pytest.raises(EvaluationError, match="No features file"):
+        load_features(tmp_path / "missing.h5")
+
+
+def test_ranked_list_marks_junk(tmp_path, make_images):
+    from data.io import read_image
+    from evaluate.plots import ranked_list
+
+    paths = make_images(tmp_path, ["q.jpg", "a.jpg", "b.jpg", "c.jpg"])
+    out = tmp_path / "r.png"
+    ranked_list(paths[0], paths[1:], ["correct", "wrong", "junk"], ["1", "2", "3"], out)
+    img = read_image(out)
+    step = 64 + 8
+    x0 = step + 8  # first gallery tile after the query tile and the gap
+    assert tuple(img[1, x0 + 1]) == (40, 170, 40) and tuple(img[1, x0 + step + 1]) == (210, 40, 40)
+    assert tuple(img[1, x0 + 2 * step + 1]) == (150, 150, 150)
