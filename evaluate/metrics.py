@@ -284,7 +284,7 @@ def evaluate_distances(
     protocol: str = "market",
     ap: str = "standard",
     max_rank: int = 20,
-    chunk_size: int = 256,
+    chunk_size: int = 128,
     method: str = "auto",
 ) -> Metrics:
     """CMC (1..max_rank), mAP and mINP from a [Q, G] distance matrix (numpy or torch, any device).
