@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
@@ -232,8 +233,9 @@ def render(ident: Identity, view: View, cam: Camera, height: int = 128, width: i
     clean[body] = texture(ident, I[body], U[body], V[body])
 
     # lighting on the body, background elsewhere, occluder on top
-    light = np.asarray(cam.light)
-    shade = 0.5 + 0.6 * np.clip(N @ light, 0.0, None) + 0.15 * np.clip(N[..., 2], 0.0, None) ** 4
+    lx, ly, lz = cam.light
+    lambert = N[..., 0] * lx + N[..., 1] * ly + N[..., 2] * lz  # not N @ light: no BLAS threads in workers
+    shade = 0.5 + 0.6 * np.clip(lambert, 0.0, None) + 0.15 * np.clip(N[..., 2], 0.0, None) ** 4
     img = camera_background(cam)[view.bg_y:view.bg_y + height, view.bg_x:view.bg_x + width].copy()
     img[body] = clean[body].astype(np.float32) * shade[body, None]
     if occ.any():
@@ -455,7 +457,9 @@ def generate(
         workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
         bar = dict(total=len(jobs), desc="synthetic", unit="img", disable=not progress)
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            # spawn, not fork: forking after OpenCV has started its thread pool can deadlock the child
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
                 results = list(tqdm(pool.map(_write_spec, jobs, chunksize=32), **bar))
         else:
             results = [_write_spec(j) for j in tqdm(jobs, **bar)]
@@ -513,7 +517,7 @@ def synth_command(root: str, num_ids: int, num_cameras: int, seed: int, height: 
         s = generate(Path(root) / "synthetic", num_ids=num_ids, num_cameras=num_cameras, seed=seed,
                      height=height, width=width, force=force, preview=preview, workers=workers)
     except SyntheticError as e:
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"error: {e}", err=True)
         raise SystemExit(2) from None
     verb = "reused existing" if s["reused"] else f"generated in {s['seconds']} s:"
     click.echo(f"synthetic dataset at {s['out_dir']} {verb} {s['num_images']} images "
