@@ -297,7 +297,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         started, images_seen, stopped_by = time.perf_counter(), 0, "complete"
-        bar = tqdm(total=None, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        total = self.epochs * len(self.sampler)  # an estimate: epochs differ by a batch or two
+        if self.max_steps is not None:
+            total = min(total, self.max_steps)
+        bar = tqdm(total=max(total, self.step), initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True)
         try:
             while self.epoch < self.epochs:
                 self.sampler.set_epoch(self.epoch)
