@@ -143,9 +143,12 @@ class View:
 
 
 def sample_view(rng: np.random.Generator, cam: Camera, height: int = 128, width: int = 64) -> View:
-    """A random view for ``cam``: walking towards, away from or across the camera, with crop jitter,
+    """A random view for ``cam``: mostly along the camera's main walking direction (either way), now
+    and then in any direction; with crop jitter,
     an occluder one time in three, truncation one time in eight, blur and noise."""
     heading = cam.heading + (np.pi if rng.random() < 0.5 else 0.0)
+    if rng.random() < 0.2:  # someone crossing the scene in another direction
+        heading = rng.uniform(0, 2 * np.pi)
     yaw = float((heading + rng.normal(0, 0.35)) % (2 * np.pi))
     shift_x, shift_y = rng.normal(0, 0.07), rng.normal(0, 0.04)
     if rng.random() < 0.125:  # truncated detection: box slid off the head, the feet or a side
