@@ -47,7 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes, so a stale dataset is not silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLIT_DIRS = ("bounding_box_train", "bounding_box_test", "query")
 
 

@@ -3,9 +3,9 @@
 The body is 16 capsules (torso, head, upper/lower arms and legs, hands, feet), each split into the
 DensePose surface patches of :mod:`dsa.parts` (limbs and torso: front/back halves, head: right/left
 halves, hands and feet: one patch each). Every patch has a (u, v) chart: ``u`` runs along the capsule's
-axis (0 at the proximal joint, 1 at the distal end; for the torso 0 at the pelvis, for the head 0 at the
+axis (0 at the proximal joint, 1 at the distal end; for the torso 0 at the neck, for the head 0 at the
 crown), ``v`` runs around it (front/back halves: 0..1 across the half; head: 0 at the face centre, 1 at
-the back; hands/feet: the whole way round).
+the back; hands/feet: the whole way round). So in a DSAP image (rows = U) every part stands upright.
 
 Rendering is orthographic ray casting against the capsules (analytic, vectorised in NumPy): each pixel
 gets the nearest hit's part I and chart (u, v). The colour of a body pixel is :func:`texture` at
@@ -124,8 +124,8 @@ def _shirt(ident: Identity, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         alt = np.floor(v / (period * 1.5)).astype(np.int64) % 2 == 1
     elif p == "checks":
         alt = (np.floor(u / period) + np.floor(v / period)).astype(np.int64) % 2 == 1
-    elif p == "twotone":
-        alt = u > 0.62
+    elif p == "twotone":  # a yoke: shoulders and the top of the sleeves
+        alt = u < 0.38
     else:
         alt = np.zeros(u.shape, bool)
     return np.where(alt[:, None], c2, c1)
@@ -147,28 +147,28 @@ def texture(ident: Identity, I: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.
         out[mask] = colour if np.ndim(colour) == 1 or isinstance(colour, tuple) else colour[mask]
 
     shirt = _shirt(ident, u, v)
-    # torso (1 back, 2 front): trousers up to the waist, shirt above, neckline in front
+    # torso (1 back, 2 front; u = 0 at the neck): neckline in front, shirt, trousers below the waist
     torso = (I == 1) | (I == 2)
     front, back = I == 2, I == 1
     put(torso, shirt)
-    waist = 0.2
-    put(torso & (u < waist), ident.trousers)
+    waist = 0.8
+    put(torso & (u > waist), ident.trousers)
     if ident.belt is not None:
-        put(torso & (u >= waist - 0.035) & (u < waist), ident.belt)
-    put(front & (u > 0.9) & (np.abs(v - 0.5) < 0.16), skin)
+        put(torso & (u > waist) & (u <= waist + 0.035), ident.belt)
+    put(front & (u < 0.1) & (np.abs(v - 0.5) < 0.16), skin)
     if ident.front_print == "disc":
-        put(front & (((u - 0.62) / 0.13) ** 2 + ((v - 0.5) / 0.16) ** 2 < 1.0), ident.print_colour)
+        put(front & (((u - 0.38) / 0.13) ** 2 + ((v - 0.5) / 0.16) ** 2 < 1.0), ident.print_colour)
     elif ident.front_print == "bar":
-        put(front & (np.abs(u - 0.6) < 0.07) & (np.abs(v - 0.5) < 0.3), ident.print_colour)
+        put(front & (np.abs(u - 0.4) < 0.07) & (np.abs(v - 0.5) < 0.3), ident.print_colour)
     elif ident.front_print == "zip":
-        put(front & (u >= waist) & (u < 0.9) & (np.abs(v - 0.5) < 0.035), ident.print_colour)
+        put(front & (u >= 0.1) & (u <= waist) & (np.abs(v - 0.5) < 0.035), ident.print_colour)
     if ident.back_kind == "backpack":
-        put(back & (u > 0.33) & (u < 0.86) & (np.abs(v - 0.5) < 0.3), ident.back_colour)
-        put(front & (u > 0.55) & (np.abs(np.abs(v - 0.5) - 0.28) < 0.05), ident.back_colour)  # straps
+        put(back & (u > 0.14) & (u < 0.67) & (np.abs(v - 0.5) < 0.3), ident.back_colour)
+        put(front & (u < 0.45) & (np.abs(np.abs(v - 0.5) - 0.28) < 0.05), ident.back_colour)  # straps
     elif ident.back_kind == "stripes":
-        put(back & (u > 0.35) & (u < 0.85) & (np.floor(u / 0.08).astype(np.int64) % 2 == 0), ident.back_colour)
+        put(back & (u > 0.15) & (u < 0.65) & (np.floor(u / 0.08).astype(np.int64) % 2 == 0), ident.back_colour)
     elif ident.back_kind == "panel":
-        put(back & (np.abs(u - 0.6) < 0.16) & (np.abs(v - 0.5) < 0.22), ident.back_colour)
+        put(back & (np.abs(u - 0.4) < 0.16) & (np.abs(v - 0.5) < 0.22), ident.back_colour)
     # arms: upper 15..18, lower 19..22; hands 3, 4 are skin
     upper_arm = (I >= 15) & (I <= 18)
     lower_arm = (I >= 19) & (I <= 22)
@@ -277,7 +277,8 @@ def body_capsules(ident: Identity, joints: dict[str, np.ndarray]) -> list[Capsul
     fwd, up = np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0])
     j = joints
     caps = [
-        _capsule(j["pelvis"] + [0, 0.02 * k, 0], j["neck"] - [0, 0.05 * k, 0], fwd,
+        # torso: axis from the neck down to the pelvis, so u = 0 at the neck (upright DSAP images)
+        _capsule(j["neck"] - [0, 0.05 * k, 0], j["pelvis"] + [0, 0.02 * k, 0], fwd,
                  0.165 * g, 0.105 * g, 0.1 * k, "fb", (2, 1)),
         # head: axis from crown to chin, so u = 0 at the crown; e1 = person's right (−x)
         _capsule(j["head"] + [0, 0.02 * k, 0], j["head"] - [0, 0.02 * k, 0], fwd,
