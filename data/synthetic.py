@@ -47,7 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes, so a stale dataset is not silently reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SPLIT_DIRS = ("bounding_box_train", "bounding_box_test", "query")
 
 
@@ -79,35 +79,39 @@ def make_camera(seed: int, index: int, height: int = 128, width: int = 64) -> Ca
     light /= np.linalg.norm(light)
     return Camera(
         index=index,
-        gain=tuple(float(g) for g in rng.uniform(0.78, 1.18, 3)),
+        gain=tuple(float(g) for g in rng.uniform(0.85, 1.15, 3)),
         offset=float(rng.uniform(-18, 18)),
         light=tuple(float(x) for x in light),
         pitch=float(rng.uniform(0.0, 0.35)),
         heading=float(rng.uniform(0, 2 * np.pi)),
         seed=seed,
-        bg_hw=(height * 3, width * 8),
+        bg_hw=(height * 4, width * 12),
     )
 
 
 @functools.lru_cache(maxsize=64)
 def camera_background(cam: Camera) -> np.ndarray:
-    """The camera's cluttered scene (float32 RGB canvas larger than a crop): wall and floor, windows,
-    doors, signs, poles and clutter; crops see a random window of it."""
+    """The camera's cluttered scene (float32 RGB canvas larger than a crop): façades and floor,
+    windows, doors, signs, poles and clutter; crops see a random window of it."""
     rng = np.random.default_rng([cam.seed, 3, cam.index])
     H, W = cam.bg_hw
 
-    def colour(saturated: float = 0.15) -> np.ndarray:
+    def colour(saturated: float = 0.1) -> np.ndarray:
         """Mostly muted urban colours (concrete, brick, glass), now and then a saturated sign."""
-        s = rng.uniform(0.3, 0.8) if rng.random() < saturated else rng.uniform(0.0, 0.3)
+        s = rng.uniform(0.3, 0.7) if rng.random() < saturated else rng.uniform(0.0, 0.15)
         return np.asarray(_hsv(float(rng.random()), s, float(rng.uniform(0.2, 0.9))), np.float32)
 
-    wall, floor = colour(0.0), colour(0.0)
+    floor = colour(0.0)
     horizon = int(H * rng.uniform(0.45, 0.7))
     img = np.empty((H, W, 3), np.float32)
-    img[:horizon] = wall
     img[horizon:] = floor
+    x = 0
+    while x < W:  # façades of different colours along the street, so crops of one camera differ
+        w = int(rng.integers(W // 12, W // 4))
+        img[:horizon, x:x + w] = colour(0.0)
+        x += w
     img *= np.linspace(0.85, 1.1, H, dtype=np.float32)[:, None, None]
-    for _ in range(int(rng.integers(20, 40))):  # windows, doors, shop fronts, signs, parked things
+    for _ in range(int(rng.integers(40, 80))):  # windows, doors, shop fronts, signs, parked things
         h, w = int(rng.integers(4, H // 3)), int(rng.integers(3, W // 6))
         y, x = int(rng.integers(0, H - h)), int(rng.integers(0, W - w))
         img[y:y + h, x:x + w] = colour()
@@ -166,7 +170,7 @@ def sample_view(rng: np.random.Generator, cam: Camera, height: int = 128, width:
         yaw=yaw,
         phase=float(rng.uniform(0, 2 * np.pi)),
         stride=float(rng.uniform(0.05, 0.45)),
-        box_scale=float(rng.uniform(1.02, 1.22)),
+        box_scale=float(rng.uniform(1.0, 1.15)),
         shift_x=float(shift_x),
         shift_y=float(shift_y),
         bg_x=int(rng.integers(0, W - width)),

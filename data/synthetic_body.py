@@ -225,7 +225,7 @@ def pose_skeleton(ident: Identity, phase: float, stride: float) -> dict[str, np.
     j["neck"] = np.array([0.0, 1.47 * k, 0.0])
     j["head"] = np.array([0.0, 1.6 * k + 0.02, 0.01])
     for side, sx, ph in (("right", -1.0, phase), ("left", 1.0, phase + np.pi)):
-        hip = np.array([sx * 0.09 * g, 0.93 * k, 0.0])
+        hip = np.array([sx * 0.095 * g, 0.93 * k, 0.0])
         thigh = stride * np.sin(ph)
         knee_flex = 0.08 + 1.3 * stride * max(0.0, np.cos(ph)) ** 2
         j[f"{side}_hip"] = hip
@@ -234,11 +234,11 @@ def pose_skeleton(ident: Identity, phase: float, stride: float) -> dict[str, np.
         foot_pitch = 0.5 * (thigh - knee_flex)
         j[f"{side}_heel"] = j[f"{side}_ankle"] + np.array([0.0, -0.035 * k, -0.04 * k])
         j[f"{side}_toe"] = j[f"{side}_heel"] + 0.17 * k * np.array([0.0, np.sin(foot_pitch) * 0.5, 1.0])
-        shoulder = np.array([sx * 0.185 * g, 1.42 * k, 0.0])
+        shoulder = np.array([sx * 0.21 * g, 1.42 * k, 0.0])
         arm = -0.9 * stride * np.sin(ph)
         elbow_flex = 0.15 + 0.6 * stride * max(0.0, np.sin(ph + np.pi))
         j[f"{side}_shoulder"] = shoulder
-        j[f"{side}_elbow"] = shoulder + _swing(0.29 * k, arm, sx * 0.12)
+        j[f"{side}_elbow"] = shoulder + _swing(0.29 * k, arm, sx * 0.14)
         j[f"{side}_wrist"] = j[f"{side}_elbow"] + _swing(0.26 * k, arm + elbow_flex, sx * 0.05)
         j[f"{side}_hand"] = j[f"{side}_wrist"] + _swing(0.07 * k, arm + elbow_flex, sx * 0.04)
     return j
@@ -279,7 +279,7 @@ def body_capsules(ident: Identity, joints: dict[str, np.ndarray]) -> list[Capsul
     caps = [
         # torso: axis from the neck down to the pelvis, so u = 0 at the neck (upright DSAP images)
         _capsule(j["neck"] - [0, 0.05 * k, 0], j["pelvis"] + [0, 0.02 * k, 0], fwd,
-                 0.165 * g, 0.105 * g, 0.1 * k, "fb", (2, 1)),
+                 0.19 * g, 0.12 * g, 0.1 * k, "fb", (2, 1)),
         # head: axis from crown to chin, so u = 0 at the crown; e1 = person's right (−x)
         _capsule(j["head"] + [0, 0.02 * k, 0], j["head"] - [0, 0.02 * k, 0], fwd,
                  0.08 * k, 0.095 * k, 0.1 * k, "lr", (23, 24)),
@@ -289,11 +289,11 @@ def body_capsules(ident: Identity, joints: dict[str, np.ndarray]) -> list[Capsul
         ("left", 4, 5, (10, 8), (14, 12), (17, 15), (21, 19)),
     ):
         caps += [
-            _capsule(j[f"{side}_hip"], j[f"{side}_knee"], fwd, 0.075 * g, 0.08 * g, 0.06 * g, "fb", ul),
-            _capsule(j[f"{side}_knee"], j[f"{side}_ankle"], fwd, 0.055 * g, 0.06 * g, 0.05 * g, "fb", ll),
+            _capsule(j[f"{side}_hip"], j[f"{side}_knee"], fwd, 0.088 * g, 0.09 * g, 0.07 * g, "fb", ul),
+            _capsule(j[f"{side}_knee"], j[f"{side}_ankle"], fwd, 0.064 * g, 0.068 * g, 0.055 * g, "fb", ll),
             _capsule(j[f"{side}_heel"], j[f"{side}_toe"], up, 0.045 * k, 0.04 * k, 0.035 * k, "full", (foot,)),
-            _capsule(j[f"{side}_shoulder"], j[f"{side}_elbow"], fwd, 0.05 * g, 0.05 * g, 0.045 * g, "fb", ua),
-            _capsule(j[f"{side}_elbow"], j[f"{side}_wrist"], fwd, 0.04 * g, 0.04 * g, 0.035 * g, "fb", la),
+            _capsule(j[f"{side}_shoulder"], j[f"{side}_elbow"], fwd, 0.058 * g, 0.058 * g, 0.05 * g, "fb", ua),
+            _capsule(j[f"{side}_elbow"], j[f"{side}_wrist"], fwd, 0.046 * g, 0.046 * g, 0.04 * g, "fb", la),
             _capsule(j[f"{side}_wrist"], j[f"{side}_hand"], fwd, 0.035 * k, 0.025 * k, 0.03 * k, "full", (hand,)),
         ]
     return caps
