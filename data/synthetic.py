@@ -418,6 +418,21 @@ def _existing_settings(out: Path) -> dict[str, Any] | None:
         raise SyntheticError(f"{meta} is unreadable: pass --force to regenerate the dataset.") from None
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Delete staging/old folders beside ``out`` left by generator processes that no longer run."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name.rpartition("-")
+        if not (kind.endswith((".tmp", ".old")) and pid.isdigit() and p.is_dir()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:  # alive, owned by someone else
+            pass
+
+
 def generate(
     out_dir: str | os.PathLike,
     num_ids: int = 300,
@@ -455,6 +470,7 @@ def generate(
     start = time.perf_counter()
     specs = plan(num_ids, num_cameras, seed, train_fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
     stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(stage, ignore_errors=True)
     try:

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Names of the 2-D keypoints that :func:`pose_skeleton` returns (person-centric left/right, as COCO).
+#: Names of the keypoints (joint centres; "head" is the centre of the head, "neck" the base of the neck).
+#: Left/right are the person's own, as in COCO and DensePose: in a frontal view "right_*" is on the
+#: image's left.
 KEYPOINT_NAMES: tuple[str, ...] = (
     "head", "neck",
     "right_shoulder", "right_elbow", "right_wrist",

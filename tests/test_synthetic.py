@@ -1,6 +1,7 @@
 """The synthetic dataset generator: exact ground truth, determinism, Market layout, variety, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_ground_truth_is_exact_through_the_files(tiny):
 def test_final_image_is_the_lit_texture():
     """With blur and noise off, a body pixel's colour is its texture colour times lighting and cast."""
     ident, view, cam = next(_views(1, seed=5))
-    view = view.__class__(**{**view.__dict__, "blur": 0.0, "noise": 0.0, "occluder": "none"})
+    view = dataclasses.replace(view, blur=0.0, noise=0.0, occluder="none")
     r = render(ident, view, cam)
     body = r.iuv.I > 0
     clean, final = r.clean_rgb[body].astype(float), r.final_rgb[body].astype(float)
@@ -96,7 +97,7 @@ def test_all_parts_appear_and_keypoints_follow_the_body():
     ident = make_identity(0, 1)
     base = sample_view(np.random.default_rng(0), cam)
     for yaw, right_is_left_in_image in ((0.0, True), (np.pi, False)):
-        v = base.__class__(**{**base.__dict__, "yaw": yaw, "occluder": "none", "shift_x": 0.0, "shift_y": 0.0})
+        v = dataclasses.replace(base, yaw=yaw, occluder="none", shift_x=0.0, shift_y=0.0)
         r = render(ident, v, cam)
         kp = dict(zip(KEYPOINT_NAMES, r.keypoints))
         assert (kp["right_shoulder"][0] < kp["left_shoulder"][0]) == right_is_left_in_image
@@ -188,6 +189,10 @@ def test_reuse_force_and_errors(tmp_path):
     assert not forced["reused"] and json.loads((out / "synthetic.json").read_text())["settings"]["num_ids"] == 4
     with pytest.raises(SyntheticError, match="cameras"):
         generate(tmp_path / "x", num_ids=3, num_cameras=1)
+    stale = tmp_path / ".synthetic.tmp-999999999"  # a staging folder of a run that died
+    (stale / "query").mkdir(parents=True)
+    generate(out, **small, force=True)
+    assert not stale.exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file.txt").write_text("mine")
     with pytest.raises(SyntheticError, match="not a synthetic dataset"):
