@@ -1,7 +1,8 @@
 """``python -m train``: train (or resume) a DSA-reID run in ``runs/<RUN>/``.
 
-Single process by default; under ``torchrun --nproc-per-node N -m train ...`` the same command trains
-with DistributedDataParallel.  Rerunning the same command on an existing run resumes it exactly.
+Single process by default; under ``torchrun --nproc-per-node N -m train ... --run-name RUN`` the same
+command trains with DistributedDataParallel (spell the run option ``--run-name`` there: torchrun's own
+parser reads ``--run`` as an abbreviation of its ``--run-path``).  Rerunning the same command on an existing run resumes it exactly.
 Errors a user can fix are one sentence on stderr and exit status 2.
 """
 from __future__ import annotations
@@ -27,7 +28,9 @@ log = logging.getLogger("train")
 @click.option("--estimator", default="synthetic", help="Estimator whose DSAP store to train with.")
 @click.option("--tag", default=None, help="Store variant: ROOT/dsap/<dataset>/<estimator>-<tag>.")
 @click.option("--preset", default="small", help="Network + recipe preset (paper, small, tiny).")
-@click.option("--run", "run_name", required=True, help="Run name: outputs go to RUNS_DIR/RUN/.")
+@click.option("--run", "--run-name", "run_name", required=True,
+              help="Run name: outputs go to RUNS_DIR/RUN/ (under torchrun use --run-name: torchrun "
+                   "takes --run for its own --run-path).")
 @click.option("--variant", default="dsa",
               type=click.Choice(["dsa", "baseline", "two-branch", "dsa-global", "dsa-local", "dsa-concat"]))
 @click.option("--input", "input_kind", default="dsap", type=click.Choice(["dsap", "csa"]),
