@@ -98,9 +98,11 @@ def measure(what: str, preset: str, batch: int, device: str, amp: bool, warmup: 
             "step_ms": 1000 * seconds, "images_per_s": b / seconds, "peak_memory_mb": memory / 2**20}
 
 
-def run_one(**kwargs) -> dict:
+def run_one(threads: int | None = None, **kwargs) -> dict:
     """``measure`` in a fresh Python process (its own peak memory)."""
     cmd = [sys.executable, __file__, "--one", json.dumps(kwargs)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"measurement {kwargs} failed:\n{out.stderr[-2000:]}")
@@ -133,7 +135,7 @@ def main() -> None:
         for _ in range(rounds):  # interleaved rounds: a busy moment hits every kind of step alike
             for what in ("two-branch", "dsa", "dsag-loop", "dsag-batched"):
                 r = run_one(what=what, preset=preset, batch=batch, device=device, amp=amp,
-                            warmup=warmup, steps=steps)
+                            warmup=warmup, steps=steps, threads=args.threads)
                 if what not in best or r["step_ms"] < best[what]["step_ms"]:
                     best[what] = r
         rows.extend(best.values())
