@@ -155,6 +155,11 @@ def test_cuhk01_single_shot_protocol(tmp_path: Path) -> None:
     assert again.train == ds.train and again.gallery == ds.gallery
     other = build_dataset("cuhk01", tmp_path, num_train_ids=10, seed=3, split=1)
     assert set(other.train_pid_map) != set(ds.train_pid_map)
+    spec = build_dataset("cuhk01:num_train_ids=10,seed=3,split=1", tmp_path)  # options in the name
+    assert spec.train == other.train and spec.gallery == other.gallery
+    assert build_dataset("cuhk01:split=1", tmp_path, num_train_ids=10, seed=3).train == other.train
+    with pytest.raises(DatasetError, match="key=value"):
+        build_dataset("cuhk01:split", tmp_path)
     write_tiny_image(folder / "campus" / "img_1.png")
     with pytest.raises(DatasetError, match="not NNNNKKK.png"):
         build_dataset("cuhk01", tmp_path)

@@ -22,6 +22,7 @@ __all__ = [
     "DatasetError",
     "DATASETS",
     "build_dataset",
+    "parse_dataset_spec",
     "dataset_options",
     "find_dataset_dir",
     "scan_images",
@@ -47,8 +48,31 @@ def dataset_options(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 
 
+def parse_dataset_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"cuhk01:split=3,seed=1"`` → ``("cuhk01", {"split": "3", "seed": "1"})``.
+
+    Every stage takes a dataset by name; the ``name:key=value,...`` form carries adapter options
+    (CUHK01's split, say) through ``make precompute/train/eval DATASET=...`` unchanged.
+    """
+    name, sep, rest = spec.partition(":")
+    options: dict[str, str] = {}
+    if sep:
+        for pair in filter(None, rest.split(",")):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip():
+                raise DatasetError(f"Dataset option {pair!r} in {spec!r} is not of the form key=value.")
+            options[key.strip()] = value.strip()
+    return name, options
+
+
 def build_dataset(name: str, root: str | os.PathLike, **options: Any) -> ReidDataset:
-    """Build dataset ``name`` from the data root ``root``; unknown names/options raise :class:`DatasetError`."""
+    """Build dataset ``name`` from the data root ``root``; unknown names/options raise :class:`DatasetError`.
+
+    ``name`` may carry options as ``name:key=value,...`` (see :func:`parse_dataset_spec`); keyword
+    options given as well take precedence.
+    """
+    name, spec_options = parse_dataset_spec(name)
+    options = {**spec_options, **options}
     if name not in DATASETS:
         raise DatasetError(f"Unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}.")
     accepted = dataset_options(name)

@@ -1,0 +1,110 @@
+"""Re-ID benchmark: DSA-reID against the two-branch baseline, same preset and budget, several seeds.
+
+Runs the real pipeline through its command-line programs (precompute → train → evaluate, MF-Stream
+only at test time) and tabulates Rank-1/5/10 and mAP for both variants per seed, with the time each
+run took.  Both variants see the same images, sampler seed, preset and number of epochs; the only
+difference is the DSAG-Stream (and its fused losses) during training.
+
+The first real-image benchmark (issue 6) is CUHK03 camera-pair-1 (``../shared/data/cuhk03-p1``, in the
+Market-1501 layout) with the pose-derived estimator::
+
+    mkdir -p /tmp/cuhk && ln -sfn "$PWD/../shared/data/cuhk03-p1" /tmp/cuhk/market1501
+    python bench/bench_reid.py --dataset market1501 --root /tmp/cuhk --estimator pose \\
+        --preset small --epochs 10 --seeds 0 1 --name cuhk03_p1
+
+(the symlink keeps the DSAP store and the runs out of the read-only data folder).  Results go to
+``bench/results/<name>.json``; runs to ``--runs-dir``.  A finished run is reused (training resumes
+exactly, so an interrupted benchmark can be restarted with the same command).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def sh(args: list[str]) -> None:
+    print("$", " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--root", default="datasets")
+    ap.add_argument("--estimator", default="synthetic")
+    ap.add_argument("--tag", default=None)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--variants", nargs="+", default=["two-branch", "dsa"])
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--runs-dir", default="runs")
+    ap.add_argument("--name", default=None, help="results name (default: the dataset)")
+    ap.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: checks the plumbing")
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.seeds = 1, args.seeds[:1]
+    name = args.name or args.dataset
+    py = sys.executable
+    tag = ["--tag", args.tag] if args.tag else []
+
+    t0 = time.time()
+    sh([py, "-m", "precompute", "run", "--dataset", args.dataset, "--root", args.root,
+        "--estimator", args.estimator, *tag])
+    precompute_s = time.time() - t0
+
+    rows = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            run = f"{name}-{args.preset}-e{args.epochs}-{variant}-s{seed}"
+            t = time.time()
+            sh([py, "-m", "train", "--dataset", args.dataset, "--root", args.root,
+                "--estimator", args.estimator, *tag, "--preset", args.preset, "--run", run,
+                "--variant", variant, "--seed", str(seed), "--epochs", str(args.epochs),
+                "--workers", str(args.workers), "--device", args.device, "--runs-dir", args.runs_dir])
+            train_s = time.time() - t
+            t = time.time()
+            sh([py, "-m", "evaluate", "run", "--run", run, "--dataset", args.dataset, "--root", args.root,
+                "--runs-dir", args.runs_dir, "--device", args.device, "--queries", "4"])
+            eval_s = time.time() - t
+            m = json.loads((Path(args.runs_dir) / run / "eval" / args.dataset / "metrics.json").read_text())
+            rows.append({"variant": variant, "seed": seed, "run": run, "rank1": m["rank1"],
+                         "rank5": m["rank5"], "rank10": m["rank10"], "mAP": m["mAP"], "mINP": m.get("mINP"),
+                         "train_s": round(train_s, 1), "eval_s": round(eval_s, 1)})
+
+    print(f"\n{name}: {args.dataset} / estimator {args.estimator} / preset {args.preset}, "
+          f"{args.epochs} epochs, MF-Stream features at test time")
+    print(f"{'variant':<12}{'seed':>5}{'R1':>8}{'R5':>8}{'R10':>8}{'mAP':>8}{'train s':>10}")
+    for r in rows:
+        print(f"{r['variant']:<12}{r['seed']:>5}{100 * r['rank1']:>8.1f}{100 * r['rank5']:>8.1f}"
+              f"{100 * r['rank10']:>8.1f}{100 * r['mAP']:>8.1f}{r['train_s']:>10.0f}")
+    summary = {}
+    for v in args.variants:
+        sel = [r for r in rows if r["variant"] == v]
+        summary[v] = {k: sum(r[k] for r in sel) / len(sel) for k in ("rank1", "rank5", "rank10", "mAP")}
+        s = summary[v]
+        print(f"{v + ' mean':<17}{100 * s['rank1']:>8.1f}{100 * s['rank5']:>8.1f}{100 * s['rank10']:>8.1f}"
+              f"{100 * s['mAP']:>8.1f}")
+
+    out = HERE / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "reid", "name": name, "dataset": args.dataset, "estimator": args.estimator,
+        "preset": args.preset, "epochs": args.epochs, "seeds": args.seeds, "device": args.device,
+        "machine": platform.platform(), "processor": platform.processor(),
+        "precompute_s": round(precompute_s, 1), "rows": rows, "mean": summary,
+        "command": " ".join(sys.argv),
+    }, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
