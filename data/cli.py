@@ -107,7 +107,9 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command()
-@click.option("--dataset", "name", required=True, type=click.Choice(sorted(DATASETS)), help="Dataset adapter.")
+@click.option("--dataset", "name", required=True, metavar="NAME[:KEY=VALUE,...]",
+              help=f"Dataset adapter ({', '.join(sorted(DATASETS))}); 'name:key=value,...' passes adapter options "
+                   "as every stage takes them (e.g. cuhk01:split=3).")
 @click.option("--root", default="datasets", show_default=True, envvar=ROOT_ENV, show_envvar=True,
               type=click.Path(file_okay=False), help="Data root (or the dataset folder itself).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -126,6 +126,16 @@ def test_folder_dataset_custom_pattern(tmp_path: Path, make_images) -> None:
         build_dataset("folder", tmp_path, pattern=r"(?P<pid", train_dir="tr", query_dir="q", gallery_dir="g")
 
 
+
+def test_folder_pattern_groups_that_are_not_numbers(tmp_path: Path, make_images) -> None:
+    for d in ("train", "query", "gallery"):
+        make_images(tmp_path / d, ["0001_cA_x.jpg"])
+    with pytest.raises(DatasetError, match=r"not integers for 1 file\(s\) .*0001_cA_x\.jpg \(pid '0001', camid 'A'\)"):
+        build_dataset("folder", tmp_path, pattern=r"(?P<pid>\d+)_c(?P<camid>[A-Z])")
+    res = CliRunner().invoke(cli, ["stats", "--dataset", "folder", "--root", str(tmp_path),
+                                   "-o", r"pattern=(?P<pid>\d+)_c(?P<camid>[A-Z])"])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "Traceback" not in res.output
+
 def test_build_dataset_rejects_unknown_names_and_options(market_tree: Path) -> None:
     with pytest.raises(DatasetError, match="Unknown dataset 'market'; choose one of: market1501"):
         build_dataset("market", market_tree)
@@ -195,6 +205,9 @@ def test_msmt17_versions(tmp_path: Path, version: str, train_dir: str, test_dir:
     assert all((folder / it.path).is_file() for it in ds.all_items())
     (folder / "list_query.txt").write_text("garbage line here\n")
     with pytest.raises(DatasetError, match=r"list_query.txt line 1"):
+        build_dataset("msmt17", folder)
+    (folder / "list_query.txt").write_bytes(b"\xff\xfe0000/0000_000_02_x.jpg 0\n")  # UTF-16 BOM: not UTF-8
+    with pytest.raises(DatasetError, match=r"list_query.txt cannot be read as UTF-8"):
         build_dataset("msmt17", folder)
     with pytest.raises(DatasetError, match="No MSMT17 layout"):
         build_dataset("msmt17", tmp_path / "msmt17" / version / train_dir)
@@ -291,6 +304,20 @@ def test_cuhk03_bad_inputs(tmp_path: Path) -> None:
         build_dataset("cuhk03-detected", tmp_path)
 
 
+def test_cuhk03_unwritable_image_folder_is_a_sentence(tmp_path: Path, monkeypatch) -> None:
+    import data.datasets.cuhk03 as cuhk03
+
+    folder = make_cuhk03(tmp_path)
+
+    def refuse(path, data):  # what a read-only dataset folder does (the tests run as root: chmod would not stop it)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cuhk03, "atomic_write_bytes", refuse)
+    with pytest.raises(DatasetError, match=rf"Cannot extract the CUHK03 labeled images to {folder / 'images_labeled'} "
+                                           r"\(Permission denied\)"):
+        build_dataset("cuhk03-labeled", tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def test_cli_stats_table_and_json(market_tree: Path) -> None:
     runner = CliRunner()
@@ -313,6 +340,16 @@ def test_cli_errors_are_one_sentence_exit_2(tmp_path: Path, market_tree: Path) -
         assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
         assert "Traceback" not in res.output
 
+
+
+def test_cli_stats_takes_dataset_specs(tmp_path: Path) -> None:
+    make_cuhk01(tmp_path, 12)  # DATASET=cuhk01:split=3 works for `make stats` as for every stage
+    res = CliRunner().invoke(cli, ["stats", "--dataset", "cuhk01:num_train_ids=5,split=3", "--root", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    expected = build_dataset("cuhk01", tmp_path, num_train_ids=5, split=3)
+    assert json.loads(res.stdout)["splits"] == expected.stats()["splits"]
+    res = CliRunner().invoke(cli, ["stats", "--dataset", "market", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.startswith("error: Unknown dataset 'market'; choose one of")
 
 def test_cli_check_images_reports_unreadable(market_tree: Path) -> None:
     (market_tree / "query" / "0009_c1s1_000011_00.jpg").write_bytes(b"")

@@ -185,6 +185,7 @@ def scan_images(
         files = [Path(e.path) for e in os.scandir(base) if e.is_file()]
     triples: list[Triple] = []
     bad: list[str] = []
+    not_numbers: list[str] = []
     for f in sorted(files):
         low = f.name.lower()
         if not low.endswith(tuple(exts)) or low.endswith(_SIDE_FILE_SUFFIXES):
@@ -193,11 +194,21 @@ def scan_images(
         if m is None:
             bad.append(f.name)
             continue
+        try:
+            pid, camid = int(m.group("pid")), int(m.group("camid"))
+        except (TypeError, ValueError):  # a group matched text that is not a number, or did not take part
+            not_numbers.append(f"{f.name} (pid {m.group('pid')!r}, camid {m.group('camid')!r})")
+            continue
         rel = f.relative_to(root).as_posix()
-        triples.append((rel, int(m.group("pid")), int(m.group("camid")) - camid_base))
+        triples.append((rel, pid, camid - camid_base))
     if bad:
         examples = ", ".join(bad[:3])
         raise DatasetError(
             f"{len(bad)} file name(s) in {base} do not match the pattern '{regex.pattern}' (e.g. {examples})."
+        )
+    if not_numbers:
+        raise DatasetError(
+            f"The pattern '{regex.pattern}' gives pid or camid that are not integers for {len(not_numbers)} file(s) "
+            f"in {base} (e.g. {', '.join(not_numbers[:3])})."
         )
     return triples

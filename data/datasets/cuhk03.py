@@ -99,7 +99,13 @@ class CUHK03(ReidDataset):
             raise DatasetError(f"{folder / split_name} lacks the field(s) {', '.join(missing)}.")
         image_dir = f"images_{self.kind}"
         if not (folder / image_dir / _MARKER).is_file():
-            extract_cuhk03_images(folder / _MAT, self.kind, folder / image_dir)
+            try:
+                extract_cuhk03_images(folder / _MAT, self.kind, folder / image_dir)
+            except OSError as e:  # a read-only dataset folder, a full disk: say where the images should go
+                raise DatasetError(
+                    f"Cannot extract the CUHK03 {self.kind} images to {folder / image_dir} "
+                    f"({e.strerror or e}); make that folder writable or extract them on a writable copy."
+                ) from None
         filelist = [_cell_str(x) for x in np.asarray(cfg["filelist"], dtype=object).ravel()]
         labels = np.asarray(cfg["labels"]).ravel().astype(int)
         cams = np.asarray(cfg["camId"]).ravel().astype(int) - 1 if "camId" in cfg else None

@@ -51,7 +51,11 @@ class MSMT17(ReidDataset):
     def _read_list(folder: Path, image_dir: str, list_name: str) -> list[Triple]:
         path = folder / list_name
         triples: list[Triple] = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DatasetError(f"The MSMT17 list {path} cannot be read as UTF-8 text ({e}).") from None
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
