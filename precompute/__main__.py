@@ -100,17 +100,41 @@ def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, s
     _guard(go)
 
 
-def _label_map(estimator: str, dataset_root: Path, settings: dict, image: Any, path: Path, key: str) -> Any:
-    """The part-label map of one image from the store's estimator (None when it cannot be rebuilt)."""
-    from precompute.estimators import build_estimator
+#: Estimator options naming files that are unpickled or executed when the estimator is built (an apply_net
+#: dump, detectron2 weights and configs). A store's manifest may come from anyone: these are taken from the
+#: command line (``inspect -o``) only, never from the store's settings.
+EXPLICIT_ONLY_OPTIONS = ("dump", "weights", "config")
 
+
+def label_map_estimator(estimator: str, dataset_root: Path, settings: dict, options: dict[str, Any]) -> Any:
+    """The store's estimator, rebuilt to draw part-label maps that match the store's DSAP images.
+
+    The store's settings that are options of the estimator are reused (simulated errors, seeds, thresholds),
+    except :data:`EXPLICIT_ONLY_OPTIONS`; ``options`` (``inspect -o``) override them. Returns ``None`` with a
+    warning when it cannot be built: the montages are drawn without label maps rather than with wrong ones."""
+    from precompute.estimators import build_estimator, estimator_options
+
+    if options:  # asked for explicitly: a wrong option is the user's to fix (one sentence, exit 2)
+        unknown = sorted(set(options) - set(estimator_options(estimator)))
+        if unknown:
+            return build_estimator(estimator, dataset_root, **options)  # raises EstimatorError naming the options
     try:
-        try:
-            est = build_estimator(estimator, dataset_root, **settings)
-        except Exception:  # noqa: BLE001 - settings() may hold derived values that are not options
-            est = build_estimator(estimator, dataset_root)
-        iuv = est.estimate([image], [path], [key])[0]
+        accepted = estimator_options(estimator)
+        reused = {k: v for k, v in settings.items() if k in accepted and k not in EXPLICIT_ONLY_OPTIONS}
+        return build_estimator(estimator, dataset_root, **{**reused, **options})
     except Exception as e:  # noqa: BLE001 - the montage is still useful without the label map
+        log.warning("montages without part-label maps: the %s estimator cannot be rebuilt (%s); pass its options "
+                    "with -o KEY=VALUE", estimator, e)
+        return None
+
+
+def _label_map(est: Any, image: Any, path: Path, key: str) -> Any:
+    """The part-label map of one image (None when there is no estimator or it fails on this image)."""
+    if est is None:
+        return None
+    try:
+        iuv = est.estimate([image], [path], [key])[0]
+    except Exception as e:  # noqa: BLE001
         log.warning("no part-label map for %s (%s)", key, e)
         return None
     return None if iuv is None else iuv.I
@@ -126,14 +150,18 @@ def _label_map(estimator: str, dataset_root: Path, settings: dict, image: Any, p
 @click.option("--montage-random", default=0, type=int, help="Write montages for N random keys.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for --montage-random.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Folder for montages (default: STORE/inspect).")
+@click.option("-o", "--option", "options", multiple=True,
+              help="Estimator option key=value for the montages' part-label maps (repeatable); the store's own "
+                   "settings are used otherwise, except dump=, weights= and config=, which must be given here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_verify: bool,
-                montage_keys: tuple[str, ...], montage_random: int, seed: int, out: Path | None, as_json: bool) -> None:
+                montage_keys: tuple[str, ...], montage_random: int, seed: int, out: Path | None,
+                options: tuple[str, ...], as_json: bool) -> None:
     """Summarise a DSAP store (coverage per part and group, problems); verify it; draw montages."""
     import numpy as np
 
     from data.datasets import build_dataset
-    from data.io import read_image
+    from data.io import ImageReadError, read_image
     from data.store import DSAPStore, StoreError, store_dir
     from precompute import inspect as insp
 
@@ -155,8 +183,14 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
         for key in chosen:
             if key not in store:
                 raise StoreError(f"{key!r} is not a key of the store; keys are paths relative to the dataset folder")
-            image = read_image(ds.root / key)
-            labels = _label_map(store.estimator, ds.root, store.settings, image, ds.root / key, key)
+        est = label_map_estimator(store.estimator, ds.root, store.settings, parse_options(options)) if chosen else None
+        for key in chosen:
+            try:
+                image = read_image(ds.root / key)
+            except ImageReadError as e:  # e.g. an image the run recorded as a failure
+                log.warning("no montage for %s: %s", key, e.reason)
+                continue
+            labels = _label_map(est, image, ds.root / key, key)
             folder = out or store.folder / "inspect"
             path = insp.draw_montage(folder / f"{insp.safe_name(key)}.png", image, store.get(key),
                                      store.get_written(key), labels,

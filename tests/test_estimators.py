@@ -238,6 +238,10 @@ def test_dump_needing_detectron2_gives_a_sentence(tmp_path):
         load_apply_net_dump(dump)
     with pytest.raises(EstimatorError, match="does not exist"):
         load_apply_net_dump(tmp_path / "absent.pkl")
+    for content in (b"garbage\n", b"", b"\x80\x04\x95"):  # text, empty, truncated pickle
+        dump.write_bytes(content)
+        with pytest.raises(EstimatorError, match="is not a readable apply_net dump"):
+            build_estimator("iuv", tmp_path, dump=str(dump))
 
 
 def test_chart_output_to_iuv_identity_size():

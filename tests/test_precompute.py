@@ -405,3 +405,51 @@ def test_inspect_iuv_demo(tmp_path):
                                  "--inds", str(DEMO / "demo_im_INDS.png"), "--out", str(tmp_path), "--max-persons", "1"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["demo_im_person0_coverage.png", "demo_im_person0_montage.png"]
+
+
+def test_montage_label_maps_follow_the_store_settings(synthetic_root):
+    """The label map drawn beside the DSAP images comes from the estimator as the store ran it (here with
+    parts dropped), not from its defaults: every part drawn in the map has written cells, and vice versa."""
+    from data.io import read_image
+    from precompute.__main__ import _label_map, label_map_estimator
+
+    cfg = PrecomputeConfig(dataset="synthetic", root=synthetic_root, estimator="synthetic", shard_size=50,
+                           options={"drop_part": 0.5, "seed": 7})
+    run_precompute(cfg)
+    store = DSAPStore(store_dir(synthetic_root, "synthetic", "synthetic"))
+    est = label_map_estimator("synthetic", synthetic_root / "synthetic", store.settings, {})
+    assert (est.drop_part, est.seed) == (0.5, 7)
+    checked = 0
+    for key in store.keys:
+        if not store.found(key):
+            continue
+        path = synthetic_root / "synthetic" / key
+        labels = _label_map(est, read_image(path), path, key)
+        drawn = {int(p) for p in np.unique(labels) if p > 0}
+        written = {p + 1 for p in range(24) if store.get_written(key)[p].any()}
+        assert drawn == written, key
+        checked += 1
+    assert checked > 0
+    # explicit options override the store's, and a wrong one is the user's to fix
+    assert label_map_estimator("synthetic", synthetic_root / "synthetic", store.settings, {"seed": 1}).seed == 1
+    with pytest.raises(Exception, match="has no option bogus"):
+        label_map_estimator("synthetic", synthetic_root / "synthetic", store.settings, {"bogus": 1})
+
+
+def test_inspect_never_unpickles_a_file_named_by_the_store(tmp_path):
+    """A manifest may come from anyone: a dump= (pickle) named in its settings is not loaded for label maps."""
+    import pickle
+
+    from precompute.__main__ import label_map_estimator
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    dump = tmp_path / "dump.pkl"
+    dump.write_bytes(pickle.dumps([Evil()]))
+    est = label_map_estimator("iuv", tmp_path, {"dump": str(dump), "missing": "not-found"}, {})
+    assert est is not None and est.dump_path is None and est.missing == "not-found"
+    assert not marker.exists()

@@ -5,6 +5,6 @@
 """
 from dsa.iuv import IUV
 
-from .base import ESTIMATORS, Estimator, EstimatorError, build_estimator, key_rng, sibling_path
+from .base import ESTIMATORS, Estimator, EstimatorError, build_estimator, estimator_options, key_rng, sibling_path
 
-__all__ = ["ESTIMATORS", "Estimator", "EstimatorError", "IUV", "build_estimator", "key_rng", "sibling_path"]
+__all__ = ["ESTIMATORS", "Estimator", "EstimatorError", "IUV", "build_estimator", "estimator_options", "key_rng", "sibling_path"]

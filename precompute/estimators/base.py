@@ -18,7 +18,8 @@ import numpy as np
 
 from dsa.iuv import IUV
 
-__all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "build_estimator", "key_rng", "sibling_path"]
+__all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "build_estimator", "estimator_options", "key_rng",
+           "sibling_path"]
 
 
 class EstimatorError(ValueError):
@@ -97,6 +98,18 @@ def _coerce(name: str, option: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _options_of(cls: type[Estimator]) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k not in ("self", "dataset_root") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def estimator_options(name: str) -> dict[str, Any]:
+    """The options estimator ``name`` takes, with their defaults (imports its module, not its dependencies)."""
+    if name not in ESTIMATORS:
+        raise EstimatorError(f"unknown estimator {name!r}; choose one of: {', '.join(sorted(ESTIMATORS))}")
+    return {k: p.default for k, p in _options_of(_resolve(name)).items()}
+
+
 def build_estimator(name: str, dataset_root: str | Path, **options: Any) -> Estimator:
     """Build the estimator ``name`` for the dataset folder ``dataset_root`` with its ``options``.
 
@@ -109,8 +122,7 @@ def build_estimator(name: str, dataset_root: str | Path, **options: Any) -> Esti
         if e.name and e.name.startswith("precompute.estimators"):
             raise EstimatorError(f"the estimator {name!r} is not available in this checkout ({e.name} is missing)") from None
         raise
-    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items()
-              if k not in ("self", "dataset_root") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    params = _options_of(cls)
     unknown = sorted(set(options) - set(params))
     if unknown:
         valid = ", ".join(f"{k}={p.default!r}" for k, p in params.items()) or "none"

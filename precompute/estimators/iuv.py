@@ -165,6 +165,8 @@ def load_apply_net_dump(path: str | Path) -> list[dict[str, Any]]:
             "detectron2 and its DensePose project (pip install 'git+https://github.com/facebookresearch/detectron2.git' "
             "and pip install 'git+https://github.com/facebookresearch/detectron2@main#subdirectory=projects/DensePose')"
         ) from None
+    except Exception as e:  # noqa: BLE001 - not a pickle / torch file at all (truncated, text, an image...)
+        raise EstimatorError(f"{path} is not a readable apply_net dump ({type(e).__name__}: {e})") from None
     if not isinstance(data, list) or not all(isinstance(d, dict) and "file_name" in d for d in data):
         raise EstimatorError(f"{path} is not an apply_net dump (a list of dicts with file_name)")
     return data
