@@ -364,24 +364,33 @@ class DSAPStore:
                 f"images missing (e.g. {examples}); rerun `make precompute` for this dataset and estimator"
             )
 
-    def verify(self) -> list[str]:
-        """Check checksums against the manifest and read every array; returns a list of problems (empty = fine)."""
+    def verify(self, progress: bool | None = None) -> list[str]:
+        """Check checksums against the manifest and read every array; returns a list of problems (empty = fine).
+
+        A progress bar (in images) runs on a terminal, or always with ``progress=True``; never with ``False``.
+        """
+        from tqdm import tqdm
+
         problems: list[str] = []
-        for s, shard in enumerate(self.manifest["shards"]):
-            path = self._shard_paths[s]
-            if file_sha256(path) != shard["sha256"]:
-                problems.append(f"{shard['name']}: checksum differs from the manifest")
-            try:
-                with h5py.File(path, "r") as f:
-                    n = f["keys"].shape[0]
-                    if n != shard["num_images"]:
-                        problems.append(f"{shard['name']}: {n} images, the manifest says {shard['num_images']}")
-                    for name in ("dsap", "found", "written", "coverage"):
-                        if f[name].shape[0] != n:
-                            problems.append(f"{shard['name']}: {name} has {f[name].shape[0]} rows, expected {n}")
-                    for row in range(n):  # chunk by chunk, so a damaged chunk is found
-                        f["dsap"][row]
-                        f["written"][row]
-            except (OSError, KeyError, ValueError) as e:
-                problems.append(f"{shard['name']}: unreadable ({e})")
+        total = sum(int(shard["num_images"]) for shard in self.manifest["shards"])
+        with tqdm(total=total, unit="img", desc="verify", leave=False,
+                  disable=None if progress is None else not progress) as bar:
+            for s, shard in enumerate(self.manifest["shards"]):
+                path = self._shard_paths[s]
+                if file_sha256(path) != shard["sha256"]:
+                    problems.append(f"{shard['name']}: checksum differs from the manifest")
+                try:
+                    with h5py.File(path, "r") as f:
+                        n = f["keys"].shape[0]
+                        if n != shard["num_images"]:
+                            problems.append(f"{shard['name']}: {n} images, the manifest says {shard['num_images']}")
+                        for name in ("dsap", "found", "written", "coverage"):
+                            if f[name].shape[0] != n:
+                                problems.append(f"{shard['name']}: {name} has {f[name].shape[0]} rows, expected {n}")
+                        for row in range(n):  # chunk by chunk, so a damaged chunk is found
+                            f["dsap"][row]
+                            f["written"][row]
+                            bar.update(1)
+                except (OSError, KeyError, ValueError) as e:
+                    problems.append(f"{shard['name']}: unreadable ({e})")
         return problems

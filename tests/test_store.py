@@ -137,6 +137,14 @@ def test_verify_detects_changed_shard(tmp_path):
     assert len(problems) == 1 and "shard-00002.h5" in problems[0] and "checksum" in problems[0]
 
 
+def test_verify_shows_progress(tmp_path, capsys):
+    make_store(tmp_path, KEYS)
+    assert DSAPStore(tmp_path).verify(progress=True) == []
+    err = capsys.readouterr().err
+    assert "verify:" in err and f"/{len(KEYS)} " in err
+    assert DSAPStore(tmp_path).verify(progress=False) == [] and capsys.readouterr().err == ""
+
+
 def test_shard_header(tmp_path):
     make_store(tmp_path, KEYS)
     h = read_shard_header(tmp_path / "shard-00002.h5")
