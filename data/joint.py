@@ -16,7 +16,18 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .io import read_image
+from .io import ImageReadError, read_image
+
+
+def image_error_text(error: BaseException) -> str | None:
+    """The sentence of an unreadable image (``ImageReadError``), whether it was raised in this process
+    or in a DataLoader worker (where torch re-raises it as another exception whose message carries the
+    worker's traceback); None for any other error."""
+    if isinstance(error, ImageReadError):
+        return str(error)
+    if "ImageReadError: " in str(error):
+        return str(error).rsplit("ImageReadError: ", 1)[1].strip().splitlines()[0]
+    return None
 
 
 class JointDataset(Dataset):

@@ -82,8 +82,9 @@ class StandIn(nn.Module):
 class Loss:
     """Cross-entropy, with hooks: record the pids seen, raise a signal or return NaN at a given step."""
 
-    def __init__(self, signal_at: int | None = None, nan_at: int | None = None) -> None:
-        self.calls, self.signal_at, self.nan_at = 0, signal_at, nan_at
+    def __init__(self, signal_at: int | None = None, nan_at: int | None = None,
+                 nan_grad_at: int | None = None) -> None:
+        self.calls, self.signal_at, self.nan_at, self.nan_grad_at = 0, signal_at, nan_at, nan_grad_at
         self.pids: list[list[int]] = []
 
     def __call__(self, out: dict, pids: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -94,6 +95,8 @@ class Loss:
             os.kill(os.getpid(), signal.SIGTERM)
         if self.calls == self.nan_at:
             ce = ce * float("nan")
+        if self.calls == self.nan_grad_at:  # value 0, gradient 0 * inf = NaN: the weights go NaN
+            ce = ce + (out["logits"] * 0).sum().sqrt()
         return ce, {"ce": ce}
 
 
@@ -202,6 +205,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data) -> 
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_non_finite_weights_after_a_finite_loss_are_never_saved(tmp_path: Path, data) -> None:
+    probe = make_trainer(tmp_path / "probe", data, max_steps=1)
+    first, second = len(probe.sampler.plan(0)), len(probe.sampler.plan(1))
+    # the last step of epoch 1 has a finite loss but NaN gradients; its epoch-end checkpoint must not be written
+    trainer = make_trainer(tmp_path / "run", data, loss=Loss(nan_grad_at=first + second))
+    with pytest.raises(TrainingError, match=rf"weights became NaN or infinite by step {first + second} .*"
+                                            r"last good checkpoint"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == first and ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreadable_image_is_a_sentence(tmp_path: Path, workers: int) -> None:
     items, store = make_data(tmp_path / "data")
@@ -302,6 +318,32 @@ def test_cli_refuses_a_run_of_another_configuration(tmp_path: Path, synth_root: 
     result = cli(synth_root, tmp_path)
     assert result.exit_code == 2
     assert "another configuration" in result.output and "variant (saved 'two-branch', now 'dsa')" in result.output
+
+
+def test_cli_failed_start_does_not_pin_its_configuration(tmp_path: Path, synth_root: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a state dict")
+    first = cli(synth_root, tmp_path, "--pretrained", str(bad), "--max-steps", "1")
+    assert first.exit_code == 2 and "cannot read pretrained weights" in first.output, first.output
+    assert not (tmp_path / "r" / "config.json").exists()
+    fixed = cli(synth_root, tmp_path, "--max-steps", "1")  # the corrected command is not refused
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["pretrained"] == "none"
+
+
+def test_cli_unreadable_checkpoint_or_config_is_a_sentence(tmp_path: Path, synth_root: Path) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text("{truncated")
+    result = cli(synth_root, tmp_path)
+    assert result.exit_code == 2 and result.output.startswith("error: cannot read the run's configuration")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a checkpoint")
+    result = cli(synth_root, tmp_path)
+    assert result.exit_code == 2 and result.output.startswith("error: cannot read the checkpoint"), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    torch.save({"model": {"nothing": torch.zeros(1)}, "config": None}, tmp_path / "r" / "checkpoint.pt")
+    result = cli(synth_root, tmp_path)
+    assert result.exit_code == 2 and "does not fit this run" in result.output, result.output
 
 
 def test_cli_trains_resumes_and_checks_the_checkpoint(tmp_path: Path, synth_root: Path) -> None:

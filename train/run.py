@@ -85,6 +85,33 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], where: Pat
             f"use another --run name, or rerun with the saved options (see {where / 'config.json'})")
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The run's checkpoint (None when there is none); an unreadable one is a sentence."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainingError(f"cannot read the checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                            f"move it away to start the run afresh, or use another --run name") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise TrainingError(f"{path} is not a checkpoint written by `python -m train`; use another --run name")
+    return ckpt
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    """A run's saved config.json (None when there is none); an unreadable one is a sentence."""
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TrainingError(f"cannot read the run's configuration {path} ({e}); remove it or use another --run name") from None
+    if not isinstance(config, dict):
+        raise TrainingError(f"the run's configuration {path} is not a JSON object; remove it or use another --run name")
+    return config
+
+
 def _open_store(opts: RunOptions, size: int) -> DSAPStore:
     folder = store_dir(opts.root, opts.dataset, opts.estimator, opts.tag)
     store = DSAPStore(folder)
@@ -155,17 +182,10 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             "world_size": info.world_size, "num_classes": dataset.num_train_pids,
             "num_train_images": len(dataset.train), "model": model_cfg.to_dict(), "recipe": recipe.to_dict(),
         }
-        ckpt_path = run_dir / CHECKPOINT_NAME
-        saved = None
-        if ckpt_path.is_file():
-            saved = load_checkpoint(ckpt_path).get("config")
-        elif (run_dir / "config.json").is_file():
-            saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        ckpt = _read_checkpoint(run_dir / CHECKPOINT_NAME)
+        saved = ckpt.get("config") if ckpt is not None else _read_config(run_dir / "config.json")
         if saved is not None:
             check_same_config(saved, config, run_dir)
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "config.json", config)
 
         try:
             model = DSANet(model_cfg, dataset.num_train_pids, variant=opts.variant,
@@ -180,6 +200,11 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             raise TrainingError(f"cannot form batches for {opts.dataset}: {e}") from None
         optimizer = build_optimizer(model.parameters(), recipe)
         scheduler = build_scheduler(optimizer, recipe)
+        # written only once everything is built: a start that failed on a fixable problem (weights
+        # file, store, batch size) leaves no configuration behind that would refuse the corrected one
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / "config.json", config)
         meta = {"model_config": model_cfg.to_dict(), "preset": preset.name, "variant": opts.variant,
                 "num_classes": dataset.num_train_pids, "config": config}
         trainer = Trainer(model=model, loss_fn=loss_fn, dataset=joint, sampler=sampler, optimizer=optimizer,
@@ -187,7 +212,14 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
                           max_steps=opts.max_steps, amp=opts.amp, workers=opts.workers,
                           log_every=opts.log_every, meta=meta, tensorboard=opts.tensorboard,
                           progress=opts.progress, find_unused_parameters=False)
-        if trainer.resume_if_possible() and trainer.epoch >= recipe.epochs:
+        if ckpt is not None:
+            try:
+                trainer.resume(ckpt)
+            except (KeyError, ValueError, RuntimeError) as e:
+                raise TrainingError(f"the checkpoint {run_dir / CHECKPOINT_NAME} does not fit this run "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0]}); use another --run name") from None
+            del ckpt
+        if trainer.epoch >= recipe.epochs:
             log.info("run %s is already complete (%d epochs); nothing to do", run_dir, trainer.epoch)
             return {"stopped_by": "complete", "epoch": trainer.epoch, "step": trainer.step}
         return trainer.fit()

@@ -10,7 +10,8 @@ The loop is written so that a run can stop at any step boundary and continue *ex
 Checkpoints are written at each epoch end, when ``max_steps`` is reached and on SIGINT/SIGTERM (the
 signal is noted, the current step finishes, then the checkpoint is written).  A non-finite loss stops
 the run with a ``TrainingError`` naming the step and the term, and no checkpoint is written after it,
-so the last good one stays.  Under DDP every rank takes the same decisions: the stop flag and the loss
+so the last good one stays; weights that went NaN or infinite after a finite loss (an overflowing
+gradient) are never saved either.  Under DDP every rank takes the same decisions: the stop flag and the loss
 values are summed over ranks each step.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.io import ImageReadError
+from data.joint import image_error_text
 from data.sampler import PKSampler, SeededBatches
 
 from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -80,11 +81,8 @@ def worker_init(worker_id: int) -> None:
 def data_error_sentence(error: BaseException) -> str | None:
     """The sentence of an unreadable image, whether raised here or in a DataLoader worker (where torch
     re-raises it as a generic exception whose message carries the worker's traceback); else None."""
-    if isinstance(error, ImageReadError):
-        text = str(error)
-    elif "ImageReadError: " in str(error):
-        text = str(error).rsplit("ImageReadError: ", 1)[1].strip().splitlines()[0]
-    else:
+    text = image_error_text(error)
+    if text is None:
         return None
     return f"{text}; replace or remove that image (and rerun precompute), then rerun to resume"
 
@@ -206,8 +204,24 @@ class Trainer:
         self._epoch_sums = dict(epoch_log.get("sums", {}))
         self._epoch_steps = int(epoch_log.get("steps", 0))
 
+    def _weights_finite(self) -> bool:
+        """Are all floating-point weights and buffers finite (on every rank)?"""
+        flags = [torch.isfinite(t).all() for t in self.bare_model.state_dict().values() if t.is_floating_point()]
+        bad = torch.logical_not(torch.stack(flags).all()).float().reshape(1) if flags else torch.zeros(1)
+        if self.info.distributed:
+            bad = all_reduce_sum(bad.to(self.device), self.info)
+        return not bool(bad.item() > 0)
+
     def save(self, complete: bool = False) -> None:
-        """Rank 0 writes the checkpoint atomically; the others wait for it."""
+        """Rank 0 writes the checkpoint atomically; the others wait for it.
+
+        Weights that became NaN or infinite (a gradient overflowed although every loss was finite)
+        are never saved: the run stops with a TrainingError and the last good checkpoint stays."""
+        if not self._weights_finite():
+            raise TrainingError(
+                f"the weights became NaN or infinite by step {self.step} (epoch {self.epoch}) although every "
+                f"loss term was finite (a gradient overflowed); training stopped and the last good checkpoint "
+                f"{self.checkpoint_path} was kept")
         if self.info.is_main:
             save_checkpoint(self.checkpoint_path, self.state_dict(complete))
         barrier(self.info)
@@ -216,10 +230,14 @@ class Trainer:
         """Load ``checkpoint.pt`` from the run folder if there is one; True when resumed."""
         if not self.checkpoint_path.is_file():
             return False
-        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        self.resume(load_checkpoint(self.checkpoint_path))
+        return True
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Continue from ``ckpt`` (this run's checkpoint, already loaded) and trim the log to it."""
+        self.load_state_dict(ckpt)
         self._trim_log()
         log.info("resumed %s at epoch %d, step %d", self.run_dir, self.epoch, self.step)
-        return True
 
     # ------------------------------------------------------------------ logging
     def _trim_log(self) -> None:
