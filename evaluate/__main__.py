@@ -59,7 +59,7 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @click.option("--queries", default=5, show_default=True, help="random queries to draw ranked lists for")
 @click.option("--query-keys", multiple=True, help="query keys to draw ranked lists for (repeatable)")
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes")
 @_json
 def run(run, dataset, root, runs_dir, feature_set, distance, rerank, flip, ap, queries, query_keys,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluate.features import ImageList, build_model, extract, load_checkpoint, resolve_checkpoint
+from evaluate.features import ImageList, build_model, extract, load_checkpoint, resolve_checkpoint, resolve_device
 from evaluate.metrics import pairwise_distance
 
 
@@ -25,7 +25,8 @@ class ReidModel:
 
     def __init__(self, model: torch.nn.Module, size: tuple[int, int], device: str = "cpu",
                  feature_set: str = "mf", checkpoint: str | None = None):
-        self.model, self.size, self.device = model.to(device).eval(), size, device
+        self.device = resolve_device(device)
+        self.model, self.size = model.to(self.device).eval(), size
         self.feature_set, self.checkpoint = feature_set, checkpoint
 
     @classmethod

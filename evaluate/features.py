@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.io import ImageReadError, atomic_output, read_image
+from data.io import atomic_output, read_image
+from data.joint import image_error_text
 from data.store import file_sha256
 from data.transforms import build_test_transform
 from dsa.dsap import normalise_dsap
@@ -104,6 +105,27 @@ def build_model(ckpt: dict[str, Any], feature_set: str = "mf") -> tuple[nn.Modul
     return model.eval(), (int(cfg["height"]), int(cfg["width"]))
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` (or ``auto``: CUDA when available) -> a usable torch device;
+    anything else, or CUDA without a GPU, is an EvaluationError with a sentence."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EvaluationError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or auto.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EvaluationError(f"--device {device} was asked for, but PyTorch sees no CUDA device; use cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise EvaluationError(f"There is no {device}: PyTorch sees {torch.cuda.device_count()} CUDA device(s).")
+    elif dev.type != "cpu":
+        raise EvaluationError(f"Unsupported device {device!r}; use cpu, cuda, cuda:N or auto.")
+    return dev
+
+
 # --------------------------------------------------------------------------------------------
 # extraction
 
@@ -150,7 +172,7 @@ def extract(
     Normalisation happens here (``dsa.transforms.normalise``), outside the model.  For the fused
     set the mirrored image keeps its DSAP images (the level-1 merge sums left/right partners).
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     model = model.to(device).eval()
     fused = isinstance(model, FusedFeatures)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -163,8 +185,11 @@ def extract(
             if flip:
                 f = (f + model(torch.flip(x, dims=[3]), *args)) / 2
             out.append(f.float().cpu().numpy())
-    except ImageReadError as e:
-        raise EvaluationError(str(e)) from None
+    except Exception as e:  # an unreadable image, here or in a DataLoader worker: one sentence
+        text = image_error_text(e)
+        if text is None:
+            raise
+        raise EvaluationError(text) from None
     dim = out[0].shape[1] if out else 0
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 

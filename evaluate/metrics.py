@@ -18,9 +18,9 @@ per-query loop with a stable argsort; the tests hold both equal.
 
 Protocols:
 
-* ``market`` (Market-1501, DukeMTMC-reID, CUHK03 new protocol, MSMT17): gallery items with the
-  same pid *and* the same camera as the query are junk and removed from its list; queries with no
-  remaining positive are skipped and counted.
+* ``market`` (Market-1501, DukeMTMC-reID, MSMT17) and ``cuhk03-new`` (CUHK03's new protocol, the
+  same rule under its own name): gallery items with the same pid *and* the same camera as the query
+  are junk and removed from its list; queries with no remaining positive are skipped and counted.
 * ``cuhk01-single-shot``: the dataset adapter has already chosen one gallery image per identity
   (other camera) for the split; every gallery item is kept (nothing is junk).
 """
@@ -35,7 +35,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("market", "cuhk01-single-shot")
+PROTOCOLS = ("market", "cuhk03-new", "cuhk01-single-shot")
+#: protocols that drop same-pid same-camera gallery items as junk (the Market-1501 rule)
+SAME_CAMERA_JUNK = ("market", "cuhk03-new")
 AP_DEFINITIONS = ("standard", "market")
 DISTANCES = ("cosine", "euclidean")
 CMC_RANKS = (1, 5, 10, 20)
@@ -160,7 +162,7 @@ class _SamePid:
         row = torch.where(found, row, torch.full_like(row, len(self.uniq)))
         idx = self.table[row]
         has = idx < self.n
-        if protocol == "market":
+        if protocol in SAME_CAMERA_JUNK:
             junk = has & (self.cams[idx] == q_camids[:, None])
         else:
             junk = torch.zeros_like(has)
@@ -398,7 +400,7 @@ def evaluate_reference(
     evaluated = 0
     for i in idx:
         order = np.argsort(dist[i], kind="stable")
-        if protocol == "market":
+        if protocol in SAME_CAMERA_JUNK:
             keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
         else:
             keep = np.ones(len(order), bool)

@@ -30,9 +30,10 @@ from evaluate.features import (
     load_features,
     now_iso,
     resolve_checkpoint,
+    resolve_device,
     save_features,
 )
-from evaluate.metrics import MetricsError, evaluate_distances, pairwise_distance
+from evaluate.metrics import SAME_CAMERA_JUNK, MetricsError, evaluate_distances, pairwise_distance
 from evaluate.plots import plot_cmc, ranked_list
 from evaluate.rerank import k_reciprocal_rerank
 
@@ -128,7 +129,8 @@ def draw_ranked_lists(feats: Features, dist: np.ndarray, root: Path, out_dir: Pa
         status, captions = [], []
         for gi in order:
             same = feats.g_pids[gi] == feats.q_pids[qi]
-            junk = same and feats.g_camids[gi] == feats.q_camids[qi] and feats.protocol == "market"
+            junk = same and feats.g_camids[gi] == feats.q_camids[qi] \
+                and feats.protocol in SAME_CAMERA_JUNK
             status.append("junk" if junk else "correct" if same else "wrong")
             captions.append(f"{int(feats.g_pids[gi])} c{int(feats.g_camids[gi]) + 1}")
         name = Path(feats.q_keys[qi]).stem + ".png"
@@ -158,6 +160,7 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Extract features with the run's checkpoint, score them, write the outputs; returns metrics."""
+    device = resolve_device(device)
     ckpt_path = resolve_checkpoint(run, runs_dir)
     ckpt = load_checkpoint(ckpt_path)
     model, size = build_model(ckpt, feature_set)

@@ -155,3 +155,36 @@ def test_ranked_list_marks_junk(tmp_path, make_images):
     x0 = step + 8  # first gallery tile after the query tile and the gap
     assert tuple(img[1, x0 + 1]) == (40, 170, 40) and tuple(img[1, x0 + step + 1]) == (210, 40, 40)
     assert tuple(img[1, x0 + 2 * step + 1]) == (150, 150, 150)
+
+
+def test_bad_device_and_unreadable_image_in_a_worker_are_sentences(run_dir, market_tree):
+    res = _invoke("run", "--run", "r1", "--runs-dir", run_dir, "--dataset", "market1501", "--root",
+                  market_tree.parent, "--device", "gpu0")
+    assert res.exit_code == 2 and "Unknown device 'gpu0'" in res.output and "Traceback" not in res.output
+    if not torch.cuda.is_available():
+        res = _invoke("run", "--run", "r1", "--runs-dir", run_dir, "--dataset", "market1501", "--root",
+                      market_tree.parent, "--device", "cuda")
+        assert res.exit_code == 2 and "no CUDA device" in res.output
+        with pytest.raises(EvaluationError, match="no CUDA device"):
+            ReidModel.from_run(run_dir / "r1", device="cuda")
+    (market_tree / "bounding_box_test" / "0007_c3s1_000013_00.jpg").write_bytes(b"")
+    for workers in ("0", "1"):  # in a DataLoader worker the error arrives wrapped by torch
+        res = _invoke("run", "--run", "r1", "--runs-dir", run_dir, "--dataset", "market1501", "--root",
+                      market_tree.parent, "--workers", workers, "--queries", "0")
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert res.output.strip().splitlines()[-1].startswith("error: cannot read image ") and \
+            res.output.strip().endswith("0007_c3s1_000013_00.jpg: file is empty (0 bytes)"), res.output
+
+
+@pytest.mark.parametrize("protocol, junk", [("market", True), ("cuhk03-new", True), ("cuhk01-single-shot", False)])
+def test_ranked_lists_grey_same_camera_matches_under_market_style_protocols(tmp_path, monkeypatch, protocol, junk):
+    import evaluate.report as report
+
+    seen = []
+    monkeypatch.setattr(report, "ranked_list", lambda q, g, status, *a, **k: seen.append(status))
+    feats = _features()
+    feats.attrs["protocol"] = protocol
+    feats.g_camids[:] = 0  # gallery item 0 has query 0's pid and camera
+    dist = np.array([[0.0, 1.0, 2.0, 3.0]] * 3, np.float32)
+    report.draw_ranked_lists(feats, dist, tmp_path, tmp_path / "ranked", [0], top_k=2)
+    assert seen == [["junk" if junk else "correct", "wrong"]]

@@ -67,6 +67,25 @@ def test_cuhk01_single_shot_keeps_same_camera_items():
     assert m.cmc[1] == 1.0 and m.protocol == "cuhk01-single-shot" and m.num_skipped == 0
 
 
+def test_every_dataset_protocol_is_known():
+    """Each adapter's protocol is one the metrics evaluate (CUHK03's new protocol used to be refused)."""
+    from data.datasets import DATASETS
+    from evaluate.metrics import PROTOCOLS
+
+    assert {name: cls.protocol for name, cls in DATASETS.items() if cls.protocol not in PROTOCOLS} == {}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cuhk03_new_protocol_removes_same_camera_junk_like_market(method):
+    dist, qp, gp, qc, gc = _hand_case()
+    market = evaluate_distances(dist, qp, gp, qc, gc, method=method)
+    cuhk03 = evaluate_distances(dist, qp, gp, qc, gc, protocol="cuhk03-new", method=method)
+    assert cuhk03.protocol == "cuhk03-new" and cuhk03.num_skipped == 1
+    assert (cuhk03.cmc_curve, cuhk03.mAP, cuhk03.mINP) == (market.cmc_curve, market.mAP, market.mINP)
+    ref = evaluate_reference(dist, qp, gp, qc, gc, protocol="cuhk03-new")
+    assert ref.mAP == pytest.approx(market.mAP)
+
+
 def _random_problem(seed, q=60, g=400, ids=25, cams=4):
     rng = np.random.default_rng(seed)
     dist = rng.random((q, g)).astype(np.float32)
