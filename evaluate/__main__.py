@@ -56,11 +56,11 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @_rerank
 @click.option("--flip", is_flag=True, help="average features with the mirrored image")
 @_ap
-@click.option("--queries", default=5, show_default=True, help="random queries to draw ranked lists for")
+@click.option("--queries", default=5, show_default=True, type=click.IntRange(min=0), help="random queries to draw ranked lists for")
 @click.option("--query-keys", multiple=True, help="query keys to draw ranked lists for (repeatable)")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
-@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes")
 @_json
 def run(run, dataset, root, runs_dir, feature_set, distance, rerank, flip, ap, queries, query_keys,
         batch_size, device, workers, as_json) -> None:
