@@ -24,7 +24,7 @@ ARGS       ?=
 # The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors)
 # -> train DSA-reID and the two-branch baseline on the same budget -> evaluate both.
 DEMO_ERRORS ?= -o miss=0.05 -o drop_part=0.1 -o label_noise=0.05 -o uv_jitter=0.02
-DEMO_EPOCHS ?= 12
+DEMO_EPOCHS ?= 20
 DEMO_PRESET ?= small
 
 TAG_ARG    := $(if $(TAG),--tag $(TAG))
