@@ -47,6 +47,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small problem (seconds)")
     ap.add_argument("--no-rerank", action="store_true")
+    ap.add_argument("--dim", type=int, default=None,
+                    help="feature size (default 4096, 256 with --quick); re-ranking memory does not depend "
+                         "on it, its distance matrices' compute time does")
+    ap.add_argument("--out", default=None, help="results file name (default metrics[-quick].json)")
     ap.add_argument("--ref-queries", type=int, default=300, help="queries timed for the reference loop")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default); 1 gives steadier figures on a shared machine")
@@ -54,6 +58,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     q, g, dim, ids = (337, 1973, 256, 75) if args.quick else (3368, 19732, 4096, 751)
+    dim = args.dim or dim
     qf, gf, qp, gp, qc, gc = problem(q, g, dim, ids, 6)
     t_dist, dist = timed(lambda: pairwise_distance(qf, gf, "cosine"))
     t_vec, m = timed(lambda: evaluate_distances(dist, qp, gp, qc, gc), repeat=3)
@@ -98,7 +103,7 @@ def main() -> None:
     print(f"  speed-up vectorised vs reference: {t_ref / t_vec:.1f}x  (mAP {100 * m.mAP:.2f}%)")
     if "mAP_reranked" in res:
         print(f"  mAP euclidean {100 * res['mAP_euclidean']:.2f}% -> re-ranked {100 * res['mAP_reranked']:.2f}%")
-    out = Path(__file__).resolve().parent / "results" / ("metrics-quick.json" if args.quick else "metrics.json")
+    out = Path(__file__).resolve().parent / "results" / (args.out or ("metrics-quick.json" if args.quick else "metrics.json"))
     out.parent.mkdir(exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=2) + "\n")

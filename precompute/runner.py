@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 import queue as queue_mod
 import time
 import traceback
@@ -211,9 +212,32 @@ def _write_shards(job: _Job, estimator: Any, progress: Callable[[int], None]) ->
     return stats
 
 
+def _die_with_parent() -> None:
+    """On Linux, have the kernel SIGKILL this worker as soon as its parent dies.
+
+    A worker orphaned by a killed run must not go on writing shards (or their temporary files) while
+    the rerun works in the same folder; the parent-pid check in ``progress`` is the portable fallback,
+    but it only runs between batches.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl: rely on the fallback
+        pass
+
+
 def _worker_main(job: _Job, q: Any) -> None:
     """Entry point of a spawned worker: report progress and the final counts through ``q``."""
     parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        raise SystemExit(1)
 
     def progress(n: int) -> None:
         if os.getppid() != parent:  # the parent was killed: stop rather than compete with a rerun
