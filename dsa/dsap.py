@@ -28,11 +28,9 @@ if TYPE_CHECKING:  # torch is imported lazily so that NumPy-only users do not pa
     import torch
 
 DEFAULT_SIZE = 32
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = [
-    "DEFAULT_SIZE", "IMAGENET_MEAN", "IMAGENET_STD",
+    "DEFAULT_SIZE",
     "warp_dsap", "warp_dsap_torch", "warp_dsap_reference", "crop_csa", "dsap_not_found",
     "image_mean", "normalise_dsap", "coverage", "merge_groups",
 ]
@@ -228,14 +226,13 @@ def crop_csa(image: np.ndarray, I: np.ndarray, size: int = DEFAULT_SIZE) -> tupl
 def normalise_dsap(dsap: "torch.Tensor") -> "torch.Tensor":
     """uint8 DSAP [..., 3, S, S] → float32 scaled to [0, 1] then ImageNet mean/std per channel.
 
-    Returns a new tensor; the input is never modified."""
-    import torch
+    The same normalisation as the images (``dsa.transforms.normalise``); returns a new tensor, the
+    input is never modified."""
+    from .transforms import normalise
 
     if dsap.ndim < 3 or dsap.shape[-3] != 3:
         raise ValueError(f"DSAP must be [..., 3, S, S], got {tuple(dsap.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=dsap.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=dsap.device).view(3, 1, 1)
-    return (dsap.to(torch.float32) / 255.0 - mean) / std
+    return normalise(dsap)
 
 
 def coverage(written: np.ndarray) -> np.ndarray:

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from dsa.dsap import (
-    IMAGENET_MEAN, IMAGENET_STD, coverage, crop_csa, dsap_not_found, image_mean, merge_groups,
+    coverage, crop_csa, dsap_not_found, image_mean, merge_groups,
     normalise_dsap, warp_dsap, warp_dsap_reference, warp_dsap_torch,
 )
 from dsa.parts import NUM_GROUPS, NUM_PARTS, PART_TO_GROUP
+from dsa.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _random_case(rng: np.random.Generator, h: int, w: int, body: float = 0.6):
