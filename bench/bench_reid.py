@@ -57,6 +57,8 @@ def main() -> None:
     tag = ["--tag", args.tag] if args.tag else []
 
     t0 = time.time()
+    if args.dataset == "synthetic":  # the embedded default: generated (or reused) first
+        sh([py, "-m", "data", "synth", "--root", args.root])
     sh([py, "-m", "precompute", "run", "--dataset", args.dataset, "--root", args.root,
         "--estimator", args.estimator, *tag])
     precompute_s = time.time() - t0
