@@ -90,7 +90,7 @@ bench: $(STAMP)  ## run every benchmark in bench/ (ARGS=--quick for a fast pass;
 bench-%: $(STAMP)  ## run one benchmark, e.g. make bench-warp (ARGS=--quick)
 	$(PY) bench/bench_$*.py $(ARGS)
 
-demo: $(STAMP)  ## the whole pipeline on the synthetic default dataset (about 10 minutes on 2 cores)
+demo: $(STAMP)  ## the whole pipeline on the synthetic default dataset (about 11 minutes on 2 cores)
 	@set -e; start=$$(date +%s); \
 	$(PY) -m data synth --root $(ROOT); \
 	$(PY) -m data stats --dataset synthetic --root $(ROOT); \
