@@ -37,13 +37,10 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``-o key=value`` pairs → dict; values are JSON when they parse (numbers, true/false, lists), else strings."""
-    from precompute.runner import PrecomputeError
+    from data.cli import parse_options as parse_pairs
 
     out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise PrecomputeError(f"estimator options are key=value, got {pair!r}")
+    for key, value in parse_pairs(pairs).items():
         try:
             out[key] = json.loads(value)
         except ValueError:
