@@ -9,6 +9,7 @@ import inspect
 import os
 from typing import Any
 
+from ..options import coerce_option, type_name
 from .base import MARKET_PATTERN, DatasetError, Item, ReidDataset, find_dataset_dir, scan_images
 from .cuhk01 import CUHK01
 from .cuhk03 import CUHK03Detected, CUHK03Labeled
@@ -82,9 +83,10 @@ def build_dataset(name: str, root: str | os.PathLike, **options: Any) -> ReidDat
         raise DatasetError(f"Dataset {name!r} has no option {', '.join(unknown)}; {hint}.")
     for key, value in options.items():  # CLI values arrive as strings: convert to the default's type
         default = accepted[key]
-        if isinstance(default, int) and not isinstance(value, int):
-            try:
-                options[key] = int(value)
-            except ValueError:
-                raise DatasetError(f"Option {key} of dataset {name!r} must be an integer, got {value!r}.") from None
+        try:
+            options[key] = coerce_option(value, default)
+        except ValueError:
+            kind = type_name(default)
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise DatasetError(f"Option {key} of dataset {name!r} must be {article} {kind}, got {value!r}.") from None
     return DATASETS[name](root, **options)

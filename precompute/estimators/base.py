@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from data.options import coerce_option
+
 from dsa.iuv import IUV
 
 __all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "build_estimator", "estimator_options", "key_rng",
@@ -70,32 +72,12 @@ def _resolve(name: str) -> type[Estimator]:
 
 def _coerce(name: str, option: str, value: Any, default: Any) -> Any:
     """Make CLI-style values (strings, ints for floats) fit the type of the option's default."""
-    if default is inspect.Parameter.empty or default is None or value is None:
-        return value
     try:
-        if isinstance(default, bool):
-            text = str(value).lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(value, bool):
-            raise ValueError(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, int):
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(value)
-            return int(number)
-        if isinstance(default, str):
-            return str(value)
-    except (TypeError, ValueError):
+        return coerce_option(value, default)
+    except ValueError:
         raise EstimatorError(
             f"estimator {name!r}: option {option}={value!r} must be a {type(default).__name__} "
             f"(default {default!r})") from None
-    return value
 
 
 def _options_of(cls: type[Estimator]) -> dict[str, inspect.Parameter]:
