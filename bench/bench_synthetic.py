@@ -53,8 +53,8 @@ def _histogram(root: Path, rel: str, body_only: bool) -> np.ndarray:
 def colour_baseline(dataset_dir: Path, body_only: bool) -> dict[str, float]:
     """Rank-1 and mAP of the colour-histogram baseline (same pid + same camera removed per query)."""
     ds = build_dataset("synthetic", dataset_dir)
-    q = np.stack([_histogram(ds.root, i.path, body_only) for i in ds.query])
-    g = np.stack([_histogram(ds.root, i.path, body_only) for i in ds.gallery])
+    q = np.stack([_histogram(ds.root, i.key, body_only) for i in ds.query])
+    g = np.stack([_histogram(ds.root, i.key, body_only) for i in ds.gallery])
     gp, gc = np.array([i.pid for i in ds.gallery]), np.array([i.camid for i in ds.gallery])
     r1, aps = [], []
     for k, item in enumerate(ds.query):

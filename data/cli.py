@@ -15,6 +15,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from .console import CONTEXT, Group
 from .datasets import DATASETS, DatasetError, ReidDataset, build_dataset
 from .io import ImageReadError, read_image
 
@@ -24,7 +25,7 @@ log = logging.getLogger("data")
 ROOT_ENV = "DSA_ROOT"
 
 
-class LazyGroup(click.Group):
+class LazyGroup(Group):
     """A group whose ``synth`` command is imported only when used, so ``stats`` never depends on it."""
 
     lazy = {"synth": ("data.synthetic", "synth_command")}
@@ -46,14 +47,8 @@ def _unavailable(name: str, why: str) -> click.Command:
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
                    help=f"(unavailable: {why})")
     def cmd() -> None:
-        _fail(f"The {name} command is unavailable: {why}.")
+        raise DatasetError(f"The {name} command is unavailable: {why}.")
     return cmd
-
-
-def _fail(message: str) -> None:
-    """One sentence on stderr, exit code 2 (a problem the user can fix)."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
 
 
 def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -79,7 +74,7 @@ def find_unreadable_images(dataset: ReidDataset, workers: int = 4) -> tuple[int,
         return None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV decodes without the GIL
-        results = list(tqdm(pool.map(check, (it.path for it in items)), total=len(items),
+        results = list(tqdm(pool.map(check, (it.key for it in items)), total=len(items),
                             desc="check images", unit="img", leave=False))
     bad = [r for r in results if r is not None]
     log.info("checked %d images of %s: %d unreadable", len(items), dataset.name, len(bad))
@@ -99,7 +94,7 @@ def format_table(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """DSA-reID data tools: dataset statistics, image checks and the synthetic dataset."""
@@ -119,16 +114,13 @@ def cli(verbose: bool) -> None:
 @click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True, help="Threads for --check-images.")
 def stats(name: str, root: str, as_json: bool, check_images: bool, options: tuple[str, ...], workers: int) -> None:
     """Ids, images and cameras per split of a dataset (table or --json)."""
-    try:
-        dataset = build_dataset(name, root, **parse_options(options))
-    except DatasetError as e:
-        _fail(str(e))
+    dataset = build_dataset(name, root, **parse_options(options))
     result = dataset.stats()
     bad: list[tuple[str, str]] = []
     if check_images:
         checked, bad = find_unreadable_images(dataset, workers)
         result["check_images"] = {"checked": checked, "unreadable": len(bad),
-                                  "examples": [{"path": p, "reason": r} for p, r in bad[:10]]}
+                                  "examples": [{"key": p, "reason": r} for p, r in bad[:10]]}
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -20,10 +21,12 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from dsa.errors import UserError
 from dsa.iuv import IUV, decode_iuv_png, encode_iuv_png
 
 __all__ = [
     "ImageReadError",
+    "image_error_text",
     "read_image",
     "read_iuv_png",
     "write_iuv_png",
@@ -32,18 +35,30 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "file_sha256",
 ]
 
 PathLike = str | os.PathLike
 
 
-class ImageReadError(Exception):
+class ImageReadError(UserError):
     """An image file that cannot be read; ``reason`` says why in words, ``path`` which file."""
 
     def __init__(self, path: PathLike, reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+def image_error_text(error: BaseException) -> str | None:
+    """The sentence of an unreadable image (``ImageReadError``), whether it was raised in this process
+    or in a DataLoader worker (where torch re-raises it as another exception whose message carries the
+    worker's traceback); None for any other error."""
+    if isinstance(error, ImageReadError):
+        return str(error)
+    if "ImageReadError: " in str(error):
+        return str(error).rsplit("ImageReadError: ", 1)[1].strip().splitlines()[0]
+    return None
 
 
 def _read_bytes(path: PathLike) -> np.ndarray:
@@ -147,3 +162,12 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
 def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (UTF-8, trailing newline) atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path: PathLike, block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()

@@ -16,25 +16,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .io import ImageReadError, read_image
-
-
-def image_error_text(error: BaseException) -> str | None:
-    """The sentence of an unreadable image (``ImageReadError``), whether it was raised in this process
-    or in a DataLoader worker (where torch re-raises it as another exception whose message carries the
-    worker's traceback); None for any other error."""
-    if isinstance(error, ImageReadError):
-        return str(error)
-    if "ImageReadError: " in str(error):
-        return str(error).rsplit("ImageReadError: ", 1)[1].strip().splitlines()[0]
-    return None
+from .io import read_image
 
 
 class JointDataset(Dataset):
     """``(image, dsap, pid, camid)`` per item.
 
     Args:
-        dataset_items: the items (``data.datasets.Item``: ``path``, ``pid``, ``camid``).
+        dataset_items: the items (``data.datasets.Item``: ``key``, ``pid``, ``camid``).
         dataset_root: the folder the item paths are relative to.
         store: a ``DSAPStore`` (or anything with ``check_covers(keys)`` and ``get(key)``).
         transform: applied to the RGB uint8 HxWx3 image; returns the image tensor (see
@@ -52,7 +41,7 @@ class JointDataset(Dataset):
         self.transform = transform
         self.use_dsap = use_dsap
         if use_dsap:
-            store.check_covers([item.path for item in self.items])
+            store.check_covers([item.key for item in self.items])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -69,7 +58,7 @@ class JointDataset(Dataset):
         if isinstance(index, tuple):
             index, seed = index
         item = self.items[index]
-        image = read_image(self.root / item.path)
+        image = read_image(self.root / item.key)
         if seed is None:
             image = self.transform(image)
         else:
@@ -77,7 +66,7 @@ class JointDataset(Dataset):
                 torch.manual_seed(seed)
                 image = self.transform(image)
         if self.use_dsap:
-            dsap = torch.from_numpy(self.store.get(item.path))
+            dsap = torch.from_numpy(self.store.get(item.key))
         else:
             dsap = torch.empty(0, dtype=torch.uint8)
         return image, dsap, int(item.pid), int(item.camid)

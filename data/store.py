@@ -27,7 +27,8 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from data.io import atomic_write_json
+from data.io import atomic_write_json, file_sha256
+from dsa.errors import UserError
 from dsa.dsap import coverage
 from dsa.parts import NUM_PARTS
 
@@ -38,7 +39,7 @@ KINDS = ("dsap", "csa")
 COMPRESSIONS = (None, "lzf", "gzip")
 
 
-class StoreError(Exception):
+class StoreError(UserError):
     """A DSAP store problem a user can fix (missing, incomplete, mismatched or not covering)."""
 
 
@@ -56,15 +57,6 @@ def shard_name(index: int) -> str:
 def fingerprint(keys: Iterable[str]) -> str:
     """sha256 of the sorted keys joined by newlines: identifies the set of images a store covers."""
     return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def existing_shards(folder: Path) -> dict[int, Path]:
@@ -226,6 +218,23 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise StoreError(f"the store manifest {path} cannot be read ({e}); rerun `make precompute` with ARGS=--force") from e
+
+
+def open_store(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None, *,
+               kind: str = "dsap", size: int | None = None) -> "DSAPStore":
+    """The complete store of ``dataset`` by ``estimator`` (and ``tag``) under ``root``, checked to hold
+    ``kind`` part images of ``size`` pixels: what training and the fused evaluation read."""
+    store = DSAPStore(store_dir(root, dataset, estimator, tag))
+    if store.kind != kind:
+        raise StoreError(f"the store at {store.folder} holds {store.kind!r} part images, not {kind!r}; precompute "
+                         f"with --kind {kind} (and a --tag), or ask for --input {store.kind}")
+    if size is not None and store.size != size:
+        raise StoreError(f"the store at {store.folder} has {store.size}x{store.size} part images but the network "
+                         f"expects S={size}; precompute with --size {size} (and a --tag), or choose another preset")
+    if store.estimator != estimator:
+        raise StoreError(f"the store at {store.folder} was computed by estimator {store.estimator!r}, "
+                         f"not {estimator!r}")
+    return store
 
 
 class DSAPStore:

@@ -31,9 +31,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from dsa.errors import UserError
 from dsa.iuv import IUV, encode_iuv_png
-from dsa.parts import NUM_PARTS
+from dsa.parts import NUM_PARTS, part_colours
 
+from .console import Command
 from .io import atomic_write_json
 from .synthetic_body import (KEYPOINT_NAMES, Identity, Raster, hsv_rgb as _hsv, make_identity, posed_body, quantise,
                              raycast, texture)
@@ -51,7 +53,7 @@ GENERATOR_VERSION = 3
 SPLIT_DIRS = ("bounding_box_train", "bounding_box_test", "query")
 
 
-class SyntheticError(Exception):
+class SyntheticError(UserError):
     """A problem the user can fix (bad option, a dataset in the way); the message is one sentence."""
 
 
@@ -342,18 +344,6 @@ def _write_spec(args: tuple[ImageSpec, str, int, int, int]) -> tuple[str, list[l
 # --------------------------------------------------------------------------- preview
 
 
-def part_colours() -> np.ndarray:
-    """uint8 [25, 3] RGB colour per part label (0 = black background), distinct hues."""
-    import matplotlib
-
-    cmap = matplotlib.colormaps["gist_rainbow"]
-    cols = np.zeros((NUM_PARTS + 1, 3), np.uint8)
-    order = (np.arange(NUM_PARTS) * 7) % NUM_PARTS  # neighbours in id get distant hues
-    for p in range(NUM_PARTS):
-        cols[p + 1] = np.rint(np.asarray(cmap(order[p] / NUM_PARTS)[:3]) * 255)
-    return cols
-
-
 def write_preview(dataset_dir: str | os.PathLike, path: str | os.PathLike | None = None,
                   num_ids: int = 5, zoom: int = 2) -> Path:
     """Write a PNG of a few test identities across cameras: each crop beside its part-label map."""
@@ -519,7 +509,7 @@ def generate(
     return {**summary, "out_dir": str(out), "reused": False, "seconds": round(seconds, 2)}
 
 
-@click.command("synth")
+@click.command("synth", cls=Command)
 @click.option("--root", default=lambda: os.environ.get("DSA_ROOT", "datasets"), show_default="datasets",
               type=click.Path(file_okay=False), help="Data root; the dataset goes to ROOT/synthetic.")
 @click.option("--ids", "num_ids", default=300, show_default=True, help="Number of identities (half train).")
@@ -536,12 +526,8 @@ def synth_command(root: str, num_ids: int, num_cameras: int, seed: int, height: 
     """Generate the synthetic re-ID dataset (Market-1501 layout with ground-truth IUV) under ROOT."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        s = generate(Path(root) / "synthetic", num_ids=num_ids, num_cameras=num_cameras, seed=seed,
-                     height=height, width=width, force=force, preview=preview, workers=workers)
-    except SyntheticError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+    s = generate(Path(root) / "synthetic", num_ids=num_ids, num_cameras=num_cameras, seed=seed,
+                 height=height, width=width, force=force, preview=preview, workers=workers)
     verb = "reused existing" if s["reused"] else f"generated in {s['seconds']} s:"
     click.echo(f"synthetic dataset at {s['out_dir']} {verb} {s['num_images']} images "
                f"({s['num_train_images']} train, {s['num_query_images']} query, "

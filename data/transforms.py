@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-#: ImageNet mean as uint8 RGB: the fill of padding and erased rectangles.
-MEAN_RGB_UINT8 = (124, 116, 104)
+from dsa.transforms import IMAGENET_MEAN
+
+#: ImageNet mean as uint8 RGB (124, 116, 104): the fill of padding and erased rectangles.
+MEAN_RGB_UINT8 = tuple(int(round(255 * m)) for m in IMAGENET_MEAN)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -21,10 +21,12 @@ from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class PretrainedWeightsError(Exception):
+class PretrainedWeightsError(UserError):
     """Pretrained weights cannot be found or do not fit; the message says what to do."""
 
 

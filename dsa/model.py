@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .dsag_stream import DSAGStream
+from .errors import UserError
 from .heads import Classifier, ConcatFusion, MultiClassifier
 from .mf_stream import MFStream
 from .presets import ModelConfig
@@ -37,15 +38,15 @@ VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
 FEATURE_SETS = ("mf", "global", "local")
 
 
-class ModelError(Exception):
-    """A checkpoint or configuration that cannot build the network; the message says why."""
+class ModelError(UserError, ValueError):
+    """A configuration or weights that cannot build the network; the message says why."""
 
 
 def check_variant(variant: str) -> tuple[bool, bool, bool, bool]:
     try:
         return VARIANTS[variant]
     except KeyError:
-        raise ValueError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}") from None
+        raise ModelError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)}") from None
 
 
 class DSANet(nn.Module):
@@ -114,10 +115,10 @@ class InferenceModel(nn.Module):
         if not isinstance(mf, MFStream):
             raise TypeError(f"InferenceModel needs a DSANet or an MFStream, not {type(model).__name__}")
         if feature_set not in FEATURE_SETS:
-            raise ValueError(f"unknown feature set {feature_set!r}; choose one of: {', '.join(FEATURE_SETS)}")
+            raise ModelError(f"unknown feature set {feature_set!r}; choose one of: {', '.join(FEATURE_SETS)}")
         has_g, has_l = mf.global_branch is not None, mf.part_branch is not None
         if (feature_set == "global" and not has_g) or (feature_set == "local" and not has_l):
-            raise ValueError(f"feature set {feature_set!r} needs the "
+            raise ModelError(f"feature set {feature_set!r} needs the "
                              f"{'global' if feature_set == 'global' else 'part'} branch, which this model lacks")
         self.mf, self.feature_set = mf, feature_set
         self.use_global = has_g and feature_set in ("mf", "global")
@@ -145,29 +146,27 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_dsanet(ckpt: dict[str, Any]) -> DSANet:
-    """Rebuild a DSANet from a checkpoint dict (docs/INTERFACES.md, "Runs and checkpoints").
+def build_dsanet(model_cfg: ModelConfig, num_classes: int, variant: str,
+                 state_dict: dict[str, torch.Tensor]) -> DSANet:
+    """A DSANet of this configuration with these weights (a trained network, for evaluation).
 
-    Uses ``model_config``, ``variant``, ``num_classes`` and ``model``; a checkpoint that does not
-    fit raises ModelError with a sentence.
+    ``state_dict`` may carry DistributedDataParallel / ``torch.compile`` prefixes; weights that do not
+    fit the configuration raise ModelError with a sentence naming the first ones that differ.
     """
-    for key in ("model", "model_config", "variant", "num_classes"):
-        if key not in ckpt:
-            raise ModelError(f"checkpoint has no {key!r} entry; it was not written by `python -m train`")
     try:
-        cfg = ModelConfig.from_dict(dict(ckpt["model_config"]))
-        net = DSANet(cfg, int(ckpt["num_classes"]), variant=str(ckpt["variant"]))
+        net = DSANet(model_cfg, int(num_classes), variant=str(variant))
     except (TypeError, ValueError) as e:
-        raise ModelError(f"checkpoint's model configuration is not usable: {e}") from e
-    state = _strip_prefixes(ckpt["model"])
+        raise ModelError(f"the model configuration cannot build a network ({e})") from None
+    state = _strip_prefixes(state_dict)
     own = net.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
     if missing or unexpected:
-        raise ModelError(f"checkpoint weights do not fit a {ckpt['variant']!r} network: "
+        raise ModelError(f"the weights do not fit a {variant!r} network: "
                          f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
     bad = [k for k in own if own[k].shape != state[k].shape]
     if bad:
-        raise ModelError(f"checkpoint weights have other shapes than its configuration: {bad[:3]}")
+        raise ModelError(f"the weights have other shapes than the configuration says, first {bad[0]!r}: "
+                         f"{tuple(state[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}")
     net.load_state_dict(state)
     return net

@@ -113,3 +113,20 @@ def flip_labels(labels: np.ndarray) -> np.ndarray:
     """
     lut = np.asarray(FLIP_PARTNER, dtype=labels.dtype)
     return lut[labels]
+
+
+#: RGB colour of each part label 0..24 (0 = background, black): matplotlib's ``tab20`` then the first four
+#: of ``Set1``, so that neighbouring parts differ.  Every picture of the project (inspect montages, the
+#: synthetic preview) draws a part in this colour.
+PART_COLOURS: np.ndarray = np.array(
+    [(0, 0, 0),
+     (31, 119, 180), (174, 199, 232), (255, 127, 14), (255, 187, 120), (44, 160, 44), (152, 223, 138),
+     (214, 39, 40), (255, 152, 150), (148, 103, 189), (197, 176, 213), (140, 86, 75), (196, 156, 148),
+     (227, 119, 194), (247, 182, 210), (127, 127, 127), (199, 199, 199), (188, 189, 34), (219, 219, 141),
+     (23, 190, 207), (158, 218, 229), (228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163)],
+    dtype=np.uint8)
+
+
+def part_colours() -> np.ndarray:
+    """uint8 [25, 3]: the RGB colour of each part label (a copy of :data:`PART_COLOURS`)."""
+    return PART_COLOURS.copy()

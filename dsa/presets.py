@@ -10,6 +10,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UserError
+
+
+class PresetError(UserError, ValueError):
+    """An unknown preset name."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -146,8 +152,8 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called ``name``; an unknown name is a ValueError listing the presets."""
+    """The preset called ``name``; an unknown name is a PresetError listing the presets."""
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import click
 
-from evaluate.features import FEATURE_SETS, EvaluationError
-from evaluate.metrics import AP_DEFINITIONS, DISTANCES, MetricsError
+from data.console import CONTEXT, Group
+from evaluate.features import FEATURE_SETS
+from evaluate.metrics import AP_DEFINITIONS, DISTANCES
 
 log = logging.getLogger("evaluate")
 
 
-def _fail(e: Exception) -> None:
-    click.echo(f"error: {e}", err=True)
-    sys.exit(2)
-
-
-@click.group()
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def cli(verbose: bool) -> None:
     """Evaluate DSA-reID runs: features, CMC / mAP / mINP, re-ranking, pictures, ONNX export."""
@@ -67,12 +62,9 @@ def run(run, dataset, root, runs_dir, feature_set, distance, rerank, flip, ap, q
     """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/."""
     from evaluate.report import evaluate_run
 
-    try:
-        m = evaluate_run(run, dataset, root, runs_dir=runs_dir, feature_set=feature_set, distance=distance,
-                         rerank=rerank, flip=flip, ap=ap, num_pictures=queries, query_keys=query_keys,
-                         batch_size=batch_size, device=device, workers=workers)
-    except (EvaluationError, MetricsError) as e:
-        _fail(e)
+    m = evaluate_run(run, dataset, root, runs_dir=runs_dir, feature_set=feature_set, distance=distance,
+                     rerank=rerank, flip=flip, ap=ap, num_pictures=queries, query_keys=query_keys,
+                     batch_size=batch_size, device=device, workers=workers)
     _print(m, run, as_json)
 
 
@@ -86,10 +78,7 @@ def features(path, distance, rerank, ap, as_json) -> None:
     """Evaluate a features file (HDF5 written by `run`) without the model."""
     from evaluate.report import evaluate_file
 
-    try:
-        m = evaluate_file(path, distance=distance, rerank=rerank, ap=ap)
-    except (EvaluationError, MetricsError) as e:
-        _fail(e)
+    m = evaluate_file(path, distance=distance, rerank=rerank, ap=ap)
     _print(m, path, as_json)
 
 
@@ -101,10 +90,7 @@ def compare(runs, dataset, runs_dir) -> None:
     """Side-by-side table of the runs' metrics.json on DATASET."""
     from evaluate.report import format_table, load_metrics
 
-    try:
-        rows = {r: load_metrics(r, dataset, runs_dir) for r in runs}
-    except EvaluationError as e:
-        _fail(e)
+    rows = {r: load_metrics(r, dataset, runs_dir) for r in runs}
     click.echo(format_table(rows))
 
 
@@ -120,11 +106,8 @@ def export(run, runs_dir, feature_set, out, opset, no_check) -> None:
     """Export RUN's inference model (MF-Stream) to ONNX with a dynamic batch axis."""
     from evaluate.export import export_onnx
 
-    try:
-        info = export_onnx(run, runs_dir=runs_dir, feature_set=feature_set, out=out, opset=opset,
-                           check=not no_check)
-    except EvaluationError as e:
-        _fail(e)
+    info = export_onnx(run, runs_dir=runs_dir, feature_set=feature_set, out=out, opset=opset,
+                       check=not no_check)
     click.echo(json.dumps(info, indent=2))
 
 

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluate.features import ImageList, build_model, extract, load_checkpoint, resolve_checkpoint, resolve_device
+from data.runs import open_checkpoint
+from data.runtime import resolve_device
+from evaluate.features import ImageList, build_model, extract
 from evaluate.metrics import pairwise_distance
 
 
@@ -35,9 +37,9 @@ class ReidModel:
         """From a run folder, a run name under ``runs_dir`` or a checkpoint.pt path."""
         if feature_set == "fused":
             raise ValueError("ReidModel extracts MF-Stream features; 'fused' needs DSAP images (use `evaluate run`).")
-        path = resolve_checkpoint(run_or_checkpoint, runs_dir)
-        model, size = build_model(load_checkpoint(path), feature_set)
-        return cls(model, size, device, feature_set, str(path))
+        ckpt = open_checkpoint(run_or_checkpoint, runs_dir)
+        model, size = build_model(ckpt, feature_set)
+        return cls(model, size, device, feature_set, str(ckpt.path))
 
     @property
     def dim(self) -> int:

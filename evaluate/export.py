@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from data.io import atomic_output
-from evaluate.features import EvaluationError, build_model, load_checkpoint, resolve_checkpoint
+from data.runs import open_checkpoint
+from evaluate.features import EvaluationError, build_model
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ def export_onnx(run: str | os.PathLike, *, runs_dir: str | os.PathLike = "runs",
     inputs of two batch sizes.  Returns the path, input size, feature size and max difference."""
     if feature_set == "fused":
         raise EvaluationError("Only the MF-Stream feature sets (mf, global, local) can be exported.")
-    ckpt_path = resolve_checkpoint(run, runs_dir)
-    model, (h, w) = build_model(load_checkpoint(ckpt_path), feature_set)
+    ckpt = open_checkpoint(run, runs_dir)
+    ckpt_path = ckpt.path
+    model, (h, w) = build_model(ckpt, feature_set)
     out = Path(out) if out else ckpt_path.parent / f"model-{feature_set}.onnx"
     example = torch.randn(2, 3, h, w)
     with atomic_output(out) as tmp:

@@ -30,51 +30,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.io import atomic_output, read_image
-from data.joint import image_error_text
-from data.store import file_sha256
+from data.io import atomic_output, image_error_text, read_image
+from data.runs import Checkpoint
+from data.runtime import resolve_device
 from data.transforms import build_test_transform
 from dsa.dsap import normalise_dsap
-from dsa.model import InferenceModel, ModelError, load_dsanet
+from dsa.errors import UserError
+from dsa.model import InferenceModel, build_dsanet
 from dsa.transforms import normalise
 
 log = logging.getLogger(__name__)
 
 FEATURE_SETS = ("mf", "global", "local", "fused")
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class EvaluationError(Exception):
+class EvaluationError(UserError):
     """A problem the user can fix (missing checkpoint, bad features file...): one sentence."""
 
 
 # --------------------------------------------------------------------------------------------
-# checkpoints and models
-
-
-def resolve_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Path:
-    """A run name, a run folder or a checkpoint file -> the checkpoint path (checked to exist)."""
-    p = Path(run_or_path)
-    candidates = [p] if p.suffix == ".pt" else [p / CHECKPOINT_NAME, Path(runs_dir) / p / CHECKPOINT_NAME]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise EvaluationError(
-        f"No checkpoint found for {str(run_or_path)!r} (looked at {', '.join(map(str, candidates))}); "
-        "train the run first with `make train`."
-    )
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``), with a sentence on failure."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise EvaluationError(f"Cannot read the checkpoint {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise EvaluationError(f"{path} is not a checkpoint written by `python -m train`.")
-    return ckpt
+# models
 
 
 class FusedFeatures(nn.Module):
@@ -92,38 +68,14 @@ class FusedFeatures(nn.Module):
         return torch.cat(parts, 1)
 
 
-def build_model(ckpt: dict[str, Any], feature_set: str = "mf") -> tuple[nn.Module, tuple[int, int]]:
+def build_model(ckpt: Checkpoint, feature_set: str = "mf") -> tuple[nn.Module, tuple[int, int]]:
     """The evaluation network for ``feature_set`` (eval mode, CPU) and its input size (H, W)."""
     if feature_set not in FEATURE_SETS:
         raise EvaluationError(f"Unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}.")
-    try:
-        net = load_dsanet(ckpt)
-        model = FusedFeatures(net) if feature_set == "fused" else InferenceModel(net, feature_set)
-    except (ModelError, ValueError) as e:
-        raise EvaluationError(str(e)) from None
-    cfg = ckpt["model_config"]
-    return model.eval(), (int(cfg["height"]), int(cfg["width"]))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` (or ``auto``: CUDA when available) -> a usable torch device;
-    anything else, or CUDA without a GPU, is an EvaluationError with a sentence."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise EvaluationError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or auto.") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EvaluationError(f"--device {device} was asked for, but PyTorch sees no CUDA device; use cpu.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise EvaluationError(f"There is no {device}: PyTorch sees {torch.cuda.device_count()} CUDA device(s).")
-    elif dev.type != "cpu":
-        raise EvaluationError(f"Unsupported device {device!r}; use cpu, cuda, cuda:N or auto.")
-    return dev
+    info = ckpt.info
+    net = build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state)
+    model = FusedFeatures(net) if feature_set == "fused" else InferenceModel(net, feature_set)
+    return model.eval(), info.input_size
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from dsa.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ AP_NAMES = {
 }
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     """Inputs that cannot be evaluated (shapes, NaNs, unknown options); the message is a sentence."""
 
 

@@ -17,23 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from data.datasets import DatasetError, build_dataset
-from data.io import atomic_write_json
+from data.datasets import build_dataset
+from data.io import atomic_write_json, file_sha256
+from data.runs import RunFolder, open_checkpoint
+from data.runtime import resolve_device
+from data.store import open_store
 from evaluate.features import (
     EvaluationError,
     Features,
     ImageList,
     build_model,
     extract,
-    file_sha256,
-    load_checkpoint,
     load_features,
     now_iso,
-    resolve_checkpoint,
-    resolve_device,
     save_features,
 )
-from evaluate.metrics import SAME_CAMERA_JUNK, MetricsError, evaluate_distances, pairwise_distance
+from evaluate.metrics import SAME_CAMERA_JUNK, evaluate_distances, pairwise_distance
 from evaluate.plots import plot_cmc, ranked_list
 from evaluate.rerank import k_reciprocal_rerank
 
@@ -52,11 +51,8 @@ def distances_for(feats: Features, distance: str = "cosine", rerank: bool = Fals
 
 def score(feats: Features, dist: np.ndarray, *, distance: str, rerank: bool, ap: str) -> dict[str, Any]:
     """metrics.json content for a features set and its distance matrix."""
-    try:
-        m = evaluate_distances(dist, feats.q_pids, feats.g_pids, feats.q_camids, feats.g_camids,
-                               protocol=feats.protocol, ap=ap)
-    except MetricsError as e:
-        raise EvaluationError(str(e)) from None
+    m = evaluate_distances(dist, feats.q_pids, feats.g_pids, feats.q_camids, feats.g_camids,
+                           protocol=feats.protocol, ap=ap)
     a = feats.attrs
     out = {
         "dataset": a.get("dataset", ""),
@@ -161,19 +157,15 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Extract features with the run's checkpoint, score them, write the outputs; returns metrics."""
     device = resolve_device(device)
-    ckpt_path = resolve_checkpoint(run, runs_dir)
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = open_checkpoint(run, runs_dir)
+    ckpt_path, info = ckpt.path, ckpt.info
     model, size = build_model(ckpt, feature_set)
-    try:
-        ds = build_dataset(dataset, root)
-    except DatasetError as e:
-        raise EvaluationError(str(e)) from None
-    store = _open_store(ckpt, ds) if feature_set == "fused" else None
-    run_dir = ckpt_path.parent
-    out_dir = run_dir / "eval" / dataset
+    ds = build_dataset(dataset, root)
+    store = _open_store(info, root, dataset, ds) if feature_set == "fused" else None
+    out_dir = RunFolder(ckpt_path.parent).eval_dir(dataset)
     splits = {}
     for split, items in (("query", ds.query), ("gallery", ds.gallery)):
-        keys = [it.path for it in items]
+        keys = [it.key for it in items]
         data = ImageList(keys, size, root=ds.root, store=store, keys=keys)
         splits[split] = extract(model, data, batch_size=batch_size, device=device, flip=flip, workers=workers,
                                 desc=f"{split} features", progress=progress)
@@ -181,9 +173,9 @@ def evaluate_run(
         splits["query"], splits["gallery"],
         np.array([it.pid for it in ds.query]), np.array([it.pid for it in ds.gallery]),
         np.array([it.camid for it in ds.query]), np.array([it.camid for it in ds.gallery]),
-        [it.path for it in ds.query], [it.path for it in ds.gallery],
+        [it.key for it in ds.query], [it.key for it in ds.gallery],
         attrs={"checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
-               "step": int(ckpt.get("step", -1)), "epoch": int(ckpt.get("epoch", -1)),
+               "step": info.step, "epoch": info.epoch,
                "feature_set": feature_set, "flip": bool(flip), "dataset": dataset, "protocol": ds.protocol,
                "height": size[0], "width": size[1], "created": now_iso()},
     )
@@ -201,26 +193,21 @@ def evaluate_run(
     return metrics
 
 
-def _open_store(ckpt: dict[str, Any], ds) -> Any:
-    """The run's DSAP store (for the fused feature set), checked to cover query and gallery."""
-    from data.store import DSAPStore, StoreError
-
-    folder = (ckpt.get("config") or {}).get("store")
-    if not folder:
-        raise EvaluationError("The 'fused' feature set needs the run's DSAP store, but its checkpoint names none.")
-    try:
-        store = DSAPStore(folder)
-        store.check_covers([it.path for it in (*ds.query, *ds.gallery)])
-    except StoreError as e:
-        raise EvaluationError(str(e)) from None
+def _open_store(info, root: str | os.PathLike, dataset: str, ds) -> Any:
+    """The DSAP store the run was trained with, for ``dataset`` under ``root`` (the fused feature set),
+    checked to cover query and gallery."""
+    if not info.estimator:
+        raise EvaluationError("The 'fused' feature set needs the run's DSAP store, but its checkpoint names no estimator.")
+    store = open_store(root, dataset, info.estimator, info.tag, kind=info.input_kind, size=info.model.dsap_size)
+    store.check_covers([it.key for it in (*ds.query, *ds.gallery)])
     return store
 
 
 def load_metrics(run: str, dataset: str, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:
     """runs/<RUN>/eval/<dataset>/metrics.json (a sentence when it is missing)."""
-    p = Path(run) / "eval" / dataset / "metrics.json"
+    p = RunFolder(run).eval_dir(dataset) / "metrics.json"
     if not p.is_file():
-        p = Path(runs_dir) / run / "eval" / dataset / "metrics.json"
+        p = RunFolder(Path(runs_dir) / run).eval_dir(dataset) / "metrics.json"
     if not p.is_file():
         raise EvaluationError(f"No metrics for run {run!r} on {dataset!r} ({p}); run `make eval RUN={run}` first.")
     return json.loads(p.read_text(encoding="utf-8"))

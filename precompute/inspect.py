@@ -8,6 +8,8 @@
   (each cell the average of the member parts' *written* cells, via :func:`dsa.dsap.merge_groups`, so
   front/back and left/right faces overlay as the DSAG-Stream's element-wise merge does).
 - :func:`draw_coverage` — bar chart of per-part coverage, coloured by merged group.
+- :func:`inspect_store` — all of it for ``python -m precompute inspect``: summary, verification, montages
+  with part-label maps from the store's own estimator (:func:`label_map_estimator`).
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.io import atomic_output
-from data.store import DSAPStore
+from data.io import ImageReadError, atomic_output, read_image
+from data.store import DSAPStore, StoreError
 from dsa.dsap import merge_groups
-from dsa.parts import GROUP_NAMES, NUM_PARTS, PART_NAMES, PART_TO_GROUP
+from dsa.parts import GROUP_NAMES, NUM_PARTS, PART_NAMES, PART_TO_GROUP, part_colours
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +105,83 @@ def verify(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> list[
     return problems
 
 
+# --------------------------------------------------------------------------- the inspect command
+#: Estimator options naming files that are unpickled or executed when the estimator is built (an apply_net
+#: dump, detectron2 weights and configs). A store's manifest may come from anyone: these are taken from the
+#: command line (``inspect -o``) only, never from the store's settings.
+EXPLICIT_ONLY_OPTIONS = ("dump", "weights", "config")
+
+
+def label_map_estimator(estimator: str, dataset_root: Path, settings: dict, options: dict[str, Any]) -> Any:
+    """The store's estimator, rebuilt to draw part-label maps that match the store's DSAP images.
+
+    The store's settings that are options of the estimator are reused (simulated errors, seeds, thresholds),
+    except :data:`EXPLICIT_ONLY_OPTIONS`; ``options`` (``inspect -o``) override them. Returns ``None`` with a
+    warning when it cannot be built: the montages are drawn without label maps rather than with wrong ones."""
+    from precompute.estimators import build_estimator, estimator_options
+
+    if options:  # asked for explicitly: a wrong option is the user's to fix (one sentence, exit 2)
+        unknown = sorted(set(options) - set(estimator_options(estimator)))
+        if unknown:
+            return build_estimator(estimator, dataset_root, **options)  # raises EstimatorError naming the options
+    try:
+        accepted = estimator_options(estimator)
+        reused = {k: v for k, v in settings.items() if k in accepted and k not in EXPLICIT_ONLY_OPTIONS}
+        return build_estimator(estimator, dataset_root, **{**reused, **options})
+    except Exception as e:  # noqa: BLE001 - the montage is still useful without the label map
+        log.warning("montages without part-label maps: the %s estimator cannot be rebuilt (%s); pass its options "
+                    "with -o KEY=VALUE", estimator, e)
+        return None
+
+
+def label_map(est: Any, image: Any, path: Path, key: str) -> Any:
+    """The part-label map of one image (None when there is no estimator or it fails on this image)."""
+    if est is None:
+        return None
+    try:
+        iuv = est.estimate([image], [path], [key])[0]
+    except Exception as e:  # noqa: BLE001
+        log.warning("no part-label map for %s (%s)", key, e)
+        return None
+    return None if iuv is None else iuv.I
+
+
+
+def inspect_store(store: DSAPStore, dataset: Any, *, check: bool = False, montage_keys: Sequence[str] = (),
+                  montage_random: int = 0, seed: int = 0, out: Path | None = None,
+                  options: dict[str, Any] | None = None, title: str = "") -> dict[str, Any]:
+    """Summary of ``store`` against ``dataset`` (a ``ReidDataset``), its verification problems when asked
+    (``check``: ``summary["verify"]``) and montages of the chosen and ``montage_random`` random keys
+    (``summary["montages"]``: the files written, by default under ``STORE/inspect``)."""
+    keys = [it.key for it in dataset.all_items()]
+    summary = summarise(store, keys)
+    if check:
+        summary["verify"] = verify(store, keys)
+    chosen = list(montage_keys)
+    if montage_random:
+        rng = np.random.default_rng(seed)
+        chosen += [store.keys[i] for i in rng.choice(len(store), min(montage_random, len(store)), replace=False)]
+    for key in chosen:
+        if key not in store:
+            raise StoreError(f"{key!r} is not a key of the store; keys are paths relative to the dataset folder")
+    est = label_map_estimator(store.estimator, dataset.root, store.settings, options or {}) if chosen else None
+    written_files = []
+    for key in chosen:
+        try:
+            image = read_image(dataset.root / key)
+        except ImageReadError as e:  # e.g. an image the run recorded as a failure
+            log.warning("no montage for %s: %s", key, e.reason)
+            continue
+        labels = label_map(est, image, dataset.root / key, key)
+        folder = out or store.folder / "inspect"
+        path = draw_montage(folder / f"{safe_name(key)}.png", image, store.get(key), store.get_written(key), labels,
+                            title=f"{title} / {store.estimator} ({store.kind})  {key}  found={store.found(key)}")
+        written_files.append(str(path))
+    summary["montages"] = written_files
+    return summary
+
+
 # --------------------------------------------------------------------------- figures
-def part_colours() -> np.ndarray:
-    """RGB float colours for labels 0..24 (0 = black background), distinct per part."""
-    import matplotlib
-
-    cmap = [matplotlib.colormaps["tab20"](i) for i in range(20)] + [matplotlib.colormaps["Set1"](i) for i in range(4)]
-    return np.array([(0.0, 0.0, 0.0)] + [c[:3] for c in cmap])
-
-
 def _faded(dsap_chw: np.ndarray, written: np.ndarray) -> np.ndarray:
     img = dsap_chw.transpose(1, 2, 0).astype(np.float32) / 255.0
     return np.where(written[..., None], img, img * (1 - FADE) + FADE)
@@ -132,7 +202,7 @@ def draw_montage(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    colours = part_colours()
+    colours = part_colours() / 255.0
     fig = plt.figure(figsize=(17, 7.2), dpi=100)
     outer = fig.add_gridspec(1, 4, width_ratios=[1.25, 1.6, 4.4, 2.4], wspace=0.12)
     left = outer[0].subgridspec(2, 1, hspace=0.15)

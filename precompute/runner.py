@@ -40,6 +40,7 @@ from data.store import (
     read_shard_header,
     store_dir,
 )
+from dsa.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 UNREADABLE_FILL = 128
 
 
-class PrecomputeError(Exception):
+class PrecomputeError(UserError):
     """A precompute problem the user can fix; the CLI prints it as one sentence (exit code 2)."""
 
 
@@ -345,7 +346,7 @@ def run_precompute(
 
         dataset = build_dataset(cfg.dataset, cfg.root)
     factory = estimator_factory or partial(registry_estimator, cfg.estimator, options=cfg.options)
-    keys = sorted({it.path for it in dataset.all_items()})
+    keys = sorted({it.key for it in dataset.all_items()})
     if not keys:
         raise PrecomputeError(f"the dataset {cfg.dataset} under {cfg.root} has no images")
     plan = plan_shards(keys, cfg.shard_size)

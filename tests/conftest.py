@@ -53,3 +53,21 @@ def market_tree(tmp_path: Path, make_images) -> Path:
     ])
     (root / "bounding_box_train" / "Thumbs.db").write_bytes(b"x")  # non-image files are ignored
     return root
+
+
+def write_tiny_run(folder: Path, variant: str = "dsa", num_classes: int = 3, *, epoch: int = 1, step: int = 7,
+                   complete: bool = True, seed: int = 0) -> Path:
+    """A run folder holding a checkpoint of a randomly initialised ``tiny`` network (format of data.runs)."""
+    import torch
+
+    from data.runs import RunFolder
+    from dsa.model import DSANet
+    from dsa.presets import get_preset
+
+    torch.manual_seed(seed)
+    p = get_preset("tiny")
+    net = DSANet(p.model, num_classes, variant=variant)
+    config = {"dataset": "market1501", "estimator": "synthetic", "tag": None, "input": "dsap", "preset": "tiny",
+              "variant": variant, "num_classes": num_classes, "model": p.model.to_dict(), "recipe": p.recipe.to_dict()}
+    return RunFolder(folder).write_checkpoint(config=config, model_state=net.state_dict(), training={},
+                                              epoch=epoch, step=step, complete=complete)

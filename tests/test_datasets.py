@@ -35,7 +35,7 @@ def test_base_relabels_train_and_dedups_all_items() -> None:
                      [("q/a.jpg", 3, 0)], [("g/a.jpg", 3, 1), ("q/a.jpg", 3, 0)], name="toy")
     assert [it.pid for it in ds.train] == [1, 0, 1]  # sorted original pids 7, 42 → 0, 1
     assert ds.train_pid_map == {7: 0, 42: 1} and ds.num_train_pids == 2
-    assert [it.path for it in ds.all_items()] == ["g/a.jpg", "q/a.jpg", "t/a.jpg", "t/b.jpg", "t/c.jpg"]
+    assert [it.key for it in ds.all_items()] == ["g/a.jpg", "q/a.jpg", "t/a.jpg", "t/b.jpg", "t/c.jpg"]
     with pytest.raises(DatasetError, match="no query images"):
         ReidDataset("/x", [("a.jpg", 1, 0)], [], [("b.jpg", 1, 0)])
     with pytest.raises(DatasetError, match="relative"):
@@ -52,7 +52,7 @@ def test_market_counts_junk_distractors_relabel(market_tree: Path) -> None:
     assert all(it.pid != -1 for it in ds.all_items())
     assert {it.camid for it in ds.gallery} == {0, 1, 2}  # c1..c3 → 0..2
     assert ds.train[0] == Item("bounding_box_train/0001_c1s1_000001_00.jpg", 0, 0)
-    assert all(not Path(it.path).is_absolute() and (ds.root / it.path).is_file() for it in ds.all_items())
+    assert all(not Path(it.key).is_absolute() and (ds.root / it.key).is_file() for it in ds.all_items())
 
 
 @pytest.mark.parametrize("sub", ["market1501/Market-1501-v15.09.15", "Market-1501-v15.09.15", "market1501", ""])
@@ -160,7 +160,7 @@ def test_cuhk01_single_shot_protocol(tmp_path: Path) -> None:
     assert split_counts(ds) == {"train": (10, 40, 2), "query": (10, 20, 1), "gallery": (10, 10, 1)}
     assert {it.camid for it in ds.query} == {0} and {it.camid for it in ds.gallery} == {1}
     assert pids(ds.query) == pids(ds.gallery) and len(pids(ds.query) & set(ds.train_pid_map)) == 0
-    assert all(int(Path(it.path).stem[4:]) in (3, 4) for it in ds.gallery)
+    assert all(int(Path(it.key).stem[4:]) in (3, 4) for it in ds.gallery)
     again = build_dataset("cuhk01", folder, num_train_ids="10", seed="3")  # same seed → same split
     assert again.train == ds.train and again.gallery == ds.gallery
     other = build_dataset("cuhk01", tmp_path, num_train_ids=10, seed=3, split=1)
@@ -202,7 +202,7 @@ def test_msmt17_versions(tmp_path: Path, version: str, train_dir: str, test_dir:
     assert split_counts(ds) == {"train": (3, 4, 4), "query": (1, 1, 1), "gallery": (2, 2, 2)}
     assert ds.train[0] == Item(f"{train_dir}/0000/0000_000_01_0303morning_0015_0.jpg", 0, 0)
     assert {it.camid for it in ds.train} == {0, 4, 14, 2}
-    assert all((folder / it.path).is_file() for it in ds.all_items())
+    assert all((folder / it.key).is_file() for it in ds.all_items())
     (folder / "list_query.txt").write_text("garbage line here\n")
     with pytest.raises(DatasetError, match=r"list_query.txt line 1"):
         build_dataset("msmt17", folder)
@@ -283,13 +283,13 @@ def test_cuhk03_new_protocol_extracts_once(tmp_path: Path, name: str, kind: str)
     assert pids(ds.train) == {0, 1} and pids(ds.query) == {3, 4, 5}
     extracted = sorted((folder / f"images_{kind}").glob("*.png"))
     assert len(extracted) == 48  # 5 ids × 10 images, minus the 2 empty cells
-    item = next(it for it in ds.query if it.path.endswith("2_001_2_06.png"))
-    assert item.path == f"images_{kind}/2_001_2_06.png" and item.camid == 1 and item.pid == 4
-    np.testing.assert_array_equal(read_image(folder / item.path), cuhk03_image(1, 0, 5))
+    item = next(it for it in ds.query if it.key.endswith("2_001_2_06.png"))
+    assert item.key == f"images_{kind}/2_001_2_06.png" and item.camid == 1 and item.pid == 4
+    np.testing.assert_array_equal(read_image(folder / item.key), cuhk03_image(1, 0, 5))
     # an interrupted extraction (no marker) resumes and restores what is missing
     (folder / f"images_{kind}" / ".complete").unlink()
-    (folder / item.path).unlink()
-    assert build_dataset(name, tmp_path).query == ds.query and (folder / item.path).is_file()
+    (folder / item.key).unlink()
+    assert build_dataset(name, tmp_path).query == ds.query and (folder / item.key).is_file()
     # the cache is reused: the .mat is no longer needed once extraction is complete
     (folder / "cuhk03_release" / "cuhk-03.mat").write_bytes(b"gone")
     assert build_dataset(name, folder).train == ds.train
@@ -359,7 +359,7 @@ def test_cli_check_images_reports_unreadable(market_tree: Path) -> None:
     assert res.exit_code == 1
     report = json.loads(res.stdout)["check_images"]
     assert report["checked"] == 13 and report["unreadable"] == 2
-    reasons = {e["path"]: e["reason"] for e in report["examples"]}
+    reasons = {e["key"]: e["reason"] for e in report["examples"]}
     assert "empty (0 bytes)" in reasons["query/0009_c1s1_000011_00.jpg"]
     assert "not a decodable image" in reasons["bounding_box_test/0007_c2s1_000012_00.jpg"]
 

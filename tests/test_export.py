@@ -11,25 +11,19 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from evaluate.__main__ import cli  # noqa: E402
-from evaluate.features import build_model, load_checkpoint  # noqa: E402
+from conftest import write_tiny_run  # noqa: E402
+from data.runs import read_checkpoint  # noqa: E402
+from evaluate.features import build_model  # noqa: E402
 
 
 def test_export_equals_pytorch(tmp_path):
-    from dsa.model import DSANet
-    from dsa.presets import get_preset
-
-    torch.manual_seed(0)
-    p = get_preset("tiny")
-    net = DSANet(p.model, 3, variant="dsa")
     run = tmp_path / "runs" / "r"
-    run.mkdir(parents=True)
-    torch.save({"format_version": 1, "model": net.state_dict(), "model_config": p.model.to_dict(),
-                "preset": "tiny", "variant": "dsa", "num_classes": 3, "epoch": 0, "step": 0}, run / "checkpoint.pt")
+    write_tiny_run(run, epoch=0, step=0)
     out = tmp_path / "m.onnx"
     res = CliRunner().invoke(cli, ["export", "--run", "r", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.is_file() and not list(tmp_path.glob(".m.onnx.tmp*"))
-    model, (h, w) = build_model(load_checkpoint(run / "checkpoint.pt"), "mf")
+    model, (h, w) = build_model(read_checkpoint(run / "checkpoint.pt"), "mf")
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 5):  # a batch size other than the export example's
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))

@@ -17,7 +17,8 @@ from dsa.complexity import complexity, main as complexity_main
 from dsa.dsag_stream import BranchMerge, DSAGStream
 from dsa.heads import MultiClassifier
 from dsa.mf_stream import MFStream
-from dsa.model import VARIANTS, DSANet, InferenceModel, ModelError, load_dsanet
+from dsa.errors import UserError
+from dsa.model import VARIANTS, DSANet, InferenceModel, ModelError, build_dsanet
 from dsa.presets import PRESETS, ModelConfig, get_preset
 from dsa.transforms import normalise
 
@@ -273,36 +274,29 @@ def test_channels_last_gives_same_features():
 
 # ---------------------------------------------------------------------------------- checkpoints
 
-def _ckpt(net: DSANet) -> dict:
-    return {"format_version": 1, "model": net.state_dict(), "model_config": net.cfg.to_dict(),
-            "preset": "tiny", "variant": net.variant, "num_classes": net.num_classes}
-
-
-def test_load_dsanet_roundtrip(tmp_path):
+def test_build_dsanet_roundtrip():
     torch.manual_seed(4)
     net = DSANet(TINY, 6, "dsa-concat")
     net(*_inputs(TINY))          # move BN running stats away from their initial values
-    path = tmp_path / "checkpoint.pt"
-    torch.save(_ckpt(net), path)
-    back = load_dsanet(torch.load(path, weights_only=True))
+    back = build_dsanet(TINY, 6, "dsa-concat", net.state_dict())
     assert back.variant == "dsa-concat" and back.num_classes == 6
     images, dsap = _inputs(TINY, seed=9)
     net.eval(), back.eval()
     with torch.no_grad():
         torch.testing.assert_close(back(images, dsap)["z_L"], net(images, dsap)["z_L"])
-    ddp = _ckpt(net)
-    ddp["model"] = {"module." + k: v for k, v in ddp["model"].items()}
-    load_dsanet(ddp)
+    ddp = {"module." + k: v for k, v in net.state_dict().items()}   # DDP / torch.compile prefixes are dropped
+    build_dsanet(TINY, 6, "dsa-concat", ddp)
 
 
-def test_load_dsanet_rejects_mismatch():
-    ck = _ckpt(DSANet(TINY, 6, "dsa"))
+def test_build_dsanet_rejects_mismatch():
+    state = DSANet(TINY, 6, "dsa").state_dict()
     with pytest.raises(ModelError, match="missing"):
-        load_dsanet({**ck, "variant": "dsa-concat"})
-    with pytest.raises(ModelError, match="shapes"):
-        load_dsanet({**ck, "num_classes": 7})
-    with pytest.raises(ModelError, match="model_config"):
-        load_dsanet({k: v for k, v in ck.items() if k != "model_config"})
+        build_dsanet(TINY, 6, "dsa-concat", state)
+    with pytest.raises(ModelError, match="other shapes.*first 'cls_fG"):
+        build_dsanet(TINY, 7, "dsa", state)
+    with pytest.raises(ModelError, match="unknown variant"):
+        build_dsanet(TINY, 6, "bogus", state)
+    assert issubclass(ModelError, UserError)
 
 
 # ---------------------------------------------------------------------------- pretrained weights

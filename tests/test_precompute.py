@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 # --------------------------------------------------------------------------- fakes
 @dataclass(frozen=True)
 class FakeItem:
-    path: str
+    key: str
     pid: int = 0
     camid: int = 0
 
@@ -147,7 +147,7 @@ def test_store_matches_direct_warp(tmp_path, data):
     assert s["complete"] and s["num_images"] == 23 and s["computed_images"] == 23
     folder = store_dir(tmp_path / "root", "toy", "fake")
     store = DSAPStore(folder)
-    assert store.keys == [i.path for i in FakeDataset(data).all_items()]
+    assert store.keys == [i.key for i in FakeDataset(data).all_items()]
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     assert manifest["num_found"] == 21 and len(manifest["shards"]) == 5 and manifest["settings"] == {"scale": 1.0}
     assert manifest["summary"]["computed_images"] == 23
@@ -183,7 +183,7 @@ def test_resume_skips_complete_shards(tmp_path, data):
 
 
 def test_failed_images_are_recorded_and_run_goes_on(tmp_path, data):
-    keys = [i.path for i in FakeDataset(data).all_items()]
+    keys = [i.key for i in FakeDataset(data).all_items()]
     (data / keys[0]).write_bytes(b"")  # zero bytes
     (data / keys[7]).write_bytes(b"not a jpeg at all")  # corrupt
     s = run(tmp_path, data)
@@ -217,7 +217,7 @@ def test_partial_shards_with_other_settings_refused(tmp_path, data):
 
 def test_dataset_change_rewrites_stale_shards(tmp_path, data):
     run(tmp_path, data)
-    keys = [i.path for i in FakeDataset(data).all_items()]
+    keys = [i.key for i in FakeDataset(data).all_items()]
     (data / keys[3]).unlink()
     s = run(tmp_path, data)
     assert s["complete"] and s["num_images"] == 22
@@ -385,7 +385,7 @@ def test_cli_run_inspect_verify(synthetic_root):
         f.seek(-64, 2)
         f.write(b"\xff" * 16)
     r = CliRunner().invoke(cli, ["inspect", *args, "--verify"])
-    assert r.exit_code == 2 and "damaged" in r.output and "--force" in r.output
+    assert r.exit_code == 2 and "damaged" in r.output and "--force" in r.output, r.output
     r = CliRunner().invoke(cli, ["run", *args, "--force"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["inspect", *args, "--verify", "--montage", "query/nope.jpg"])
@@ -411,7 +411,7 @@ def test_montage_label_maps_follow_the_store_settings(synthetic_root):
     """The label map drawn beside the DSAP images comes from the estimator as the store ran it (here with
     parts dropped), not from its defaults: every part drawn in the map has written cells, and vice versa."""
     from data.io import read_image
-    from precompute.__main__ import _label_map, label_map_estimator
+    from precompute.inspect import label_map as _label_map, label_map_estimator
 
     cfg = PrecomputeConfig(dataset="synthetic", root=synthetic_root, estimator="synthetic", shard_size=50,
                            options={"drop_part": 0.5, "seed": 7})
@@ -440,7 +440,7 @@ def test_inspect_never_unpickles_a_file_named_by_the_store(tmp_path):
     """A manifest may come from anyone: a dump= (pickle) named in its settings is not loaded for label maps."""
     import pickle
 
-    from precompute.__main__ import label_map_estimator
+    from precompute.inspect import label_map_estimator
 
     marker = tmp_path / "pwned"
 

@@ -26,8 +26,9 @@ from data.joint import JointDataset
 from data.sampler import PKSampler
 from data.store import DSAPStore, StoreSettings, StoreWriter, store_dir
 from data.transforms import build_train_transform
-from dsa.presets import Recipe
-from train.checkpoint import load_checkpoint, rng_state, set_rng_state
+from dsa.presets import Recipe, get_preset
+from data.runs import RunFolder, read_checkpoint
+from train.rng import rng_state, set_rng_state
 from train.distributed import DistInfo, init_distributed, shutdown
 from train.schedule import build_optimizer, build_scheduler, lr_at
 from train.trainer import Trainer, TrainingError, seed_everything, set_deterministic
@@ -38,7 +39,7 @@ RECIPE = Recipe(epochs=3, warmup_epochs=1, lr_start=1e-3, lr_peak=1e-2, lr_decay
 
 @dataclass(frozen=True)
 class Item:
-    path: str
+    key: str
     pid: int
     camid: int
 
@@ -56,7 +57,7 @@ def make_data(folder: Path) -> tuple[list[Item], DSAPStore]:
             cv2.imwrite(str(folder / name), image[..., ::-1])
             items.append(Item(name, pid, k % 2))
             dsap.append(np.broadcast_to(colour.astype(np.uint8)[None, :, None, None], (24, 3, S, S)))
-    keys = [it.path for it in items]
+    keys = [it.key for it in items]
     writer = StoreWriter(folder / "store", StoreSettings("test", {}, size=S))
     writer.write_shard(0, keys, np.stack(dsap), np.ones((len(keys), 24, S, S), bool), np.ones(len(keys), bool))
     writer.write_manifest("test", keys, 1)
@@ -100,6 +101,15 @@ class Loss:
         return ce, {"ce": ce}
 
 
+#: the configuration the stand-in's checkpoints carry (data.runs needs a model configuration in every one)
+STAND_IN_CONFIG = {"preset": "tiny", "variant": "dsa", "num_classes": NUM_IDS, "model": get_preset("tiny").model.to_dict()}
+
+
+def raw_checkpoint(path: Path) -> dict:
+    """The checkpoint dict as stored (format of data.runs)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def make_trainer(run_dir: Path, data: tuple[list[Item], DSAPStore], *, info: DistInfo | None = None,
                  max_steps: int | None = None, workers: int = 0, loss: Loss | None = None,
                  log_every: int = 1, epochs: int = RECIPE.epochs) -> Trainer:
@@ -112,9 +122,9 @@ def make_trainer(run_dir: Path, data: tuple[list[Item], DSAPStore], *, info: Dis
                         world_size=info.world_size)
     optimizer = build_optimizer(model.parameters(), RECIPE)
     return Trainer(model=model, loss_fn=loss or Loss(), dataset=dataset, sampler=sampler, optimizer=optimizer,
-                   scheduler=build_scheduler(optimizer, RECIPE), run_dir=run_dir, info=info,
+                   scheduler=build_scheduler(optimizer, RECIPE), run=RunFolder(run_dir), info=info,
                    epochs=epochs, max_steps=max_steps, workers=workers, log_every=log_every,
-                   meta={"preset": "test", "variant": "dsa"}, progress=False)
+                   config=STAND_IN_CONFIG, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +167,10 @@ def test_loss_falls_and_log_records(tmp_path: Path, data) -> None:
     first = np.mean([r["loss"] for r in records[:6]])
     last = np.mean([r["loss"] for r in records[-6:]])
     assert last < 0.6 * first, (first, last)
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    for key in ("format_version", "model", "epoch", "step", "optimizer", "scheduler", "sampler", "rng",
-                "complete", "preset", "variant"):
-        assert key in ckpt
+    ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert set(ckpt) == {"format_version", "config", "model", "epoch", "step", "complete", "training"}
+    assert set(ckpt["training"]) == {"optimizer", "scheduler", "scaler", "sampler", "rng", "epoch_log"}
+    assert ckpt["format_version"] == 2 and ckpt["config"] == STAND_IN_CONFIG
     assert ckpt["complete"] is True and ckpt["epoch"] == 8
 
 
@@ -200,7 +210,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, data) -> 
     trainer = make_trainer(tmp_path / "run", data, loss=Loss(nan_at=steps_per_epoch + 2))
     with pytest.raises(TrainingError, match=rf"'ce'.*step {steps_per_epoch + 2}.*last good checkpoint"):
         trainer.fit()
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["step"] == steps_per_epoch and ckpt["epoch"] == 1 and not ckpt["complete"]
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
@@ -213,7 +223,7 @@ def test_non_finite_weights_after_a_finite_loss_are_never_saved(tmp_path: Path, 
     with pytest.raises(TrainingError, match=rf"weights became NaN or infinite by step {first + second} .*"
                                             r"last good checkpoint"):
         trainer.fit()
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["step"] == first and ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
@@ -221,9 +231,9 @@ def test_non_finite_weights_after_a_finite_loss_are_never_saved(tmp_path: Path, 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreadable_image_is_a_sentence(tmp_path: Path, workers: int) -> None:
     items, store = make_data(tmp_path / "data")
-    (tmp_path / "data" / items[5].path).write_bytes(b"")  # a zero-byte image
+    (tmp_path / "data" / items[5].key).write_bytes(b"")  # a zero-byte image
     trainer = make_trainer(tmp_path / "run", (items, store), workers=workers)
-    with pytest.raises(TrainingError, match=rf"cannot read image .*{items[5].path}: file is empty"):
+    with pytest.raises(TrainingError, match=rf"cannot read image .*{items[5].key}: file is empty"):
         trainer.fit()
 
 
@@ -279,7 +289,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("synth")
     generate(root / "synthetic", num_ids=8, num_cameras=2, seed=0, preview=False, workers=1, progress=False)
-    keys = [it.path for it in build_dataset("synthetic", root).all_items()]
+    keys = [it.key for it in build_dataset("synthetic", root).all_items()]
     write_store(root, keys)
     write_store(root, keys[: len(keys) // 2], tag="partial")
     write_store(root, keys, tag="s16", size=16)
@@ -299,9 +309,9 @@ def cli(root: Path, runs: Path, *extra: str):
 @pytest.mark.parametrize("extra, message", [
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--tag", "partial"], r"does not cover the dataset: \d+ of \d+ images missing \(e\.g\. "),
-    (["--tag", "s16"], "16x16 part images but the preset expects S=32"),
+    (["--tag", "s16"], "16x16 part images but the network expects S=32"),
     (["--tag", "none-here"], "no DSAP store at"),
-    (["--input", "csa"], "holds 'dsap' part images but --input csa"),
+    (["--input", "csa"], "holds 'dsap' part images, not 'csa'"),
 ])
 def test_cli_bad_inputs_are_one_sentence(tmp_path: Path, synth_root: Path, extra: list[str], message: str) -> None:
     result = cli(synth_root, tmp_path, *extra)
@@ -343,24 +353,30 @@ def test_cli_unreadable_checkpoint_or_config_is_a_sentence(tmp_path: Path, synth
     assert len(result.output.strip().splitlines()) == 1, result.output
     torch.save({"model": {"nothing": torch.zeros(1)}, "config": None}, tmp_path / "r" / "checkpoint.pt")
     result = cli(synth_root, tmp_path)
-    assert result.exit_code == 2 and "does not fit this run" in result.output, result.output
+    assert result.exit_code == 2 and "was not written by this program" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    torch.save({"format_version": 7, "model": {}}, tmp_path / "r" / "checkpoint.pt")
+    result = cli(synth_root, tmp_path)
+    assert result.exit_code == 2 and "format version 7" in result.output, result.output
 
 
 def test_cli_trains_resumes_and_checks_the_checkpoint(tmp_path: Path, synth_root: Path) -> None:
-    from dsa.model import load_dsanet
+    from dsa.model import build_dsanet
 
     first = cli(synth_root, tmp_path, "--max-steps", "1", "--log-every", "1")
     assert first.exit_code == 0, first.output
-    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
-    assert ckpt["step"] == 1 and ckpt["preset"] == "tiny" and ckpt["variant"] == "dsa" and not ckpt["complete"]
-    assert load_dsanet(ckpt).num_classes == ckpt["num_classes"]
+    ckpt = read_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    info = ckpt.info
+    assert info.step == 1 and info.preset == "tiny" and info.variant == "dsa" and not info.complete
+    assert build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state).num_classes == info.num_classes
+    assert ckpt.config == json.loads((tmp_path / "r" / "config.json").read_text())
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["preset"] == "tiny" and config["model"]["height"] == 64
     other = cli(synth_root, tmp_path, "--variant", "baseline", "--max-steps", "2")
     assert other.exit_code == 2 and "variant" in other.output
     second = cli(synth_root, tmp_path, "--max-steps", "2", "--log-every", "1")
     assert second.exit_code == 0, second.output
-    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 2
+    assert read_checkpoint(tmp_path / "r" / "checkpoint.pt").info.step == 2
     assert [r["step"] for r in read_log(tmp_path / "r")][-1] == 2
 
 
@@ -394,8 +410,8 @@ def test_ddp_two_processes_agree(tmp_path: Path) -> None:
     assert not torch.equal(initial["fc.weight"], r0["model"]["fc.weight"])  # it trained
     for p0, p1 in zip(r0["pids"], r1["pids"]):
         assert len(p0) == len(p1) == RECIPE.batch_k and not set(p0) & set(p1)  # disjoint identities
-    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert ckpt["step"] == 3 and ckpt["sampler"]["world_size"] == 2
+    ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["training"]["sampler"]["world_size"] == 2
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:

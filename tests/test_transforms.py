@@ -62,7 +62,7 @@ def test_padding_crop_shifts_the_image() -> None:
 
 @dataclass(frozen=True)
 class Item:
-    path: str
+    key: str
     pid: int
     camid: int
 
@@ -97,7 +97,7 @@ def images(tmp_path: Path) -> list[Item]:
 
 
 def test_joint_dataset_joins_by_key_not_order(tmp_path: Path, images: list[Item]) -> None:
-    arrays = {it.path: np.full((24, 3, 8, 8), k, np.uint8) for k, it in enumerate(images)}
+    arrays = {it.key: np.full((24, 3, 8, 8), k, np.uint8) for k, it in enumerate(images)}
     store = DictStore(dict(reversed(list(arrays.items()))))  # store order differs from item order
     ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16))
     assert len(ds) == 4 and ds.pids == [0, 0, 1, 1]
@@ -112,7 +112,7 @@ def test_joint_dataset_joins_by_key_not_order(tmp_path: Path, images: list[Item]
 def test_joint_dataset_missing_key_fails_at_construction(tmp_path: Path, images: list[Item]) -> None:
     from data.store import StoreError
 
-    store = DictStore({it.path: np.zeros((24, 3, 8, 8), np.uint8) for it in images[:3]})
+    store = DictStore({it.key: np.zeros((24, 3, 8, 8), np.uint8) for it in images[:3]})
     with pytest.raises(StoreError, match="1 of 4"):
         JointDataset(images, tmp_path, store, build_test_transform(32, 16))
 
@@ -125,7 +125,7 @@ def test_joint_dataset_without_dsap_never_reads_the_store(tmp_path: Path, images
 
 
 def test_seeded_items_reproduce_and_leave_global_rng_alone(tmp_path: Path, images: list[Item]) -> None:
-    arrays = {it.path: np.zeros((24, 3, 8, 8), np.uint8) for it in images}
+    arrays = {it.key: np.zeros((24, 3, 8, 8), np.uint8) for it in images}
     ds = JointDataset(images, tmp_path, DictStore(arrays), build_train_transform(32, 16, erasing_p=1.0))
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -138,7 +138,7 @@ def test_seeded_items_reproduce_and_leave_global_rng_alone(tmp_path: Path, image
 def test_joint_dataset_with_real_store_holds_no_open_handle(tmp_path: Path, images: list[Item]) -> None:
     from data.store import DSAPStore, StoreSettings, StoreWriter
 
-    keys = [it.path for it in images]
+    keys = [it.key for it in images]
     dsap = np.random.default_rng(0).integers(0, 256, (4, 24, 3, 8, 8), dtype=np.uint8)
     writer = StoreWriter(tmp_path / "store", StoreSettings("test", {}, size=8))
     writer.write_shard(0, keys[::-1], dsap[::-1], np.zeros((4, 24, 8, 8), bool), np.ones(4, bool))

@@ -8,21 +8,19 @@ Errors a user can fix are one sentence on stderr and exit status 2.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from data.io import ImageReadError
+from data.console import CONTEXT, Command
 
-from .trainer import TrainingError
 from .run import RunOptions, train_run
 
 log = logging.getLogger("train")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--dataset", required=True, help="Dataset name (data.datasets registry, e.g. synthetic, market1501).")
 @click.option("--root", default="datasets", type=click.Path(file_okay=False), help="Data root.")
 @click.option("--estimator", default="synthetic", help="Estimator whose DSAP store to train with.")
@@ -60,11 +58,7 @@ def main(verbose: bool, **kwargs: Any) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     options = RunOptions(**kwargs)
-    try:
-        summary = train_run(options)
-    except (TrainingError, ImageReadError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    summary = train_run(options)
     if summary.get("stopped_by") == "signal":
         click.echo(f"interrupted: checkpoint saved at step {summary['step']} in "
                    f"{Path(options.runs_dir) / options.run_name}; rerun the same command to resume", err=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from data.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,17 +30,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a ValueError with a sentence."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {choice!r}; choose auto, cpu or cuda")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device_choice: str = "auto") -> DistInfo:

@@ -3,25 +3,24 @@
 ``train_run(options)`` resolves the configuration, writes ``config.json``, checks a resumed run's
 saved configuration against it, builds everything and hands over to ``Trainer``.  Every problem a user
 can fix (unknown preset, missing dataset, a store that does not fit, a checkpoint of another
-configuration) comes out as a ``TrainingError`` with one sentence.
+configuration) is a ``dsa.errors.UserError`` with one sentence.  The run folder, its configuration and
+its checkpoint belong to ``data.runs``.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.datasets import DatasetError, build_dataset
-from data.io import atomic_write_json
+from data.datasets import build_dataset
 from data.joint import JointDataset
+from data.runs import RunFolder
 from data.sampler import PKSampler
-from data.store import DSAPStore, StoreError, store_dir
+from data.store import open_store
 from data.transforms import build_train_transform
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-from .distributed import DistInfo, init_distributed, shutdown
+from .distributed import init_distributed, shutdown
 from .schedule import build_optimizer, build_scheduler
 from .trainer import Trainer, TrainingError, seed_everything, set_deterministic
 
@@ -85,60 +84,15 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], where: Pat
             f"use another --run name, or rerun with the saved options (see {where / 'config.json'})")
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The run's checkpoint (None when there is none); an unreadable one is a sentence."""
-    if not path.is_file():
-        return None
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise TrainingError(f"cannot read the checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                            f"move it away to start the run afresh, or use another --run name") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise TrainingError(f"{path} is not a checkpoint written by `python -m train`; use another --run name")
-    return ckpt
-
-
-def _read_config(path: Path) -> dict[str, Any] | None:
-    """A run's saved config.json (None when there is none); an unreadable one is a sentence."""
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainingError(f"cannot read the run's configuration {path} ({e}); remove it or use another --run name") from None
-    if not isinstance(config, dict):
-        raise TrainingError(f"the run's configuration {path} is not a JSON object; remove it or use another --run name")
-    return config
-
-
-def _open_store(opts: RunOptions, size: int) -> DSAPStore:
-    folder = store_dir(opts.root, opts.dataset, opts.estimator, opts.tag)
-    store = DSAPStore(folder)
-    if store.kind != opts.input_kind:
-        raise TrainingError(f"the store at {folder} holds {store.kind!r} part images but --input {opts.input_kind} "
-                            f"was asked for; precompute with --kind {opts.input_kind} (and a --tag) or change --input")
-    if store.size != size:
-        raise TrainingError(f"the store at {folder} has {store.size}x{store.size} part images but the preset "
-                            f"expects S={size}; precompute with --size {size} or choose another preset")
-    if store.estimator != opts.estimator:
-        raise TrainingError(f"the store at {folder} was computed by estimator {store.estimator!r}, "
-                            f"not {opts.estimator!r}")
-    return store
-
-
 def train_run(opts: RunOptions) -> dict[str, Any]:
     """Train (or resume) the run described by ``opts``; returns the trainer's summary."""
-    from dsa.backbone import PretrainedWeightsError
     from dsa.losses import DSALoss
-    from dsa.model import DSANet, ModelError, check_variant
+    from dsa.model import DSANet, check_variant
     from dsa.presets import get_preset
 
-    try:
-        preset = get_preset(opts.preset)
-        use_dsap = check_variant(opts.variant)[2]
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
+    run = RunFolder.named(opts.runs_dir, opts.run_name)
+    preset = get_preset(opts.preset)
+    use_dsap = check_variant(opts.variant)[2]
     recipe = preset.recipe
     changes: dict[str, Any] = {}
     if opts.epochs is not None:
@@ -154,23 +108,17 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
     recipe = recipe.replace(**changes)
     model_cfg = preset.model
 
-    try:
-        info = init_distributed(opts.device)
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
+    info = init_distributed(opts.device)
     try:
         set_deterministic(opts.deterministic)
         seed_everything(opts.seed)
-        try:
-            dataset = build_dataset(opts.dataset, opts.root)
-            store = _open_store(opts, model_cfg.dsap_size) if use_dsap else None
-            transform = build_train_transform(model_cfg.height, model_cfg.width, pad=recipe.pad,
-                                              flip_p=recipe.flip, erasing_p=recipe.random_erasing)
-            joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=use_dsap)
-        except (DatasetError, StoreError) as e:
-            raise TrainingError(str(e)) from None
+        dataset = build_dataset(opts.dataset, opts.root)
+        store = open_store(opts.root, opts.dataset, opts.estimator, opts.tag, kind=opts.input_kind,
+                           size=model_cfg.dsap_size) if use_dsap else None
+        transform = build_train_transform(model_cfg.height, model_cfg.width, pad=recipe.pad,
+                                          flip_p=recipe.flip, erasing_p=recipe.random_erasing)
+        joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=use_dsap)
 
-        run_dir = Path(opts.runs_dir) / opts.run_name
         config = {
             "dataset": opts.dataset, "root": str(opts.root), "estimator": opts.estimator, "tag": opts.tag,
             "store": str(store.folder) if store is not None else None, "input": opts.input_kind,
@@ -182,16 +130,13 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             "world_size": info.world_size, "num_classes": dataset.num_train_pids,
             "num_train_images": len(dataset.train), "model": model_cfg.to_dict(), "recipe": recipe.to_dict(),
         }
-        ckpt = _read_checkpoint(run_dir / CHECKPOINT_NAME)
-        saved = ckpt.get("config") if ckpt is not None else _read_config(run_dir / "config.json")
+        ckpt = run.read_checkpoint()
+        saved = ckpt.config if ckpt is not None else run.read_config()
         if saved is not None:
-            check_same_config(saved, config, run_dir)
+            check_same_config(saved, config, run.path)
 
-        try:
-            model = DSANet(model_cfg, dataset.num_train_pids, variant=opts.variant,
-                           pretrained=None if opts.pretrained == "none" else opts.pretrained)
-        except (PretrainedWeightsError, ModelError) as e:
-            raise TrainingError(str(e)) from None
+        model = DSANet(model_cfg, dataset.num_train_pids, variant=opts.variant,
+                       pretrained=None if opts.pretrained == "none" else opts.pretrained)
         loss_fn = DSALoss(recipe, opts.variant)
         try:
             sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=opts.seed,
@@ -203,24 +148,21 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
         # written only once everything is built: a start that failed on a fixable problem (weights
         # file, store, batch size) leaves no configuration behind that would refuse the corrected one
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / "config.json", config)
-        meta = {"model_config": model_cfg.to_dict(), "preset": preset.name, "variant": opts.variant,
-                "num_classes": dataset.num_train_pids, "config": config}
+            run.write_config(config)
         trainer = Trainer(model=model, loss_fn=loss_fn, dataset=joint, sampler=sampler, optimizer=optimizer,
-                          scheduler=scheduler, run_dir=run_dir, info=info, epochs=recipe.epochs,
+                          scheduler=scheduler, run=run, info=info, epochs=recipe.epochs,
                           max_steps=opts.max_steps, amp=opts.amp, workers=opts.workers,
-                          log_every=opts.log_every, meta=meta, tensorboard=opts.tensorboard,
+                          log_every=opts.log_every, config=config, tensorboard=opts.tensorboard,
                           progress=opts.progress, find_unused_parameters=False)
         if ckpt is not None:
             try:
                 trainer.resume(ckpt)
             except (KeyError, ValueError, RuntimeError) as e:
-                raise TrainingError(f"the checkpoint {run_dir / CHECKPOINT_NAME} does not fit this run "
+                raise TrainingError(f"the checkpoint {run.checkpoint_path} does not fit this run "
                                     f"({type(e).__name__}: {str(e).splitlines()[0]}); use another --run name") from None
             del ckpt
         if trainer.epoch >= recipe.epochs:
-            log.info("run %s is already complete (%d epochs); nothing to do", run_dir, trainer.epoch)
+            log.info("run %s is already complete (%d epochs); nothing to do", run.path, trainer.epoch)
             return {"stopped_by": "complete", "epoch": trainer.epoch, "step": trainer.step}
         return trainer.fit()
     finally:

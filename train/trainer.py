@@ -16,7 +16,6 @@ values are summed over ranks each step.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,11 +31,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.joint import image_error_text
+from data.io import image_error_text
+from data.runs import Checkpoint, RunFolder
 from data.sampler import PKSampler, SeededBatches
+from dsa.errors import UserError
 
-from .checkpoint import CHECKPOINT_NAME, FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier
+from .rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 Prepare = Callable[[Batch, torch.device], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """A training problem the user can act on; the CLI prints it and exits 2."""
 
 
@@ -107,7 +108,7 @@ def default_prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, t
 
 
 class Trainer:
-    """Runs (or resumes) one training run in ``run_dir``.
+    """Runs (or resumes) one training run in its run folder.
 
     Args:
         model: the network (``DSANet`` or any module called as ``model(images, dsap)`` → dict).
@@ -115,17 +116,17 @@ class Trainer:
         dataset: yields ``(image uint8, dsap uint8, pid, camid)`` and accepts ``(index, seed)``.
         sampler: the ``PKSampler`` of this rank.
         optimizer, scheduler: the scheduler is stepped once per epoch.
-        run_dir: where ``checkpoint.pt`` and ``log.jsonl`` go (rank 0 writes).
+        run: the run folder (``data.runs.RunFolder``): checkpoint and log go there (rank 0 writes).
         info: this process's place in the (possibly one-process) world.
         epochs: total epochs; ``max_steps`` stops earlier (a checkpoint is written, not complete).
-        meta: extra checkpoint entries (``model_config``, ``preset``, ``variant``, ``num_classes``, ``config``).
+        config: the run's resolved configuration; every checkpoint carries it (``data.runs``).
     """
 
     def __init__(self, *, model: torch.nn.Module, loss_fn: Callable, dataset: Any, sampler: PKSampler,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 run_dir: str | os.PathLike, info: DistInfo, epochs: int, max_steps: int | None = None,
+                 run: RunFolder, info: DistInfo, epochs: int, max_steps: int | None = None,
                  amp: bool = False, workers: int = 0, log_every: int = 10, prepare: Prepare = default_prepare,
-                 meta: dict[str, Any] | None = None, tensorboard: bool = False, progress: bool = True,
+                 config: dict[str, Any] | None = None, tensorboard: bool = False, progress: bool = True,
                  find_unused_parameters: bool = False) -> None:
         self.info = info
         self.device = info.device
@@ -145,11 +146,12 @@ class Trainer:
         self.dataset, self.sampler = dataset, sampler
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.run_dir = Path(run_dir)
+        self.run = run
+        self.run_dir = run.path
         self.epochs, self.max_steps = epochs, max_steps
         self.workers, self.log_every = workers, max(1, log_every)
         self.prepare = prepare
-        self.meta = dict(meta or {})
+        self.config = dict(config or {})
         self.progress = progress and info.is_main
         self.epoch = 0
         self.step = 0
@@ -167,40 +169,35 @@ class Trainer:
     # ------------------------------------------------------------------ state
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
+        return self.run.checkpoint_path
 
     @property
     def bare_model(self) -> torch.nn.Module:
         return self.model.module if hasattr(self.model, "module") else self.model
 
-    def state_dict(self, complete: bool) -> dict[str, Any]:
-        """The checkpoint dict (docs/INTERFACES.md): weights, optimizer, schedule, position, RNG."""
+    def training_state(self) -> dict[str, Any]:
+        """What resuming needs besides the weights: optimizer, schedule, scaler, position, RNG."""
         return {
-            "format_version": FORMAT_VERSION,
-            **self.meta,
-            "model": self.bare_model.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": rng_state(),
             "epoch_log": {"sums": dict(self._epoch_sums), "steps": self._epoch_steps},
-            "complete": complete,
         }
 
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by ``state_dict``."""
-        self.bare_model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.sampler.load_state_dict(ckpt["sampler"])
-        set_rng_state(ckpt["rng"])
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        epoch_log = ckpt.get("epoch_log") or {}
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Continue from a checkpoint of this run (weights, training state and position)."""
+        t = ckpt.training
+        self.bare_model.load_state_dict(ckpt.model_state)
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.scheduler.load_state_dict(t["scheduler"])
+        if t.get("scaler"):
+            self.scaler.load_state_dict(t["scaler"])
+        self.sampler.load_state_dict(t["sampler"])
+        set_rng_state(t["rng"])
+        self.epoch, self.step = ckpt.info.epoch, ckpt.info.step
+        epoch_log = t.get("epoch_log") or {}
         self._epoch_sums = dict(epoch_log.get("sums", {}))
         self._epoch_steps = int(epoch_log.get("steps", 0))
 
@@ -223,40 +220,31 @@ class Trainer:
                 f"loss term was finite (a gradient overflowed); training stopped and the last good checkpoint "
                 f"{self.checkpoint_path} was kept")
         if self.info.is_main:
-            save_checkpoint(self.checkpoint_path, self.state_dict(complete))
+            self.run.write_checkpoint(config=self.config, model_state=self.bare_model.state_dict(),
+                                      training=self.training_state(), epoch=self.epoch, step=self.step,
+                                      complete=complete)
         barrier(self.info)
 
     def resume_if_possible(self) -> bool:
-        """Load ``checkpoint.pt`` from the run folder if there is one; True when resumed."""
-        if not self.checkpoint_path.is_file():
+        """Load the run's checkpoint if there is one; True when resumed."""
+        ckpt = self.run.read_checkpoint()
+        if ckpt is None:
             return False
-        self.resume(load_checkpoint(self.checkpoint_path))
+        self.resume(ckpt)
         return True
 
-    def resume(self, ckpt: dict[str, Any]) -> None:
+    def resume(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt`` (this run's checkpoint, already loaded) and trim the log to it."""
-        self.load_state_dict(ckpt)
-        self._trim_log()
+        self.load_state(ckpt)
+        if self.info.is_main:
+            self.run.trim_log(self.step)
         log.info("resumed %s at epoch %d, step %d", self.run_dir, self.epoch, self.step)
 
     # ------------------------------------------------------------------ logging
-    def _trim_log(self) -> None:
-        """Drop log lines written after the checkpoint we resume from (those steps are redone)."""
-        path = self.run_dir / "log.jsonl"
-        if not self.info.is_main or not path.is_file():
-            return
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= self.step]
-        if len(kept) != len(lines):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
-            os.replace(tmp, path)
-
     def _log(self, record: dict[str, Any]) -> None:
         if not self.info.is_main:
             return
-        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run.append_log(record)
         if self._tb is not None:
             for name, value in record.items():
                 if name not in ("step", "epoch") and isinstance(value, (int, float)):

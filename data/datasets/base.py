@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+from dsa.errors import UserError
 
 __all__ = [
     "Item",
@@ -32,15 +33,16 @@ _SIDE_FILE_SUFFIXES = ("_iuv.png", "_inds.png")
 Triple = tuple[str, int, int]
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A dataset problem a user can fix, phrased as one sentence (expected layout, path looked at)."""
 
 
 @dataclass(frozen=True, order=True)
 class Item:
-    """One image: ``path`` relative to the dataset folder (POSIX), ``pid``, ``camid`` (0-based)."""
+    """One image: ``key``, its path relative to the dataset folder (POSIX; the same key names it in the
+    DSAP store, the estimators and the features files), ``pid``, ``camid`` (0-based)."""
 
-    path: str
+    key: str
     pid: int
     camid: int
 
@@ -83,7 +85,7 @@ class ReidDataset:
         self.query = [self._as_item(t) for t in query]
         self.gallery = [self._as_item(t) for t in gallery]
         self.train_pid_map = {pid: label for label, pid in enumerate(sorted({it.pid for it in raw_train}))}
-        self.train = [Item(it.path, self.train_pid_map[it.pid], it.camid) for it in raw_train]
+        self.train = [Item(it.key, self.train_pid_map[it.pid], it.camid) for it in raw_train]
         self._validate()
 
     @staticmethod
@@ -99,10 +101,10 @@ class ReidDataset:
             if not items:
                 raise DatasetError(f"The {self.name} dataset at {self.root} has no {split} images.")
             for it in items:
-                if it.path.startswith("/") or "\\" in it.path or it.path.startswith("../"):
-                    raise DatasetError(f"{self.name}: item path {it.path!r} must be POSIX and relative to {self.root}.")
+                if it.key.startswith("/") or "\\" in it.key or it.key.startswith("../"):
+                    raise DatasetError(f"{self.name}: item key {it.key!r} must be POSIX and relative to {self.root}.")
                 if it.camid < 0:
-                    raise DatasetError(f"{self.name}: {it.path} has a negative camera id {it.camid}.")
+                    raise DatasetError(f"{self.name}: {it.key} has a negative camera id {it.camid}.")
 
     @property
     def num_train_pids(self) -> int:
@@ -112,7 +114,7 @@ class ReidDataset:
         """Train + query + gallery, de-duplicated by path (first occurrence wins), sorted by path."""
         seen: dict[str, Item] = {}
         for it in (*self.train, *self.query, *self.gallery):
-            seen.setdefault(it.path, it)
+            seen.setdefault(it.key, it)
         return [seen[p] for p in sorted(seen)]
 
     def stats(self) -> dict:

@@ -19,12 +19,13 @@ import numpy as np
 from data.options import coerce_option
 
 from dsa.iuv import IUV
+from dsa.errors import UserError
 
 __all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "build_estimator", "estimator_options", "key_rng",
            "sibling_path"]
 
 
-class EstimatorError(ValueError):
+class EstimatorError(UserError, ValueError):
     """A problem the user can fix (unknown estimator, bad option, missing file or dependency): one sentence."""
 
 

@@ -1,42 +1,15 @@
-"""Checkpoints of a run (the contract in docs/INTERFACES.md, "Runs and checkpoints").
+"""The random states a resumed run restores (the ``rng`` entry of a checkpoint's training state).
 
-``checkpoint.pt`` is a plain dict of tensors and Python primitives, loadable with
-``torch.load(path, weights_only=True)``: nothing in it needs unpickling of arbitrary objects.
-It is written to a temporary name in the run folder and renamed, so a reader (or a resumed run
-after a crash mid-write) only ever sees a complete checkpoint.
+They are plain tensors, lists and numbers, so the checkpoint stays loadable with
+``torch.load(path, weights_only=True)``; the checkpoint file itself belongs to ``data.runs``.
 """
 from __future__ import annotations
 
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:

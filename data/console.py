@@ -1,0 +1,38 @@
+"""What every command-line program shares: a ``UserError`` is one sentence and exit status 2.
+
+``@click.command(cls=Command)`` / ``@click.group(cls=Group)`` catch :class:`dsa.errors.UserError`
+(of any stage) around the command, print ``error: <sentence>`` on stderr and exit with the error's
+``exit_code`` (2); every other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dsa.errors import UserError
+
+#: click settings every program uses: -h and --help, defaults shown
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+def _guarded(invoke: Any, self: click.Command, ctx: click.Context) -> Any:
+    try:
+        return invoke(self, ctx)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        ctx.exit(e.exit_code)
+
+
+class Command(click.Command):
+    """A click command whose user errors are sentences (exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _guarded(click.Command.invoke, self, ctx)
+
+
+class Group(click.Group):
+    """A click group whose commands' user errors are sentences (exit 2)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return _guarded(click.Group.invoke, self, ctx)

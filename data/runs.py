@@ -1,0 +1,274 @@
+"""Run folders and their checkpoints: the one owner of the format (docs/INTERFACES.md, "Runs").
+
+A run folder ``RUNS_DIR/<RUN>/`` holds::
+
+    config.json      the run's resolved configuration (written when a run starts; JSON object)
+    checkpoint.pt    the latest checkpoint (written atomically; read with ``weights_only=True``)
+    log.jsonl        one JSON object per logged step and per epoch end
+    eval/<dataset>/  what ``evaluate`` writes
+
+``checkpoint.pt`` (format 2) is a plain dict of tensors and Python primitives::
+
+    format_version  2
+    config          the run's configuration, the same record as config.json (model config, variant,
+                    preset, number of classes, dataset, estimator, store tag, recipe, ...)
+    model           the network's state dict
+    epoch, step     where training stands
+    complete        True once training has finished
+    training        what resuming needs: optimizer, scheduler, scaler, sampler, rng, epoch_log
+
+Format 1 (written before the run owner existed: the model configuration, variant, preset and number of
+classes at the top level, the training state beside them) is read and upgraded in memory; any other
+version is refused with a sentence naming it.  :class:`CheckpointInfo` is the typed record of what a
+checkpoint holds; ``dsa`` builds the network from it (``dsa.model.build_dsanet``) and knows nothing of
+files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dsa.errors import UserError
+from dsa.presets import ModelConfig
+
+from .io import atomic_output, atomic_write_json
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.json"
+LOG_NAME = "log.jsonl"
+#: the entries of a checkpoint's ``training`` dict (format 1 kept them at the top level)
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "sampler", "rng", "epoch_log")
+#: what a run name may be: a name, never a path
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class RunError(UserError):
+    """A run folder or checkpoint problem the user can fix (missing, unreadable, another format)."""
+
+
+def check_name(name: str, what: str = "run name") -> str:
+    """``name`` when it is a plain name (letters, digits, ``._+-``, not starting with a dot); a RunError
+    otherwise: run names and store tags become folder names and must never point outside their folder."""
+    if not isinstance(name, str) or not RUN_NAME.match(name) or len(name) > 200:
+        raise RunError(f"the {what} {name!r} is not a plain name: use letters, digits and . _ + - "
+                       f"(starting with a letter or digit, no / or ..)")
+    return name
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds, typed: enough to rebuild the network and to say where it came from."""
+
+    model: ModelConfig
+    variant: str
+    num_classes: int
+    preset: str
+    dataset: str = ""
+    estimator: str | None = None
+    tag: str | None = None
+    input_kind: str = "dsap"
+    epoch: int = -1
+    step: int = -1
+    complete: bool = False
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the MF-Stream's input."""
+        return self.model.height, self.model.width
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, epoch: int = -1, step: int = -1, complete: bool = False,
+                    format_version: int = FORMAT_VERSION, where: str = "the checkpoint") -> "CheckpointInfo":
+        """The record from a run configuration (config.json or a checkpoint's ``config``)."""
+        for key in ("model", "variant", "num_classes"):
+            if key not in config:
+                raise RunError(f"{where} has no {key!r} in its configuration; it was not written by this program")
+        try:
+            model = ModelConfig.from_dict(dict(config["model"]))
+            num_classes = int(config["num_classes"])
+        except (TypeError, ValueError) as e:
+            raise RunError(f"{where}'s model configuration is not usable ({e})") from None
+        return cls(model=model, variant=str(config["variant"]), num_classes=num_classes,
+                   preset=str(config.get("preset", "")), dataset=str(config.get("dataset", "")),
+                   estimator=config.get("estimator"), tag=config.get("tag"),
+                   input_kind=str(config.get("input", "dsap")), epoch=int(epoch), step=int(step),
+                   complete=bool(complete), format_version=int(format_version))
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its typed record, the run configuration, the weights, the training state."""
+
+    path: Path
+    info: CheckpointInfo
+    config: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A checkpoint dict of any readable format -> the format-2 layout (format 1 is upgraded in memory)."""
+    version = raw.get("format_version", 1)
+    if not isinstance(version, int) or version not in READABLE_VERSIONS:
+        raise RunError(f"{path} is a checkpoint of format version {version!r}; this version of the program reads "
+                       f"formats {', '.join(map(str, READABLE_VERSIONS))}: evaluate or resume it with the version "
+                       f"that wrote it, or retrain")
+    if version == 2:
+        return raw
+    config = dict(raw.get("config") or {})
+    for key, old in (("model", "model_config"), ("variant", "variant"), ("num_classes", "num_classes"),
+                     ("preset", "preset")):
+        if raw.get(old) is not None:
+            config.setdefault(key, raw[old])
+    return {"format_version": 1, "config": config, "model": raw["model"], "epoch": raw.get("epoch", -1),
+            "step": raw.get("step", -1), "complete": raw.get("complete", False),
+            "training": {k: raw[k] for k in TRAINING_KEYS if k in raw}}
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load and check a checkpoint (``weights_only=True``); anything unreadable is one sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"there is no checkpoint at {path}")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RunError(f"cannot read the checkpoint {path} ({type(e).__name__}: {first[:200]}); it is damaged or "
+                       f"not a checkpoint of this program: move it away and retrain, or use another run") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise RunError(f"{path} is not a checkpoint written by this program (no model weights in it)")
+    d = _upgrade(raw, path)
+    if not isinstance(d.get("config"), dict):
+        raise RunError(f"{path} has no run configuration; it was not written by this program")
+    info = CheckpointInfo.from_config(d["config"], epoch=d.get("epoch", -1), step=d.get("step", -1),
+                                      complete=d.get("complete", False), format_version=d["format_version"],
+                                      where=str(path))
+    return Checkpoint(path, info, d["config"], d["model"], dict(d.get("training") or {}))
+
+
+def resolve_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Path:
+    """A run name, a run folder or a checkpoint file -> the checkpoint's path (checked to exist)."""
+    p = Path(run_or_path)
+    candidates = [p] if p.suffix == ".pt" else [p / CHECKPOINT_NAME, Path(runs_dir) / p / CHECKPOINT_NAME]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise RunError(f"no checkpoint found for {str(run_or_path)!r} (looked at {', '.join(map(str, candidates))}); "
+                   f"train the run first with `make train`")
+
+
+def open_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Checkpoint:
+    """``read_checkpoint(resolve_checkpoint(...))``: what ``evaluate`` starts from."""
+    return read_checkpoint(resolve_checkpoint(run_or_path, runs_dir))
+
+
+class RunFolder:
+    """One run's folder: its layout, its configuration, its checkpoint and its log."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def named(cls, runs_dir: str | os.PathLike, name: str) -> "RunFolder":
+        """``RUNS_DIR/<name>``, with ``name`` checked to be a name (never a path)."""
+        return cls(Path(runs_dir) / check_name(name))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / LOG_NAME
+
+    def eval_dir(self, dataset: str) -> Path:
+        """Where ``evaluate`` writes its outputs for ``dataset``."""
+        return self.path / "eval" / dataset
+
+    # ------------------------------------------------------------------ configuration
+    def read_config(self) -> dict[str, Any] | None:
+        """The saved configuration (None when there is none); an unreadable one is a sentence."""
+        path = self.config_path
+        if not path.is_file():
+            return None
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RunError(f"cannot read the run's configuration {path} ({e}); remove it or use another run name") from None
+        if not isinstance(config, dict):
+            raise RunError(f"the run's configuration {path} is not a JSON object; remove it or use another run name")
+        return config
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.config_path, config)
+
+    # ------------------------------------------------------------------ checkpoint
+    def read_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint | None:
+        """The run's checkpoint, or None when it has none yet."""
+        if not self.checkpoint_path.is_file():
+            return None
+        return read_checkpoint(self.checkpoint_path, map_location)
+
+    def write_checkpoint(self, *, config: dict[str, Any], model_state: dict[str, torch.Tensor],
+                         training: dict[str, Any], epoch: int, step: int, complete: bool) -> Path:
+        """Write ``checkpoint.pt`` atomically (temporary file in the folder, fsync, rename)."""
+        state = {"format_version": FORMAT_VERSION, "config": config, "model": model_state, "epoch": int(epoch),
+                 "step": int(step), "complete": bool(complete), "training": training}
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_output(self.checkpoint_path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        return self.checkpoint_path
+
+    # ------------------------------------------------------------------ log
+    def append_log(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        """The log's records (an unfinished last line, left by a kill mid-write, is skipped)."""
+        if not self.log_path.is_file():
+            return []
+        out = []
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+        return out
+
+    def trim_log(self, step: int) -> None:
+        """Keep the records up to ``step`` (those after it are redone by a resumed run)."""
+        if not self.log_path.is_file():
+            return
+        records = self.read_log()
+        kept = [r for r in records if r.get("step", 0) <= step]
+        raw_lines = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if len(kept) != len(raw_lines):
+            with atomic_output(self.log_path) as tmp:
+                Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
