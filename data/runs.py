@@ -134,7 +134,7 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
             "training": {k: raw[k] for k in TRAINING_KEYS if k in raw}}
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load and check a checkpoint (``weights_only=True``); anything unreadable is one sentence."""
     path = Path(path)
     if not path.is_file():
@@ -168,8 +168,8 @@ def resolve_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLi
 
 
 def open_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLike = "runs") -> Checkpoint:
-    """``read_checkpoint(resolve_checkpoint(...))``: what ``evaluate`` starts from."""
-    return read_checkpoint(resolve_checkpoint(run_or_path, runs_dir))
+    """``load_checkpoint(resolve_checkpoint(...))``: what ``evaluate`` starts from."""
+    return load_checkpoint(resolve_checkpoint(run_or_path, runs_dir))
 
 
 class RunFolder:
@@ -226,7 +226,7 @@ class RunFolder:
         """The run's checkpoint, or None when it has none yet."""
         if not self.checkpoint_path.is_file():
             return None
-        return read_checkpoint(self.checkpoint_path, map_location)
+        return load_checkpoint(self.checkpoint_path, map_location)
 
     def write_checkpoint(self, *, config: dict[str, Any], model_state: dict[str, torch.Tensor],
                          training: dict[str, Any], epoch: int, step: int, complete: bool) -> Path:

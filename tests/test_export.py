@@ -12,7 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from evaluate.__main__ import cli  # noqa: E402
 from conftest import write_tiny_run  # noqa: E402
-from data.runs import read_checkpoint  # noqa: E402
+from data.runs import load_checkpoint  # noqa: E402
 from evaluate.features import build_model  # noqa: E402
 
 
@@ -23,7 +23,7 @@ def test_export_equals_pytorch(tmp_path):
     res = CliRunner().invoke(cli, ["export", "--run", "r", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.is_file() and not list(tmp_path.glob(".m.onnx.tmp*"))
-    model, (h, w) = build_model(read_checkpoint(run / "checkpoint.pt"), "mf")
+    model, (h, w) = build_model(load_checkpoint(run / "checkpoint.pt"), "mf")
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for batch in (1, 5):  # a batch size other than the export example's
         x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))

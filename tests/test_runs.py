@@ -9,7 +9,7 @@ import torch
 
 from conftest import write_tiny_run
 from data.runs import (FORMAT_VERSION, CheckpointInfo, RunError, RunFolder, check_name, open_checkpoint,
-                       read_checkpoint, resolve_checkpoint)
+                       load_checkpoint, resolve_checkpoint)
 from dsa.errors import UserError
 from dsa.model import DSANet, build_dsanet
 from dsa.presets import get_preset
@@ -19,7 +19,7 @@ TINY = get_preset("tiny").model
 
 def test_write_then_read_is_the_same_record(tmp_path: Path) -> None:
     path = write_tiny_run(tmp_path / "r", "two-branch", 5, epoch=3, step=11, complete=False)
-    ckpt = read_checkpoint(path)
+    ckpt = load_checkpoint(path)
     assert ckpt.info == CheckpointInfo(model=TINY, variant="two-branch", num_classes=5, preset="tiny",
                                        dataset="market1501", estimator="synthetic", tag=None, input_kind="dsap",
                                        epoch=3, step=11, complete=False, format_version=FORMAT_VERSION)
@@ -54,13 +54,13 @@ def test_format_1_checkpoints_are_upgraded(tmp_path: Path) -> None:
 def test_unusable_checkpoints_are_sentences(tmp_path: Path, content, sentence) -> None:
     torch.save(content, tmp_path / "checkpoint.pt")
     with pytest.raises(RunError, match=sentence):
-        read_checkpoint(tmp_path / "checkpoint.pt")
+        load_checkpoint(tmp_path / "checkpoint.pt")
 
 
 def test_unreadable_file_is_one_sentence(tmp_path: Path) -> None:
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(RunError, match="cannot read the checkpoint") as e:
-        read_checkpoint(tmp_path / "checkpoint.pt")
+        load_checkpoint(tmp_path / "checkpoint.pt")
     assert "\n" not in str(e.value) and "weights_only=False" not in str(e.value)
     with pytest.raises(RunError, match="no checkpoint found for 'nope'"):
         resolve_checkpoint("nope", tmp_path)

@@ -27,7 +27,7 @@ from data.sampler import PKSampler
 from data.store import DSAPStore, StoreSettings, StoreWriter, store_dir
 from data.transforms import build_train_transform
 from dsa.presets import Recipe, get_preset
-from data.runs import RunFolder, read_checkpoint
+from data.runs import RunFolder, load_checkpoint
 from train.rng import rng_state, set_rng_state
 from train.distributed import DistInfo, init_distributed, shutdown
 from train.schedule import build_optimizer, build_scheduler, lr_at
@@ -365,7 +365,7 @@ def test_cli_trains_resumes_and_checks_the_checkpoint(tmp_path: Path, synth_root
 
     first = cli(synth_root, tmp_path, "--max-steps", "1", "--log-every", "1")
     assert first.exit_code == 0, first.output
-    ckpt = read_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     info = ckpt.info
     assert info.step == 1 and info.preset == "tiny" and info.variant == "dsa" and not info.complete
     assert build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state).num_classes == info.num_classes
@@ -376,7 +376,7 @@ def test_cli_trains_resumes_and_checks_the_checkpoint(tmp_path: Path, synth_root
     assert other.exit_code == 2 and "variant" in other.output
     second = cli(synth_root, tmp_path, "--max-steps", "2", "--log-every", "1")
     assert second.exit_code == 0, second.output
-    assert read_checkpoint(tmp_path / "r" / "checkpoint.pt").info.step == 2
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt").info.step == 2
     assert [r["step"] for r in read_log(tmp_path / "r")][-1] == 2
 
 
