@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from data.io import atomic_write_json, atomic_write_text, disk_full_error, file_sha256
-from data.runs import check_name
+from data.runs import check_name, dataset_dirname
 from dsa.errors import UserError
 from dsa.dsap import coverage
 from dsa.parts import NUM_PARTS
@@ -63,11 +63,11 @@ class StoreError(UserError):
 
 
 def store_dir(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None) -> Path:
-    """The folder of the store for ``dataset`` and ``estimator``: ``ROOT/dsap/<dataset>/<estimator>[-<tag>]``."""
-    check_name(dataset, "dataset name")
+    """The folder of the store for ``dataset`` and ``estimator``: ``ROOT/dsap/<dataset>/<estimator>[-<tag>]``
+    (names checked to be names; a dataset spec with options becomes ``<name>+<digest of the options>``)."""
     check_name(estimator, "estimator name")
     name = f"{estimator}-{check_name(tag, 'store tag')}" if tag else estimator
-    return Path(root) / "dsap" / dataset / name
+    return Path(root) / "dsap" / dataset_dirname(dataset) / name
 
 
 def shard_name(index: int) -> str:
