@@ -15,7 +15,8 @@ from typing import Any
 
 from data.datasets import build_dataset
 from data.joint import JointDataset
-from data.runs import RunFolder, check_name
+from data.io import release_lock
+from data.runs import LOCK_NAME, RunFolder, check_name
 from data.sampler import PKSampler
 from data.store import open_store
 from data.transforms import build_train_transform
@@ -127,11 +128,11 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
 
     info = init_distributed(opts.device)
     try:
+        if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
+            run.lock()
         set_deterministic(opts.deterministic)
         seed_everything(opts.seed)
         dataset = build_dataset(opts.dataset, opts.root)
-        if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
-            run.lock()
         store = open_store(opts.root, opts.dataset, opts.estimator, opts.tag, kind=opts.input_kind,
                            size=model_cfg.dsap_size) if use_dsap else None
         if store is not None:
@@ -189,5 +190,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             return {"stopped_by": "complete", "epoch": trainer.epoch, "step": trainer.step}
         return trainer.fit()
     finally:
+        if info.is_main:
+            release_lock(run.path / LOCK_NAME)
         shutdown(info)
 

@@ -94,7 +94,7 @@ def worker_killed_sentence(error: BaseException) -> str | None:
     text = str(error)
     if isinstance(error, RuntimeError) and "DataLoader worker (pid" in text:
         first = text.strip().splitlines()[0].rstrip(". ")
-        return (f"{first[0].lower()}{first[1:]}: a data-loading process died (out of memory, or killed); rerun the "
+        return (f"{first}: a data-loading process died (out of memory, or killed); rerun the "
                 f"same command to resume from the last checkpoint (with fewer --workers if memory is short)")
     return None
 
