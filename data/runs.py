@@ -29,17 +29,16 @@ import io
 import json
 import os
 import pickle
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dsa.errors import UserError
 from dsa.presets import ModelConfig
 
 from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock
+from .names import RUN_NAME, RunError, check_name, dataset_dirname  # noqa: F401 - re-exported
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -49,37 +48,6 @@ LOG_NAME = "log.jsonl"
 LOCK_NAME = ".lock"
 #: the entries of a checkpoint's ``training`` dict (format 1 kept them at the top level)
 TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "sampler", "rng", "epoch_log")
-#: what a run name may be: a name, never a path
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-class RunError(UserError):
-    """A run folder or checkpoint problem the user can fix (missing, unreadable, another format)."""
-
-
-def check_name(name: str, what: str = "run name") -> str:
-    """``name`` when it is a plain name (letters, digits, ``._+-``, not starting with a dot); a RunError
-    otherwise: run names and store tags become folder names and must never point outside their folder."""
-    if not isinstance(name, str) or not RUN_NAME.match(name) or len(name) > 200:
-        raise RunError(f"the {what} {name!r} is not a plain name: use letters, digits and . _ + - "
-                       f"(starting with a letter or digit, no / or ..)")
-    return name
-
-
-def dataset_dirname(spec: str) -> str:
-    """The folder name of a dataset spec (``name`` or ``name:key=value,...``) in a store path or a run's
-    ``eval/``: the name itself, checked to be a name; with options, the name and a digest of them
-    (``folder+3f2a9c1e``), so that an option value (a path) never becomes part of a path."""
-    import hashlib
-
-    name, _, options = str(spec).partition(":")
-    check_name(name, "dataset name")
-    if not options:
-        return name
-    canonical = ",".join(sorted(p.strip() for p in options.split(",") if p.strip()))
-    return f"{name}+{hashlib.sha256(canonical.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
-
-
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What a checkpoint holds, typed: enough to rebuild the network and to say where it came from."""

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from data.io import atomic_write_json, atomic_write_text, disk_full_error, file_sha256
-from data.runs import check_name, dataset_dirname
+from data.names import check_name, dataset_dirname
 from dsa.errors import UserError
 from dsa.dsap import coverage
 from dsa.parts import NUM_PARTS

@@ -593,3 +593,17 @@ def test_training_refuses_images_precompute_could_not_read_up_front(tmp_path, da
 
     with pytest.raises(TrainingError, match=r"1 training image\(s\) could not be read .*file is empty"):
         check_store_fits(store, Train)
+
+
+def test_a_full_disk_in_any_writer_is_a_sentence_at_the_command_line():
+    import click
+    from click.testing import CliRunner
+
+    from data.console import CONTEXT, Command
+
+    @click.command(cls=Command, context_settings=CONTEXT)
+    def plot():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "cmc.png")  # e.g. matplotlib's savefig
+
+    r = CliRunner().invoke(plot, [])
+    assert r.exit_code == 2 and r.output.startswith("error: cannot write cmc.png: no space left on device")
