@@ -82,7 +82,10 @@ class Cases:
                        dataset, "--root", root, "--queries", "0", *extra, want=want)
 
     # ----------------------------------------------------------------- cases
-    def run_all(self) -> None:
+    def run_all(self, only: str | None = None) -> None:
+        if only:
+            getattr(self, only)()
+            return
         base = self.dataset("base")
         self.precompute(base)
         rc, line, _ = self.train(base, "done", "--max-steps", "2")
@@ -179,11 +182,13 @@ class Cases:
         self.row("5 features file with a changed value", rc, line)
 
     def case7(self) -> None:
-        root = self.dataset("lock", ids=40)
+        root = self.dataset("lock", ids=200)
         args = [PY, "-m", "precompute", "run", "--dataset", "synthetic", "--root", root, "--estimator", "synthetic",
                 "--shard-size", "5"]
         a = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env)
-        time.sleep(4)
+        folder = root / "dsap/synthetic/synthetic"
+        while a.poll() is None and not list(folder.glob("shard-*.h5*")):  # the first one is writing shards
+            time.sleep(0.2)
         rc, line, _ = self.sh(*args)
         a.wait(timeout=300)
         self.row("7 second precompute on one store", rc, line)
@@ -322,6 +327,7 @@ def main() -> None:
     ap.add_argument("--code", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", default=None, help="run one case method (e.g. case7)")
     args = ap.parse_args()
     if args.work.exists():
         subprocess.run(["umount", str(args.work / "tmpfs")], capture_output=True)
@@ -329,7 +335,7 @@ def main() -> None:
     args.work.mkdir(parents=True)
     cases = Cases(args.code.resolve(), args.work.resolve())
     try:
-        cases.run_all()
+        cases.run_all(args.only)
     finally:
         if args.json:
             args.json.write_text(json.dumps({"code": str(args.code), "load": os.getloadavg(), "rows": cases.rows},
