@@ -306,12 +306,12 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise StoreError(f"the store manifest {path} cannot be read ({e}); delete it and rerun `make precompute`, "
-                         f"which checks the shards and recomputes only what is missing") from None
+        raise StoreError(f"the store manifest {path} cannot be read ({e}); rerun `make precompute`, which "
+                         f"rebuilds it from the intact shards and recomputes only what is missing") from None
     problem = _manifest_problem(manifest)
     if problem:
-        raise StoreError(f"the store manifest {path} is not a manifest of this program ({problem}); delete it and "
-                         f"rerun `make precompute`, which checks the shards and recomputes only what is missing")
+        raise StoreError(f"the store manifest {path} is not a manifest of this program ({problem}); rerun "
+                         f"`make precompute`, which rebuilds it from the intact shards and recomputes only what is missing")
     return manifest
 
 

@@ -418,7 +418,7 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
     try:
         manifest = read_manifest(folder)
     except StoreError as e:  # an unusable manifest is rebuilt from the shards, which are checked one by one
-        log.warning("%s; rebuilding it", e)
+        log.warning("rebuilding the manifest from the shards: %s", e)
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         manifest = None
     expected_sha = {sh["name"]: sh["sha256"] for sh in (manifest or {}).get("shards", [])}
