@@ -132,11 +132,17 @@ def _image_size(data: np.ndarray) -> tuple[int, int] | None:
     """(width, height) from the image header without decoding the pixels; None when Pillow cannot tell."""
     try:
         from PIL import Image
-
+    except ImportError:
+        return None
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would hide the size: the limit here is ours
+    try:
         with Image.open(io.BytesIO(data.tobytes())) as im:  # lazy: reads the header only
             return im.size
     except Exception:  # noqa: BLE001 - any header Pillow does not know: OpenCV decides below
         return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
 
 
 def _decode(path: PathLike, flags: int) -> np.ndarray:

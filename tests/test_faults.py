@@ -581,6 +581,22 @@ def test_images_above_the_pixel_limit_are_refused_before_decoding(tmp_path, monk
         read_image(path)
 
 
+def test_a_20000_by_20000_png_is_refused_from_its_header(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # a PNG header claiming 20000x20000 RGB (Pillow alone would refuse it as a "decompression bomb",
+    # which must not hide its size from the limit here)
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageReadError, match=r"is 20000x20000 pixels, above the limit of 40000000 pixels"):
+        read_image(path)
+
+
 def test_training_refuses_images_precompute_could_not_read_up_front(tmp_path, data):
     bad = sorted(data.rglob("*.jpg"))[4]
     bad.write_bytes(b"")
