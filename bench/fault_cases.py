@@ -84,7 +84,15 @@ class Cases:
     # ----------------------------------------------------------------- cases
     def run_all(self, only: str | None = None) -> None:
         if only:
-            getattr(self, only)()
+            import inspect
+
+            method = getattr(self, only)
+            if inspect.signature(method).parameters:
+                base = self.dataset("base")
+                self.precompute(base)
+                method(base)
+            else:
+                method()
             return
         base = self.dataset("base")
         self.precompute(base)
@@ -214,7 +222,10 @@ class Cases:
         self.row("8 SIGTERM during training", p.returncode, first_line(out, "resume"))
         p = self._train_bg(base, "wkill", workers="1")
         self._wait_for_steps("wkill")
-        kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        kids, end = [], time.time() + 60
+        while not kids and p.poll() is None and time.time() < end:  # a worker lives while an epoch loads
+            kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            time.sleep(0.05)
         for k in kids:
             os.kill(int(k), signal.SIGKILL)
         out = p.communicate(timeout=120)[0]
