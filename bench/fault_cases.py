@@ -102,6 +102,7 @@ class Cases:
         self.case3()
         self.case4(base)
         self.case5(base)
+        self.case6()
         self.case7()
         self.case8(base)
         self.tracebacks(base)
@@ -201,6 +202,27 @@ class Cases:
         a.wait(timeout=300)
         self.row("7 second precompute on one store", rc, line)
         self.row("7 first precompute (running meanwhile)", a.returncode, first_line(a.stdout.read(), "store"))
+
+    def case6(self, tries: int = 3) -> None:
+        """SIGKILL the precompute parent as soon as its two spawned workers exist; count the shards written after."""
+        src = self.dataset("orphans", ids=200)
+        for t in range(tries):
+            root = self.work / f"orphans-{t}"
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            (root / "synthetic").symlink_to(src / "synthetic")
+            p = subprocess.Popen([PY, "-m", "precompute", "run", "--dataset", "synthetic", "--root", str(root),
+                                  "--estimator", "synthetic", "--shard-size", "20", "--workers", "2"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env, cwd=self.work)
+            kids, end = [], time.time() + 60
+            while len(kids) < 2 and time.time() < end:
+                kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+                time.sleep(0.05)
+            p.kill()
+            p.wait()
+            time.sleep(25)
+            shards = len(list((root / "dsap/synthetic/synthetic").glob("shard-*.h5")))
+            self.row(f"6 parent killed as workers start (try {t + 1})", p.returncode, f"{shards} of 50 shards written after")
 
     def _train_bg(self, base: Path, run: str, workers: str = "0"):
         return subprocess.Popen([PY, "-m", "train", "--dataset", "synthetic", "--root", str(base), "--preset", "tiny",
