@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from data.io import hold_lock, release_lock
+from data.io import file_sha256, hold_lock, release_lock
 from data.store import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -47,7 +47,6 @@ from data.store import (
     source_signature,
     store_dir,
 )
-from data.io import file_sha256
 from dsa.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,9 @@ import builtins
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import h5py
@@ -30,11 +28,11 @@ import torch
 import test_precompute as tp
 import test_train as tt
 from test_train import synth_root  # noqa: F401 - the fixture
-from data.io import DiskFullError, ImageReadError, LockError, read_image, release_lock
+from data.io import DiskFullError, ImageReadError, LockError, read_image
 from data.runs import RunError, RunFolder, dataset_dirname, read_checkpoint
 from data.store import MANIFEST_NAME, DSAPStore, StoreError, open_store, store_dir
 from evaluate.features import EvaluationError, load_features, save_features
-from precompute.runner import PrecomputeError, _Job, _worker_main
+from precompute.runner import _Job, _worker_main
 from train.trainer import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
