@@ -2,7 +2,8 @@
 
 ``@click.command(cls=Command)`` / ``@click.group(cls=Group)`` catch :class:`dsa.errors.UserError`
 (of any stage) around the command, print ``error: <sentence>`` on stderr and exit with the error's
-``exit_code`` (2); every other exception is a bug and keeps its traceback.
+``exit_code`` (2); so is a full disk (an ``OSError`` ENOSPC/EDQUOT from any writer that did not say
+so itself, e.g. a plot). Every other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -22,6 +23,14 @@ def _guarded(invoke: Any, self: click.Command, ctx: click.Context) -> Any:
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         ctx.exit(e.exit_code)
+    except OSError as e:
+        from data.io import disk_full_error
+
+        full = disk_full_error(e, e.filename or "a file")
+        if full is None:
+            raise
+        click.echo(f"error: {full}", err=True)
+        ctx.exit(full.exit_code)
 
 
 class Command(click.Command):

@@ -6,15 +6,25 @@
 - :func:`read_iuv_png` / :func:`write_iuv_png` do the file side of the legacy DensePose ``*_IUV.png``
   format (the array codec lives in :mod:`dsa.iuv`).
 - :func:`atomic_output` and the ``atomic_write_*`` helpers write to a temporary name in the target folder
-  and ``os.replace`` it into place, so a reader never sees a half-written file.
+  and ``os.replace`` it into place, so a reader never sees a half-written file; a full disk (or quota)
+  while writing is :class:`DiskFullError`, one sentence, and the temporary file is removed.
+- :func:`hold_lock` takes an ``fcntl.flock`` lock on a lock file for the life of the process, so that a
+  second program working on the same store or run folder says who holds it instead of competing.
+- Images above :data:`MAX_IMAGE_PIXELS` (``DSA_MAX_IMAGE_PIXELS`` in the environment) are refused from
+  their header, before any decoding allocates memory for them.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
 import secrets
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,9 +46,46 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "file_sha256",
+    "DiskFullError",
+    "LockError",
+    "hold_lock",
+    "max_image_pixels",
+    "disk_full_error",
 ]
 
 PathLike = str | os.PathLike
+
+#: default largest image (in pixels) ``read_image`` decodes: 40 Mpx, ~120 MB decoded (person crops are
+#: a few thousand pixels); ``DSA_MAX_IMAGE_PIXELS`` in the environment overrides it
+MAX_IMAGE_PIXELS = 40_000_000
+#: errno values that mean "no room to write"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(UserError):
+    """A write failed because the disk (or the quota) is full."""
+
+
+class LockError(UserError):
+    """Another process holds the lock of a store or run folder."""
+
+
+def disk_full_error(error: BaseException, path: PathLike) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``error`` when it is a full disk or quota while writing ``path``;
+    None for any other error."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+        return DiskFullError(f"cannot write {path}: {os.strerror(error.errno).lower()}; free some space (or "
+                             f"write elsewhere) and rerun: completed work is kept and nothing half-written is")
+    return None
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of :func:`read_image` (``DSA_MAX_IMAGE_PIXELS``, default :data:`MAX_IMAGE_PIXELS`)."""
+    raw = os.environ.get("DSA_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(raw) if raw else MAX_IMAGE_PIXELS
+    except ValueError:
+        raise UserError(f"DSA_MAX_IMAGE_PIXELS must be a whole number of pixels, not {raw!r}") from None
 
 
 class ImageReadError(UserError):
@@ -73,14 +120,37 @@ def _read_bytes(path: PathLike) -> np.ndarray:
     except PermissionError:
         raise ImageReadError(p, "permission denied") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ImageReadError(p, "is a symbolic link that loops (it points back to itself)") from None
         raise ImageReadError(p, f"read failed ({e.strerror or e})") from None
     if data.size == 0:
         raise ImageReadError(p, "file is empty (0 bytes)")
     return data
 
 
+def _image_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the image header without decoding the pixels; None when Pillow cannot tell."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check would hide the size: the limit here is ours
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:  # lazy: reads the header only
+            return im.size
+    except Exception:  # noqa: BLE001 - any header Pillow does not know: OpenCV decides below
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+
+
 def _decode(path: PathLike, flags: int) -> np.ndarray:
     data = _read_bytes(path)
+    size, limit = _image_size(data), max_image_pixels()
+    if size is not None and size[0] * size[1] > limit:
+        raise ImageReadError(path, f"is {size[0]}x{size[1]} pixels, above the limit of {limit} pixels "
+                                   f"(set DSA_MAX_IMAGE_PIXELS to allow it)")
     img = cv2.imdecode(data, flags)
     if img is None or img.size == 0:
         raise ImageReadError(path, f"not a decodable image ({data.size} bytes; corrupt or unsupported format)")
@@ -139,9 +209,12 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = disk_full_error(e, target)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -171,3 +244,47 @@ def file_sha256(path: PathLike, block: int = 1 << 20) -> str:
         while chunk := f.read(block):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: locks held by this process, by resolved lock-file path (released when the process ends)
+_HELD: dict[str, Any] = {}
+
+
+def hold_lock(path: PathLike, what: str, *, shared: bool = False) -> None:
+    """Lock ``path`` (``fcntl.flock``, exclusive unless ``shared``) until this process ends, or raise
+    :class:`LockError` naming the holder.  ``what`` names the locked thing in the sentence.
+
+    The kernel drops the lock when its holder dies, however it dies, so a killed run never leaves a
+    stale lock; the holder's pid, host, start time and command are written into the file for the
+    sentence of the next one.  Taking a lock this process already holds does nothing.
+    """
+    import fcntl
+
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise LockError(f"{what} is in use by {holder} (lock file {path}); wait for it to finish or stop it, "
+                        f"then rerun") from None
+    if not shared:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC ({' '.join(sys.argv)[:200]})")
+        fh.flush()
+    _HELD[key] = fh
+
+
+def release_lock(path: PathLike) -> None:
+    """Release a lock taken by :func:`hold_lock` (tests and long-lived processes; a process's end does it)."""
+    fh = _HELD.pop(str(Path(path).resolve()), None)
+    if fh is not None:
+        fh.close()

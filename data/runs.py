@@ -25,44 +25,29 @@ files.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import re
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dsa.errors import UserError
 from dsa.presets import ModelConfig
 
-from .io import atomic_output, atomic_write_json
+from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock
+from .names import RUN_NAME, RunError, check_name, dataset_dirname  # noqa: F401 - re-exported
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
+LOCK_NAME = ".lock"
 #: the entries of a checkpoint's ``training`` dict (format 1 kept them at the top level)
 TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "sampler", "rng", "epoch_log")
-#: what a run name may be: a name, never a path
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-
-class RunError(UserError):
-    """A run folder or checkpoint problem the user can fix (missing, unreadable, another format)."""
-
-
-def check_name(name: str, what: str = "run name") -> str:
-    """``name`` when it is a plain name (letters, digits, ``._+-``, not starting with a dot); a RunError
-    otherwise: run names and store tags become folder names and must never point outside their folder."""
-    if not isinstance(name, str) or not RUN_NAME.match(name) or len(name) > 200:
-        raise RunError(f"the {what} {name!r} is not a plain name: use letters, digits and . _ + - "
-                       f"(starting with a letter or digit, no / or ..)")
-    return name
-
-
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What a checkpoint holds, typed: enough to rebuild the network and to say where it came from."""
@@ -139,8 +124,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise RunError(f"there is no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise RunError(f"cannot read the checkpoint {path}: it is empty (0 bytes: a disk that filled up or a copy that failed); "
+                       f"move it away and rerun to start the run again, or use another run")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's several paragraphs, with advice to unpickle anything: not for users
+        raise RunError(f"refused to load {path}: it holds Python objects other than tensors and plain values, so it "
+                       f"was not written by this program and loading it could run code; use a checkpoint written "
+                       f"by `make train`") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         first = (str(e).strip().splitlines() or [""])[0]
         raise RunError(f"cannot read the checkpoint {path} ({type(e).__name__}: {first[:200]}); it is damaged or "
@@ -199,9 +191,16 @@ class RunFolder:
     def log_path(self) -> Path:
         return self.path / LOG_NAME
 
+    def lock(self) -> None:
+        """Hold this run folder's lock (``.lock``) until the process ends: a second program training the
+        same run is a :class:`data.io.LockError` naming the holder (exit 2)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        hold_lock(self.path / LOCK_NAME, f"the run {self.path}")
+
     def eval_dir(self, dataset: str) -> Path:
-        """Where ``evaluate`` writes its outputs for ``dataset``."""
-        return self.path / "eval" / dataset
+        """Where ``evaluate`` writes its outputs for ``dataset`` (a name, or a spec with options: see
+        :func:`dataset_dirname`)."""
+        return self.path / "eval" / dataset_dirname(dataset)
 
     # ------------------------------------------------------------------ configuration
     def read_config(self) -> dict[str, Any] | None:
@@ -234,41 +233,56 @@ class RunFolder:
         state = {"format_version": FORMAT_VERSION, "config": config, "model": model_state, "epoch": int(epoch),
                  "step": int(step), "complete": bool(complete), "training": training}
         self.path.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # serialised first: a write error is then an OSError of our own write (a full disk)
+        torch.save(state, buffer)
         with atomic_output(self.checkpoint_path) as tmp, open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         return self.checkpoint_path
 
     # ------------------------------------------------------------------ log
     def append_log(self, record: dict[str, Any]) -> None:
+        """Append one record; an unfinished last line (a kill mid-write) is ended first, never extended."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            with open(self.log_path, "ab+") as f:
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        line = b"\n" + line
+                f.write(line)
+        except OSError as e:
+            full = disk_full_error(e, self.log_path)
+            if full is not None:
+                raise full from None
+            raise
+
+    def _log_lines(self) -> list[bytes]:
+        return [ln for ln in self.log_path.read_bytes().split(b"\n") if ln.strip()] if self.log_path.is_file() else []
+
+    @staticmethod
+    def _record(line: bytes) -> dict[str, Any] | None:
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return record if isinstance(record, dict) and isinstance(record.get("step", 0), int) else None
 
     def read_log(self) -> list[dict[str, Any]]:
-        """The log's records (an unfinished last line, left by a kill mid-write, is skipped)."""
-        if not self.log_path.is_file():
-            return []
-        out = []
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-        return out
+        """The log's records (a line that is not a whole record, e.g. an unfinished last line left by a
+        kill mid-write, whatever bytes it holds, is skipped)."""
+        return [r for r in map(self._record, self._log_lines()) if r is not None]
 
     def trim_log(self, step: int) -> None:
-        """Keep the records up to ``step`` (those after it are redone by a resumed run)."""
+        """Keep the records up to ``step`` (those after it are redone by a resumed run; ``step=0`` for a
+        run started again from scratch, whose earlier records belong to no checkpoint) and drop any line
+        that is not a whole record."""
         if not self.log_path.is_file():
             return
-        records = self.read_log()
-        kept = [r for r in records if r.get("step", 0) <= step]
-        raw_lines = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if len(kept) != len(raw_lines):
+        lines = self._log_lines()
+        kept = [r for r in map(self._record, lines) if r is not None and r.get("step", 0) <= step]
+        if len(kept) != len(lines):
             with atomic_output(self.log_path) as tmp:
                 Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")

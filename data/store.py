@@ -13,10 +13,25 @@ attributes ``format_version``, ``size``, ``kind``, ``estimator``, ``settings`` (
 
 Readers (:class:`DSAPStore`) open HDF5 files lazily and per process: h5py handles do not survive
 ``fork``, so a store object handed to DataLoader workers re-opens its files in each worker.
+
+What the store guarantees:
+
+- **atomicity**: a shard is built in memory, written to a temporary name, fsynced, read back and
+  checked against the sha256 of what was meant to be written, and only then renamed into place, with
+  its checksum beside it (``shard-00000.sha256``); a write error (a full disk) is a sentence, never a
+  shard.  ``manifest.json`` is written last, atomically, and the store is complete when it exists.
+- **checksums**: every shard's sha256 is in the manifest; readers check a shard against it before
+  first use in each process (once; a later change of the file's size, mtime or inode re-checks it),
+  and ``precompute run`` recomputes every shard that is missing, damaged or unreadable.
+- **staleness**: each shard records, per image, the size and mtime of the image and of its DensePose
+  side files (``<stem>_IUV.png``, ``<stem>_INDS.png``); ``precompute run`` recomputes the shards
+  whose images changed, and training refuses a store whose images changed since it was computed.
+- a store folder is locked (``.lock``) by the precompute run writing it.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -27,7 +42,8 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from data.io import atomic_write_json, file_sha256
+from data.io import atomic_write_json, atomic_write_text, disk_full_error, file_sha256
+from data.names import check_name, dataset_dirname
 from dsa.errors import UserError
 from dsa.dsap import coverage
 from dsa.parts import NUM_PARTS
@@ -35,6 +51,9 @@ from dsa.parts import NUM_PARTS
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.h5$")
+LOCK_NAME = ".lock"
+#: DensePose side files an estimator may read beside an image: part of what a store key depends on
+SIDE_FILE_SUFFIXES = ("_IUV.png", "_INDS.png")
 KINDS = ("dsap", "csa")
 COMPRESSIONS = (None, "lzf", "gzip")
 
@@ -44,9 +63,11 @@ class StoreError(UserError):
 
 
 def store_dir(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None) -> Path:
-    """The folder of the store for ``dataset`` and ``estimator``: ``ROOT/dsap/<dataset>/<estimator>[-<tag>]``."""
-    name = f"{estimator}-{tag}" if tag else estimator
-    return Path(root) / "dsap" / dataset / name
+    """The folder of the store for ``dataset`` and ``estimator``: ``ROOT/dsap/<dataset>/<estimator>[-<tag>]``
+    (names checked to be names; a dataset spec with options becomes ``<name>+<digest of the options>``)."""
+    check_name(estimator, "estimator name")
+    name = f"{estimator}-{check_name(tag, 'store tag')}" if tag else estimator
+    return Path(root) / "dsap" / dataset_dirname(dataset) / name
 
 
 def shard_name(index: int) -> str:
@@ -57,6 +78,40 @@ def shard_name(index: int) -> str:
 def fingerprint(keys: Iterable[str]) -> str:
     """sha256 of the sorted keys joined by newlines: identifies the set of images a store covers."""
     return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()
+
+
+def checksum_path(shard: Path) -> Path:
+    """Where the sha256 of ``shard`` is kept beside it (``shard-00000.sha256``)."""
+    return shard.with_suffix(".sha256")
+
+
+def recorded_checksum(shard: Path) -> str | None:
+    """The sha256 recorded beside ``shard`` when it was written, or None."""
+    try:
+        text = checksum_path(shard).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+
+def source_signature(dataset_root: str | os.PathLike, key: str) -> str:
+    """What identifies the content of image ``key`` cheaply: a digest of the size and mtime (ns) of the
+    image and of the DensePose side files beside it (``<stem>_IUV.png``, ``<stem>_INDS.png``).  A file
+    that is missing or unreadable counts as such, so a rerun after it is fixed sees the change."""
+    path = Path(dataset_root) / key
+    parts = []
+    for p in (path, *(path.with_name(path.stem + suffix) for suffix in SIDE_FILE_SUFFIXES)):
+        try:
+            st = p.stat()
+            parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError as e:
+            parts.append(f"{p.name}:-{e.errno}")
+    return hashlib.blake2b("|".join(parts).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
+def content_fingerprint(signatures: dict[str, str]) -> str:
+    """sha256 over the sorted (key, source signature) pairs: identifies the content a store was computed from."""
+    return hashlib.sha256("\n".join(f"{k}\t{signatures[k]}" for k in sorted(signatures)).encode("utf-8")).hexdigest()
 
 
 def existing_shards(folder: Path) -> dict[int, Path]:
@@ -82,6 +137,7 @@ def read_shard_header(path: Path) -> dict[str, Any]:
             "settings": json.loads(a["settings"]),
             "failures": json.loads(a.get("failures", "[]")),
             "keys": [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in f["keys"][()]],
+            "sources": list(f["sources"].asstr()[()]) if "sources" in f else None,
         }
 
 
@@ -138,38 +194,66 @@ class StoreWriter:
         written: np.ndarray,
         found: np.ndarray,
         failures: Sequence[dict] = (),
+        sources: Sequence[str] | None = None,
     ) -> Path:
-        """Write shard ``index`` atomically and return its final path."""
+        """Write shard ``index`` atomically and return its final path.
+
+        The HDF5 file is built in memory (so an HDF5 error is an exception here, not a message lost in a
+        destructor), written with plain writes (a full disk raises), fsynced, read back and compared
+        with the sha256 of the bytes meant to be written; only then are its checksum file and the shard
+        itself renamed into place.  ``sources`` are the images' :func:`source_signature` values.
+        """
         n, s = len(keys), self.settings.size
         if dsap.shape != (n, NUM_PARTS, 3, s, s) or dsap.dtype != np.uint8:
             raise ValueError(f"dsap must be uint8 {(n, NUM_PARTS, 3, s, s)}, got {dsap.dtype} {dsap.shape}")
         if written.shape != (n, NUM_PARTS, s, s):
             raise ValueError(f"written must be {(n, NUM_PARTS, s, s)}, got {written.shape}")
+        if sources is not None and len(sources) != n:
+            raise ValueError(f"sources must have {n} entries, got {len(sources)}")
         written = written.astype(bool, copy=False)
         final = self.shard_path(index)
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
         self.remove_stale_tmp(index)
         comp = {"compression": self.compression} if self.compression else {}
-        with h5py.File(tmp, "w", libver="latest") as f:
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w", libver="latest") as f:
             f.create_dataset("keys", data=np.array(list(keys), dtype=object), dtype=h5py.string_dtype("utf-8"))
             f.create_dataset("dsap", data=dsap, chunks=(1, NUM_PARTS, 3, s, s) if n else None, **comp)
             f.create_dataset("found", data=np.asarray(found, dtype=bool))
             f.create_dataset("written", data=np.packbits(written, axis=-1), chunks=(1, NUM_PARTS, s, s // 8) if n else None)
             f.create_dataset("coverage", data=coverage(written))
+            if sources is not None:
+                f.create_dataset("sources", data=np.array(list(sources), dtype=object),
+                                 dtype=h5py.string_dtype("utf-8"))
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["size"] = s
             f.attrs["kind"] = self.settings.kind
             f.attrs["estimator"] = self.settings.estimator
             f.attrs["settings"] = json.dumps(self.settings.settings, sort_keys=True)
             f.attrs["failures"] = json.dumps(list(failures))
-            f.flush()
-        with open(tmp, "rb+") as fh:  # h5py closed the file; fsync its bytes before the rename
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
+        data = buffer.getbuffer()
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if file_sha256(tmp) != digest:  # read back: what is on disk is what was meant
+                raise StoreError(f"the shard {final.name} read back differently from what was written to {self.folder} "
+                                 f"(a failing disk?); check the disk and rerun `make precompute`")
+            atomic_write_text(checksum_path(final), digest + "\n")
+            os.replace(tmp, final)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            full = disk_full_error(e, tmp)
+            if full is not None:
+                raise full from None
+            raise
         _fsync_dir(self.folder)
         return final
 
-    def write_manifest(self, dataset: str, all_keys: Sequence[str], num_shards: int, extra: dict | None = None) -> dict:
+    def write_manifest(self, dataset: str, all_keys: Sequence[str], num_shards: int, extra: dict | None = None,
+                       signatures: dict[str, str] | None = None) -> dict:
         """Gather the shards' counts, checksums and failures and write ``manifest.json`` (last, atomically)."""
         shards, failures, num_images, num_found = [], [], 0, 0
         for i in range(num_shards):
@@ -179,12 +263,17 @@ class StoreWriter:
                 num_found += int(np.count_nonzero(f["found"][()]))
                 failures.extend(json.loads(f.attrs.get("failures", "[]")))
             num_images += count
-            shards.append({"name": path.name, "num_images": count, "sha256": file_sha256(path)})
+            digest = file_sha256(path)
+            if recorded_checksum(path) not in (None, digest):
+                raise StoreError(f"the shard {path} changed after it was written (its checksum differs from "
+                                 f"{checksum_path(path).name}); rerun `make precompute` to recompute it")
+            shards.append({"name": path.name, "num_images": count, "sha256": digest})
         manifest = {
             "format_version": FORMAT_VERSION,
             "dataset": dataset,
             **self.settings.as_dict(),
             "fingerprint": fingerprint(all_keys),
+            "content_fingerprint": content_fingerprint(signatures) if signatures is not None else None,
             "num_images": num_images,
             "num_found": num_found,
             "shards": shards,
@@ -215,9 +304,34 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise StoreError(f"the store manifest {path} cannot be read ({e}); rerun `make precompute` with ARGS=--force") from e
+        raise StoreError(f"the store manifest {path} cannot be read ({e}); rerun `make precompute`, which "
+                         f"rebuilds it from the intact shards and recomputes only what is missing") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise StoreError(f"the store manifest {path} is not a manifest of this program ({problem}); rerun "
+                         f"`make precompute`, which rebuilds it from the intact shards and recomputes only what is missing")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes ``manifest`` unusable, in words, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        return "no list of shards"
+    for entry in shards:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and SHARD_PATTERN.match(entry["name"])
+                and isinstance(entry.get("sha256"), str) and isinstance(entry.get("num_images"), int)):
+            return f"a shard entry {str(entry)[:80]} without a shard name, sha256 and image count"
+    for name, kind in (("size", int), ("kind", str), ("estimator", str)):
+        if not isinstance(manifest.get(name), kind):
+            return f"no {name}"
+    if not isinstance(manifest.get("failures", []), list):
+        return "failures that are not a list"
+    return None
 
 
 def open_store(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None, *,
@@ -234,6 +348,8 @@ def open_store(root: str | os.PathLike, dataset: str, estimator: str, tag: str |
     if store.estimator != estimator:
         raise StoreError(f"the store at {store.folder} was computed by estimator {store.estimator!r}, "
                          f"not {estimator!r}")
+    store.check_checksums()
+    store.check_reads = True
     return store
 
 
@@ -259,7 +375,8 @@ class DSAPStore:
         for s, shard in enumerate(manifest["shards"]):
             path = self.folder / shard["name"]
             if not path.is_file():
-                raise StoreError(f"the DSAP store at {self.folder} lacks its shard {shard['name']}; rerun `make precompute`")
+                raise StoreError(f"the DSAP store at {self.folder} lacks its shard {shard['name']}; rerun `make precompute`, "
+                                 f"which recomputes missing shards")
             self._shard_paths.append(path)
             try:
                 with h5py.File(path, "r") as f:
@@ -267,8 +384,10 @@ class DSAPStore:
                         self._index[key] = (s, row)
             except (OSError, KeyError, ValueError) as e:
                 raise StoreError(
-                    f"the shard {path} is damaged ({e}); rebuild the store with `make precompute ARGS=--force`"
+                    f"the shard {path} is damaged ({e}); rerun `make precompute`, which recomputes damaged shards"
                 ) from None
+        self._verified: dict[int, tuple[int, int, int]] = {}  # shard -> (size, mtime_ns, inode) when checked
+        self.check_reads = False  # open_store: check each shard's checksum before its first read in a process
         self._pid: int | None = None
         self._files: dict[int, h5py.File] = {}
         self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
@@ -309,6 +428,51 @@ class DSAPStore:
     def __repr__(self) -> str:
         return f"DSAPStore({str(self.folder)!r}, {len(self)} images, {self.kind} S={self.size}, {self.estimator})"
 
+    # ----------------------------------------------------------------- checksums and staleness
+    def _check_shard(self, shard: int) -> None:
+        """Check shard ``shard`` against the manifest's sha256 unless it was checked (in this process or
+        the one that handed this store over) and its size, mtime and inode have not changed since."""
+        path = self._shard_paths[shard]
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise StoreError(f"the shard {path} cannot be read ({e.strerror}); rerun `make precompute`, which "
+                             f"recomputes missing shards") from None
+        ident = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._verified.get(shard) == ident:
+            return
+        if file_sha256(path) != self.manifest["shards"][shard]["sha256"]:
+            raise StoreError(f"the shard {path} is damaged (its sha256 differs from the manifest's); rerun "
+                             f"`make precompute`, which recomputes damaged shards")
+        self._verified[shard] = ident
+
+    def check_checksums(self) -> None:
+        """Check every shard against the manifest (a StoreError naming the first damaged one)."""
+        for shard in range(len(self._shard_paths)):
+            self._check_shard(shard)
+
+    def source_signatures(self) -> dict[str, str | None]:
+        """Per key, the :func:`source_signature` recorded when it was computed (None: not recorded, a store
+        written before they were)."""
+        out: dict[str, str | None] = {}
+        for path in self._shard_paths:
+            with h5py.File(path, "r") as f:
+                keys = f["keys"].asstr()[()]
+                sources = f["sources"].asstr()[()] if "sources" in f else [None] * len(keys)
+                out.update(zip(keys, sources))
+        return out
+
+    def stale_keys(self, dataset_root: str | os.PathLike, keys: Iterable[str]) -> list[str]:
+        """The keys whose image (or side files) changed since the store was computed (keys without a
+        recorded signature, in stores of older versions of this program, are not counted)."""
+        recorded = self.source_signatures()
+        return [k for k in keys if recorded.get(k) is not None and recorded[k] != source_signature(dataset_root, k)]
+
+    def unreadable(self) -> list[dict]:
+        """The failures recorded for images that could not be read at all ({key, reason})."""
+        return [f for f in self.failures if isinstance(f, dict)
+                and (f.get("kind") == "unreadable" or str(f.get("reason", "")).startswith("cannot read image"))]
+
     # ----------------------------------------------------------------- lazy per-process handles
     def _dataset(self, shard: int, name: str) -> h5py.Dataset:
         if self._pid != os.getpid():  # first use, or we are in a forked child: never reuse a parent's handle
@@ -317,6 +481,8 @@ class DSAPStore:
         if ds is None:
             f = self._files.get(shard)
             if f is None:
+                if self.check_reads:
+                    self._check_shard(shard)
                 f = self._files[shard] = h5py.File(self._shard_paths[shard], "r")
             ds = self._datasets[(shard, name)] = f[name]
         return ds

@@ -6,8 +6,11 @@ A features file (HDF5) holds everything the metrics need, so evaluation runs off
     /query/pids        int64   [Q]         /gallery/pids      int64   [G]
     /query/camids      int64   [Q]         /gallery/camids    int64   [G]
     /query/keys        UTF-8   [Q]         /gallery/keys      UTF-8   [G]
-    attributes: checkpoint, checkpoint_sha256, step, epoch, feature_set, flip, dataset, protocol,
-                height, width, created (ISO 8601, UTC), format_version
+    attributes: checkpoint, checkpoint_sha256, step, epoch, complete, feature_set, flip, dataset, protocol,
+                height, width, created (ISO 8601, UTC), format_version, content_sha256
+
+``content_sha256`` is the sha256 of the arrays (:func:`content_digest`): reading a file checks it, so a
+file whose bits flipped is refused instead of changing the metrics silently.
 
 Feature sets: ``mf`` (f_G ⊕ f_L, default), ``global`` (f_G), ``local`` (f_L), and ``fused``
 (z_G ⊕ z_L with z = f + d: needs the DSAG-Stream and the run's DSAP store; the paper's ablation).
@@ -16,6 +19,8 @@ Feature sets: ``mf`` (f_G ⊕ f_L, default), ``global`` (f_G), ``local`` (f_L), 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -30,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.io import atomic_output, image_error_text, read_image
+from data.io import atomic_write_bytes, image_error_text, read_image
 from data.runs import Checkpoint
 from data.runtime import resolve_device
 from data.transforms import build_test_transform
@@ -139,6 +144,9 @@ def extract(
             out.append(f.float().cpu().numpy())
     except Exception as e:  # an unreadable image, here or in a DataLoader worker: one sentence
         text = image_error_text(e)
+        if text is None and isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):
+            text = (f"{str(e).strip().splitlines()[0].rstrip('. ')}: a data-loading process died (out of memory, or "
+                    f"killed); rerun (with fewer --workers if memory is short)")
         if text is None:
             raise
         raise EvaluationError(text) from None
@@ -174,13 +182,25 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def content_digest(splits: Sequence[tuple[Any, Any, Any, Sequence[str]]]) -> str:
+    """sha256 of the features, pids, camids and keys of the (query, gallery) splits, as stored."""
+    h = hashlib.sha256()
+    for x, pids, cams, keys in splits:
+        for a in (np.asarray(x, np.float32), np.asarray(pids, np.int64), np.asarray(cams, np.int64)):
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update("\n".join(keys).encode("utf-8"))
+    return h.hexdigest()
+
+
 def save_features(path: str | os.PathLike, feats: Features) -> None:
-    """Write a features file atomically (temporary name, then rename)."""
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        for split, x, pids, cams, keys in (
-            ("query", feats.query, feats.q_pids, feats.q_camids, feats.q_keys),
-            ("gallery", feats.gallery, feats.g_pids, feats.g_camids, feats.g_keys),
-        ):
+    """Write a features file atomically (built in memory, so that an HDF5 error is an exception, then
+    written to a temporary name and renamed), with the checksum of its content."""
+    splits = ((feats.query, feats.q_pids, feats.q_camids, list(feats.q_keys)),
+              (feats.gallery, feats.g_pids, feats.g_camids, list(feats.g_keys)))
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        for split, (x, pids, cams, keys) in zip(("query", "gallery"), splits):
             g = f.create_group(split)
             g.create_dataset("features", data=np.asarray(x, np.float32))
             g.create_dataset("pids", data=np.asarray(pids, np.int64))
@@ -189,6 +209,17 @@ def save_features(path: str | os.PathLike, feats: Features) -> None:
         f.attrs["format_version"] = FORMAT_VERSION
         for k, v in feats.attrs.items():
             f.attrs[k] = "" if v is None else v
+        f.attrs["content_sha256"] = content_digest(splits)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _labels(path: Path, split: str, name: str, values: np.ndarray) -> np.ndarray:
+    """``values`` as int64, or an EvaluationError when they are not integers that fit."""
+    if values.dtype.kind not in "iu" or (values.dtype.kind == "u" and values.size
+                                          and values.max() > np.iinfo(np.int64).max):
+        raise EvaluationError(f"The features file {path} has {split}/{name} of type {values.dtype} "
+                              f"(integers of at most 64 bits expected); it was not written by this program.")
+    return values.astype(np.int64)
 
 
 def load_features(path: str | os.PathLike) -> Features:
@@ -210,11 +241,17 @@ def load_features(path: str | os.PathLike) -> Features:
                         raise EvaluationError(
                             f"The features file {path} has {n} {split} features but no matching {split}/{name}."
                         )
-                parts[split] = (g["features"][()].astype(np.float32), g["pids"][()], g["camids"][()],
+                parts[split] = (g["features"][()].astype(np.float32),
+                                _labels(path, split, "pids", g["pids"][()]),
+                                _labels(path, split, "camids", g["camids"][()]),
                                 list(g["keys"].asstr()[()]))
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    except OSError as e:
+    except (OSError, UnicodeDecodeError, TypeError, ValueError) as e:
         raise EvaluationError(f"Cannot read the features file {path}: {e}") from None
+    expected = attrs.pop("content_sha256", None)
+    if expected is not None and expected != content_digest((parts["query"], parts["gallery"])):
+        raise EvaluationError(f"The features file {path} is damaged (its content differs from its checksum); "
+                              f"extract the features again (`make eval`).")
     (qf, qp, qc, qk), (gf, gp, gc, gk) = parts["query"], parts["gallery"]
     if qf.ndim != 2 or gf.ndim != 2 or qf.shape[1] != gf.shape[1]:
         raise EvaluationError(

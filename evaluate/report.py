@@ -67,6 +67,7 @@ def score(feats: Features, dist: np.ndarray, *, distance: str, rerank: bool, ap:
         "checkpoint": a.get("checkpoint", ""),
         "checkpoint_sha256": a.get("checkpoint_sha256", ""),
         "step": a.get("step", ""),
+        "complete": _flag(a.get("complete", "")),
         "num_queries": m.num_queries,
         "num_evaluated": m.num_evaluated,
         "num_skipped": m.num_skipped,
@@ -78,6 +79,19 @@ def score(feats: Features, dist: np.ndarray, *, distance: str, rerank: bool, ap:
         "created": now_iso(),
     }
     return out
+
+
+def _flag(value: Any) -> bool | None:
+    """A features file's ``complete`` attribute (None: not recorded)."""
+    return None if value in ("", None) else bool(value)
+
+
+def unfinished_note(name: str, r: dict[str, Any]) -> str | None:
+    """The line that says a row's checkpoint belongs to an unfinished run, or None."""
+    if r.get("complete") is False:
+        return (f"note: {name} is a checkpoint of an unfinished run (step {r.get('step', '?')}): its figures are "
+                f"not those of the trained network; finish the run (rerun `make train`) and evaluate again")
+    return None
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
@@ -93,6 +107,7 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
                     f"{r.get('distance', '')}{rr} AP={r.get('ap', '')} q={r.get('num_evaluated')}"
                     f"(-{r.get('num_skipped')})")
         lines.append(f"{name:{name_w}}  {vals}  {settings}")
+    lines += [n for n in (unfinished_note(name, r) for name, r in rows.items()) if n]
     return "\n".join(lines)
 
 
@@ -159,6 +174,9 @@ def evaluate_run(
     device = resolve_device(device)
     ckpt = open_checkpoint(run, runs_dir)
     ckpt_path, info = ckpt.path, ckpt.info
+    if not info.complete:
+        log.warning("%s is a checkpoint of an unfinished run (epoch %d, step %d): the figures are not final",
+                    ckpt_path, info.epoch, info.step)
     model, size = build_model(ckpt, feature_set)
     ds = build_dataset(dataset, root)
     store = _open_store(info, root, dataset, ds) if feature_set == "fused" else None
@@ -175,7 +193,7 @@ def evaluate_run(
         np.array([it.camid for it in ds.query]), np.array([it.camid for it in ds.gallery]),
         [it.key for it in ds.query], [it.key for it in ds.gallery],
         attrs={"checkpoint": str(ckpt_path), "checkpoint_sha256": file_sha256(ckpt_path),
-               "step": info.step, "epoch": info.epoch,
+               "step": info.step, "epoch": info.epoch, "complete": bool(info.complete),
                "feature_set": feature_set, "flip": bool(flip), "dataset": dataset, "protocol": ds.protocol,
                "height": size[0], "width": size[1], "created": now_iso()},
     )

@@ -91,9 +91,15 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verify(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> list[str]:
-    """Problems found by checking checksums, every array and (when given) the keys against the dataset."""
+def verify(store: DSAPStore, dataset_keys: Sequence[str] | None = None, dataset_root: Path | None = None) -> list[str]:
+    """Problems found by checking checksums, every array and (when given) the keys against the dataset,
+    and (with ``dataset_root``) the images that changed since the store was computed."""
     problems = store.verify()
+    if dataset_root is not None:
+        stale = store.stale_keys(dataset_root, [k for k in (dataset_keys or store.keys) if k in store])
+        if stale:
+            problems.append(f"{len(stale)} images changed since the store was computed (e.g. {', '.join(stale[:3])}); "
+                            f"rerun `make precompute` to recompute them")
     if dataset_keys is not None:
         keys = sorted(set(dataset_keys))
         missing = [k for k in keys if k not in store]
@@ -156,7 +162,7 @@ def inspect_store(store: DSAPStore, dataset: Any, *, check: bool = False, montag
     keys = [it.key for it in dataset.all_items()]
     summary = summarise(store, keys)
     if check:
-        summary["verify"] = verify(store, keys)
+        summary["verify"] = verify(store, keys, dataset.root)
     chosen = list(montage_keys)
     if montage_random:
         rng = np.random.default_rng(seed)

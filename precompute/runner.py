@@ -30,14 +30,21 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from data.io import file_sha256, hold_lock, release_lock
 from data.store import (
+    LOCK_NAME,
     MANIFEST_NAME,
+    StoreError,
     StoreSettings,
     StoreWriter,
+    checksum_path,
+    content_fingerprint,
     existing_shards,
     fingerprint,
     read_manifest,
     read_shard_header,
+    recorded_checksum,
+    source_signature,
     store_dir,
 )
 from dsa.errors import UserError
@@ -142,8 +149,8 @@ def compute_shard(
     grey = np.full((1, 1, 3), UNREADABLE_FILL, dtype=np.uint8)
     batch = max(1, int(getattr(estimator, "batch_size", 1) or 1))
 
-    def fail(i: int, reason: str) -> None:
-        failures.append({"key": keys[i], "reason": reason})
+    def fail(i: int, reason: str, kind: str = "estimate") -> None:
+        failures.append({"key": keys[i], "reason": reason, "kind": kind})
         dsap[i], written[i] = dsap_not_found(grey, size)
 
     for start in range(0, n, batch):
@@ -153,7 +160,7 @@ def compute_shard(
             try:
                 images.append(read_image(path))
             except ImageReadError as e:
-                fail(i, str(e))
+                fail(i, str(e), "unreadable")
                 continue
             idx.append(i)
             paths.append(path)
@@ -182,6 +189,7 @@ class _Job:
     settings: StoreSettings
     compression: str | None
     shards: list[tuple[int, list[str]]]
+    parent: int = 0  # the pid of the process that started the workers (read there, never in a worker)
 
 
 def registry_estimator(name: str, dataset_root: Path, options: dict | None = None) -> Any:
@@ -202,10 +210,12 @@ def _write_shards(job: _Job, estimator: Any, progress: Callable[[int], None]) ->
     writer = StoreWriter(job.folder, job.settings, compression=job.compression)
     stats = {"images": 0, "found": 0, "failures": 0, "shards": 0}
     for index, keys in job.shards:
+        # taken before the images are read: an image changed while it is computed is stale on the next run
+        sources = [source_signature(job.dataset_root, k) for k in keys]
         dsap, written, found, failures = compute_shard(
             keys, Path(job.dataset_root), estimator, job.settings.kind, job.settings.size, progress
         )
-        writer.write_shard(index, keys, dsap, written, found, failures)
+        writer.write_shard(index, keys, dsap, written, found, failures, sources=sources)
         stats["images"] += len(keys)
         stats["found"] += int(found.sum())
         stats["failures"] += len(failures)
@@ -234,8 +244,12 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(job: _Job, q: Any) -> None:
-    """Entry point of a spawned worker: report progress and the final counts through ``q``."""
-    parent = os.getppid()
+    """Entry point of a spawned worker: report progress and the final counts through ``q``.
+
+    The parent's pid comes with the job (read by the parent itself): a worker whose parent died
+    during its start-up sees another parent pid than that after arming the death signal and stops,
+    however early the parent died."""
+    parent = job.parent
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the signal was armed
         raise SystemExit(1)
@@ -249,6 +263,9 @@ def _worker_main(job: _Job, q: Any) -> None:
         est = _make_estimator(job.factory, job.dataset_root, job.batch_size)
         stats = _write_shards(job, est, progress)
         q.put(("done", stats))
+    except UserError as e:  # a sentence (a full disk, an estimator option): the parent prints it
+        q.put(("user_error", str(e)))
+        raise SystemExit(1)
     except BaseException:  # noqa: BLE001 - hand the traceback to the parent, which reports it
         q.put(("error", traceback.format_exc()))
         raise SystemExit(1)
@@ -261,7 +278,7 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
     for p in procs:
         p.start()
     totals = {"images": 0, "found": 0, "failures": 0, "shards": 0}
-    done, errors = 0, []
+    done, errors, sentences = 0, [], []
     try:
         while done < len(procs):
             try:
@@ -278,6 +295,10 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
                 done += 1
                 for k, v in payload.items():
                     totals[k] += v
+            elif kind == "user_error":
+                done += 1
+                errors.append(payload)
+                sentences.append(payload)
             else:
                 done += 1
                 errors.append(payload)
@@ -286,21 +307,26 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
             if errors:
                 p.terminate()
             p.join()
+    if sentences:
+        raise PrecomputeError(sentences[0])
     if errors:
         raise RuntimeError("precompute worker failed:\n" + errors[0])
     return totals
 
 
 # --------------------------------------------------------------------------- the run
-def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: StoreSettings, force: bool) -> str:
-    """'done' when shard ``index`` exists with these keys and settings, else 'pending'."""
+def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: StoreSettings, force: bool,
+                 signatures: dict[str, str], expected_sha: dict[str, str]) -> str:
+    """'done' when shard ``index`` is intact (its sha256 is the one recorded beside it or, for a shard
+    without one, in the manifest), holds these keys, settings and the current source signatures of
+    its images; else 'pending' (with a log line saying why, when the shard exists)."""
     path = writer.shard_path(index)
     if not path.exists():
         return "pending"
     try:
         header = read_shard_header(path)
     except (OSError, KeyError, ValueError):
-        log.warning("shard %s is unreadable; rewriting it", path.name)
+        log.warning("shard %s is unreadable; recomputing it", path.name)
         return "pending"
     diffs = settings.differences(header)
     if diffs and not force:
@@ -308,18 +334,34 @@ def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: Sto
             f"{path} was computed with other settings ({', '.join(diffs)} differ); pass --force to replace "
             f"the store or --tag NAME to keep both"
         )
-    return "done" if not diffs and header["keys"] == keys else "pending"
+    if diffs or header["keys"] != keys:
+        return "pending"
+    expected = recorded_checksum(path) or expected_sha.get(path.name)
+    if expected is None or file_sha256(path) != expected:
+        log.warning("shard %s is damaged (its checksum differs from the one recorded when it was written); "
+                    "recomputing it", path.name)
+        return "pending"
+    if header["sources"] is not None:
+        changed = [k for k, sig in zip(keys, header["sources"]) if sig != signatures[k]]
+        if changed:
+            log.warning("shard %s: %d image(s) changed since it was computed (e.g. %s); recomputing it",
+                        path.name, len(changed), changed[0])
+            return "pending"
+    return "done"
 
 
-def _all_shards_current(writer: StoreWriter, plan: list[list[str]], settings: StoreSettings) -> bool:
-    """Whether every planned shard exists with its planned keys and these settings (a stale shard of another
-    rank, not yet rewritten, must not end up in the manifest)."""
+def _all_shards_current(writer: StoreWriter, plan: list[list[str]], settings: StoreSettings,
+                        signatures: dict[str, str]) -> bool:
+    """Whether every planned shard exists with its planned keys, these settings and current sources (a
+    stale shard of another rank, not yet rewritten, must not end up in the manifest)."""
     for i, keys in enumerate(plan):
         try:
             header = read_shard_header(writer.shard_path(i))
         except (OSError, KeyError, ValueError):
             return False
         if header["keys"] != keys or settings.differences(header):
+            return False
+        if header["sources"] is not None and header["sources"] != [signatures[k] for k in keys]:
             return False
     return True
 
@@ -356,7 +398,29 @@ def run_precompute(
     writer = StoreWriter(folder, settings, compression=cfg.compression)
     owned = [i for i in range(len(plan)) if i % world == rank]
 
-    manifest = read_manifest(folder)
+    # one writer per store: a second run (or a second rank r) says who holds it; ranks share the store
+    hold_lock(folder / LOCK_NAME, f"the DSAP store {folder}", shared=world > 1)
+    if world > 1:
+        hold_lock(folder / f"{LOCK_NAME}-rank{rank}", f"rank {rank} of the DSAP store {folder}")
+    try:
+        return _run_locked(cfg, dataset, factory, estimator, settings, folder, writer, keys, plan, owned, rank,
+                           world, t0)
+    finally:
+        release_lock(folder / LOCK_NAME)
+        release_lock(folder / f"{LOCK_NAME}-rank{rank}")
+
+
+def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimator: Any, settings: StoreSettings,
+                folder: Path, writer: StoreWriter, keys: list[str], plan: list[list[str]], owned: list[int],
+                rank: int, world: int, t0: float) -> dict[str, Any]:
+    signatures = {k: source_signature(dataset.root, k) for k in keys}
+    try:
+        manifest = read_manifest(folder)
+    except StoreError as e:  # an unusable manifest is rebuilt from the shards, which are checked one by one
+        log.warning("rebuilding the manifest from the shards: %s", e)
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+        manifest = None
+    expected_sha = {sh["name"]: sh["sha256"] for sh in (manifest or {}).get("shards", [])}
     if manifest is not None and not cfg.force:
         diffs = settings.differences(manifest)
         if diffs:
@@ -364,28 +428,34 @@ def run_precompute(
                 f"the store at {folder} was computed with other settings ({', '.join(diffs)} differ); "
                 f"pass --force to replace it or --tag NAME to keep both"
             )
-        if manifest.get("fingerprint") == fingerprint(keys):
-            log.info("the store at %s is complete and up to date (%d images); nothing to do", folder, manifest["num_images"])
-            return {"folder": str(folder), "up_to_date": True, "num_images": manifest["num_images"],
-                    "num_found": manifest["num_found"], "failures": manifest["failures"]}
-    if manifest is not None:  # the dataset changed, or --force: the store becomes incomplete again
-        (folder / MANIFEST_NAME).unlink(missing_ok=True)
     if cfg.force:
         for i in owned:
             writer.shard_path(i).unlink(missing_ok=True)
+            checksum_path(writer.shard_path(i)).unlink(missing_ok=True)
     if rank == 0:  # shards beyond the plan belong to an older, larger dataset
         for i, p in existing_shards(folder).items():
             if i >= len(plan):
                 p.unlink(missing_ok=True)
+                checksum_path(p).unlink(missing_ok=True)
 
-    pending = [i for i in owned if _shard_state(writer, i, plan[i], settings, cfg.force) == "pending"]
+    states = {i: _shard_state(writer, i, plan[i], settings, cfg.force, signatures, expected_sha) for i in owned}
+    up_to_date = (manifest is not None and not cfg.force and manifest.get("fingerprint") == fingerprint(keys)
+                  and manifest.get("content_fingerprint") in (None, content_fingerprint(signatures))
+                  and all(v == "done" for v in states.values()))
+    if up_to_date:
+        log.info("the store at %s is complete and up to date (%d images); nothing to do", folder, manifest["num_images"])
+        return {"folder": str(folder), "up_to_date": True, "num_images": manifest["num_images"],
+                "num_found": manifest["num_found"], "failures": manifest["failures"]}
+    if manifest is not None:  # the dataset or an image changed, a shard is damaged, or --force: incomplete again
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+    pending = [i for i in owned if states[i] == "pending"]
     todo = sum(len(plan[i]) for i in pending)
     log.info(
         "precompute %s with %s: %d images in %d shards; rank %d/%d owns %d shards, %d to compute (%d images) on %d worker(s)",
         cfg.dataset, cfg.estimator, len(keys), len(plan), rank, world, len(owned), len(pending), todo, cfg.workers,
     )
     job = dict(folder=str(folder), dataset_root=str(dataset.root), factory=factory, batch_size=cfg.batch_size,
-               settings=settings, compression=cfg.compression)
+               settings=settings, compression=cfg.compression, parent=os.getpid())
     with tqdm(total=todo, unit="img", desc=f"precompute {cfg.dataset}", disable=None) as bar:
         if cfg.workers == 1 or len(pending) <= 1:
             stats = _write_shards(_Job(**job, shards=[(i, plan[i]) for i in pending]), estimator, bar.update)
@@ -399,9 +469,10 @@ def run_precompute(
         "computed_images": stats["images"], "computed_found": stats["found"], "computed_failures": stats["failures"],
         "elapsed_s": round(elapsed, 3), "images_per_s": round(stats["images"] / elapsed, 2) if elapsed > 0 else 0.0,
     }
-    if _all_shards_current(writer, plan, settings):
+    if _all_shards_current(writer, plan, settings, signatures):
         final = writer.write_manifest(
-            cfg.dataset, keys, len(plan), extra={"shard_size": cfg.shard_size, "tag": cfg.tag, "summary": summary}
+            cfg.dataset, keys, len(plan), extra={"shard_size": cfg.shard_size, "tag": cfg.tag, "summary": summary},
+            signatures=signatures,
         )
         summary.update(num_images=final["num_images"], num_found=final["num_found"], failures=final["failures"],
                        complete=True)

@@ -8,6 +8,7 @@ Errors a user can fix are one sentence on stderr and exit status 2.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,10 @@ def main(verbose: bool, **kwargs: Any) -> None:
     options = RunOptions(**kwargs)
     summary = train_run(options)
     if summary.get("stopped_by") == "signal":
-        click.echo(f"interrupted: checkpoint saved at step {summary['step']} in "
+        signum = int(summary.get("signal") or 15)
+        click.echo(f"stopped by {signal.Signals(signum).name}: checkpoint saved at step {summary['step']} in "
                    f"{Path(options.runs_dir) / options.run_name}; rerun the same command to resume", err=True)
+        raise SystemExit(128 + signum)  # non-zero, as a shell reports a signal: a scheduler requeues the run
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from typing import Any
 
 from data.datasets import build_dataset
 from data.joint import JointDataset
-from data.runs import RunFolder
+from data.io import release_lock
+from data.runs import LOCK_NAME, RunFolder, check_name
 from data.sampler import PKSampler
 from data.store import open_store
 from data.transforms import build_train_transform
@@ -84,6 +85,21 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], where: Pat
             f"use another --run name, or rerun with the saved options (see {where / 'config.json'})")
 
 
+def check_store_fits(store: Any, dataset: Any) -> None:
+    """Refuse, up front, a store that holds images precompute could not read, or whose images changed
+    since it was computed (a TrainingError listing a few of them)."""
+    train_keys = {it.key for it in dataset.train}
+    unreadable = [f for f in store.unreadable() if f.get("key") in train_keys]
+    if unreadable:
+        examples = "; ".join(f"{f['key']} ({f['reason']})" for f in unreadable[:3])
+        raise TrainingError(f"{len(unreadable)} training image(s) could not be read when the store was computed: "
+                            f"{examples}; replace or remove them, rerun `make precompute`, then rerun training")
+    stale = store.stale_keys(dataset.root, sorted(train_keys))
+    if stale:
+        raise TrainingError(f"{len(stale)} training image(s) changed since the store {store.folder} was computed "
+                            f"(e.g. {', '.join(stale[:3])}); rerun `make precompute`, which recomputes them")
+
+
 def train_run(opts: RunOptions) -> dict[str, Any]:
     """Train (or resume) the run described by ``opts``; returns the trainer's summary."""
     from dsa.losses import DSALoss
@@ -91,6 +107,8 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
     from dsa.presets import get_preset
 
     run = RunFolder.named(opts.runs_dir, opts.run_name)
+    if opts.tag is not None:
+        check_name(opts.tag, "store tag")
     preset = get_preset(opts.preset)
     use_dsap = check_variant(opts.variant)[2]
     recipe = preset.recipe
@@ -110,11 +128,15 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
 
     info = init_distributed(opts.device)
     try:
+        if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
+            run.lock()
         set_deterministic(opts.deterministic)
         seed_everything(opts.seed)
         dataset = build_dataset(opts.dataset, opts.root)
         store = open_store(opts.root, opts.dataset, opts.estimator, opts.tag, kind=opts.input_kind,
                            size=model_cfg.dsap_size) if use_dsap else None
+        if store is not None:
+            check_store_fits(store, dataset)
         transform = build_train_transform(model_cfg.height, model_cfg.width, pad=recipe.pad,
                                           flip_p=recipe.flip, erasing_p=recipe.random_erasing)
         joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=use_dsap)
@@ -154,6 +176,8 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
                           max_steps=opts.max_steps, amp=opts.amp, workers=opts.workers,
                           log_every=opts.log_every, config=config, tensorboard=opts.tensorboard,
                           progress=opts.progress, find_unused_parameters=False)
+        if ckpt is None and info.is_main:  # records of an earlier start killed before its first checkpoint
+            run.trim_log(0)
         if ckpt is not None:
             try:
                 trainer.resume(ckpt)
@@ -166,5 +190,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             return {"stopped_by": "complete", "epoch": trainer.epoch, "step": trainer.step}
         return trainer.fit()
     finally:
+        if info.is_main:
+            release_lock(run.path / LOCK_NAME)
         shutdown(info)
 

@@ -88,6 +88,17 @@ def data_error_sentence(error: BaseException) -> str | None:
     return f"{text}; replace or remove that image (and rerun precompute), then rerun to resume"
 
 
+def worker_killed_sentence(error: BaseException) -> str | None:
+    """The sentence of a DataLoader worker that died (killed by a signal, e.g. the out-of-memory killer,
+    or exited): torch raises a RuntimeError naming its pid; else None."""
+    text = str(error)
+    if isinstance(error, RuntimeError) and "DataLoader worker (pid" in text:
+        first = text.strip().splitlines()[0].rstrip(". ")
+        return (f"{first}: a data-loading process died (out of memory, or killed); rerun the "
+                f"same command to resume from the last checkpoint (with fewer --workers if memory is short)")
+    return None
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated on ``device``, or the process's peak resident set size on CPU."""
     if device.type == "cuda":
@@ -217,13 +228,19 @@ class Trainer:
         if not self._weights_finite():
             raise TrainingError(
                 f"the weights became NaN or infinite by step {self.step} (epoch {self.epoch}) although every "
-                f"loss term was finite (a gradient overflowed); training stopped and the last good checkpoint "
-                f"{self.checkpoint_path} was kept")
+                f"loss term was finite (a gradient overflowed); training stopped and {self._kept()}")
         if self.info.is_main:
             self.run.write_checkpoint(config=self.config, model_state=self.bare_model.state_dict(),
                                       training=self.training_state(), epoch=self.epoch, step=self.step,
                                       complete=complete)
         barrier(self.info)
+
+    def _kept(self) -> str:
+        """What is left on disk: only a checkpoint this process wrote or resumed from (both checked to be
+        finite) is "the last good checkpoint"."""
+        if self.checkpoint_path.is_file():
+            return f"the last good checkpoint {self.checkpoint_path} was kept"
+        return "no checkpoint was written (the run starts from scratch when rerun)"
 
     def resume_if_possible(self) -> bool:
         """Load the run's checkpoint if there is one; True when resumed."""
@@ -234,7 +251,14 @@ class Trainer:
         return True
 
     def resume(self, ckpt: Checkpoint) -> None:
-        """Continue from ``ckpt`` (this run's checkpoint, already loaded) and trim the log to it."""
+        """Continue from ``ckpt`` (this run's checkpoint, already loaded) and trim the log to it; a
+        checkpoint whose weights are not finite is refused (it is nobody's last good checkpoint)."""
+        bad = [k for k, t in ckpt.model_state.items()
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise TrainingError(f"the checkpoint {ckpt.path} holds NaN or infinite weights ({len(bad)} tensors, e.g. "
+                                f"{bad[0]}), so it cannot be resumed; move it away to start the run again, or use "
+                                f"another --run name")
         self.load_state(ckpt)
         if self.info.is_main:
             self.run.trim_log(self.step)
@@ -291,7 +315,7 @@ class Trainer:
             if not math.isfinite(value):
                 raise TrainingError(
                     f"the loss term {name!r} became {value} at step {self.step + 1} (epoch {self.epoch}); "
-                    f"training stopped and the last good checkpoint {self.checkpoint_path} was kept")
+                    f"training stopped and {self._kept()}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
@@ -361,7 +385,7 @@ class Trainer:
             if stopped_by != "complete":
                 self.save(complete=False)
         except Exception as e:
-            sentence = data_error_sentence(e)
+            sentence = data_error_sentence(e) or worker_killed_sentence(e)
             if sentence is None:
                 raise
             raise TrainingError(sentence) from None

@@ -47,6 +47,34 @@ class Item:
     camid: int
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` (a file name as Python decodes it: undecodable bytes become surrogates) is UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def inside_folder(sub: str, what: str, folder: Path) -> str:
+    """``sub`` when it names a folder inside ``folder`` (relative, and not climbing out with ``..``,
+    judged on the name itself so that a symlinked sub-folder stays allowed); else a DatasetError."""
+    norm = os.path.normpath(str(sub))
+    if os.path.isabs(norm) or norm == ".." or norm.startswith("../"):
+        raise DatasetError(f"The {what} {sub!r} points outside the dataset folder {folder}; give a folder inside it "
+                           f"(relative to it, without climbing out with '..').")
+    return norm
+
+
+def _entry_is_file(entry: os.DirEntry) -> bool:
+    """A directory entry that is (or should be read as) an image file: a symbolic link that cannot be
+    followed (a loop) is listed, so that every stage reports it as an unreadable image by name."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return entry.is_symlink()
+
+
 def _split_stats(items: Sequence[Item]) -> dict[str, int]:
     return {
         "ids": len({it.pid for it in items}),
@@ -100,9 +128,17 @@ class ReidDataset:
             items: list[Item] = getattr(self, split)
             if not items:
                 raise DatasetError(f"The {self.name} dataset at {self.root} has no {split} images.")
+            not_utf8 = [it.key for it in items if not _is_utf8(it.key)]
+            if not_utf8:
+                raise DatasetError(
+                    f"{len(not_utf8)} {split} file name(s) of the {self.name} dataset at {self.root} are not valid "
+                    f"UTF-8 (e.g. {not_utf8[0].encode('utf-8', 'surrogateescape')!r}); rename them (stores and "
+                    f"features files name images in UTF-8).")
             for it in items:
-                if it.key.startswith("/") or "\\" in it.key or it.key.startswith("../"):
-                    raise DatasetError(f"{self.name}: item key {it.key!r} must be POSIX and relative to {self.root}.")
+                if (it.key.startswith("/") or "\\" in it.key or ".." in it.key.split("/")
+                        or it.key in ("", ".")):
+                    raise DatasetError(f"{self.name}: item key {it.key!r} must be a POSIX path inside {self.root} "
+                                       f"(relative, without '..').")
                 if it.camid < 0:
                     raise DatasetError(f"{self.name}: {it.key} has a negative camera id {it.camid}.")
 
@@ -184,7 +220,7 @@ def scan_images(
     if recursive:
         files = [Path(dp, f) for dp, _, fs in os.walk(base) for f in fs]
     else:
-        files = [Path(e.path) for e in os.scandir(base) if e.is_file()]
+        files = [Path(e.path) for e in os.scandir(base) if _entry_is_file(e)]
     triples: list[Triple] = []
     bad: list[str] = []
     not_numbers: list[str] = []

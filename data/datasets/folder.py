@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from .base import MARKET_PATTERN, DatasetError, ReidDataset, scan_images
+from .base import MARKET_PATTERN, DatasetError, ReidDataset, inside_folder, scan_images
 
 __all__ = ["FolderDataset"]
 
@@ -34,7 +34,8 @@ class FolderDataset(ReidDataset):
             regex = re.compile(pattern)
         except re.error as e:
             raise DatasetError(f"The file-name pattern {pattern!r} is not a valid regular expression ({e}).") from None
-        dirs = (train_dir, query_dir, gallery_dir)
+        dirs = tuple(inside_folder(d, f"{name} option", folder)
+                     for d, name in ((train_dir, "train_dir"), (query_dir, "query_dir"), (gallery_dir, "gallery_dir")))
         missing = [d for d in dirs if not (folder / d).is_dir()]
         if missing:
             raise DatasetError(

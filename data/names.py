@@ -1,0 +1,40 @@
+"""Names that become folder names (run names, store tags, dataset specs): names, never paths.
+
+Kept free of heavy imports (no torch, no h5py): the store, the runs and every CLI check names with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from dsa.errors import UserError
+
+#: what a run name may be: a name, never a path
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class RunError(UserError):
+    """A run folder or checkpoint problem the user can fix (missing, unreadable, another format)."""
+
+
+def check_name(name: str, what: str = "run name") -> str:
+    """``name`` when it is a plain name (letters, digits, ``._+-``, not starting with a dot); a RunError
+    otherwise: run names and store tags become folder names and must never point outside their folder."""
+    if not isinstance(name, str) or not RUN_NAME.match(name) or len(name) > 200:
+        raise RunError(f"the {what} {name!r} is not a plain name: use letters, digits and . _ + - "
+                       f"(starting with a letter or digit, no / or ..)")
+    return name
+
+
+def dataset_dirname(spec: str) -> str:
+    """The folder name of a dataset spec (``name`` or ``name:key=value,...``) in a store path or a run's
+    ``eval/``: the name itself, checked to be a name; with options, the name and a digest of them
+    (``folder+3f2a9c1e``), so that an option value (a path) never becomes part of a path."""
+    name, _, options = str(spec).partition(":")
+    check_name(name, "dataset name")
+    if not options:
+        return name
+    canonical = ",".join(sorted(p.strip() for p in options.split(",") if p.strip()))
+    return f"{name}+{hashlib.sha256(canonical.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
