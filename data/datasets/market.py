@@ -107,7 +107,7 @@ class Synthetic(MarketLike):
     def keep(self, triples: list[Triple]) -> list[Triple]:
         if self.ids == "all":
             return triples
-        half = self._num_ids // 2
+        half = _num_ids(self._meta) // 2
         first = self.ids == "first"
         return [t for t in triples if t[1] <= 0 or (t[1] <= half) == first]
 
@@ -115,7 +115,7 @@ class Synthetic(MarketLike):
         root = root.expanduser()
         for folder in (root / "synthetic", root):
             if (folder / "synthetic.json").is_file() and all((folder / d).is_dir() for d in _SPLIT_DIRS):
-                self._num_ids = _num_ids(folder / "synthetic.json")
+                self._meta = folder / "synthetic.json"
                 return folder
         raise DatasetError(
             f"No synthetic dataset at {root / 'synthetic'}: run `make synth` (or `make demo`) to generate it."
