@@ -133,7 +133,7 @@ def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip,
     record = run_search(model, query, gallery, top=top, out=out, distance=distance, flip=flip,
                         batch_size=batch_size, cache_dir=None if no_cache else "auto", pictures=not no_pictures)
     for q in record["queries"]:
-        best = ", ".join(f"{r['file']} ({r['distance']:.3f})" for r in q["results"][:3])
+        best = ", ".join(f"{r['file']} ({r['distance']:.4g})" for r in q["results"][:3])
         click.echo(f"{q['query']}: {best}{' ...' if len(q['results']) > 3 else ''}")
     cached = " (gallery features from the cache)" if record["gallery_cached"] else ""
     click.echo(f"{len(record['queries'])} queries x {record['num_gallery']} gallery images{cached}; "

@@ -176,7 +176,7 @@ def write_outputs(record: dict[str, Any], out: Path, g_dir: Path, pictures: bool
             path = out / "pictures" / f"{i:03d}-{Path(q['query']).stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             ranked_list(q["query"], [g_dir / r["file"] for r in q["results"]], ["unlabelled"] * len(q["results"]),
-                        [f"{r['rank']}: {r['distance']:.3f}" for r in q["results"]], path)
+                        [f"{r['rank']}: {r['distance']:.4g}" for r in q["results"]], path)
             written.append(str(path))
         record["pictures"] = written
     atomic_write_json(out / "ranking.json", record)
