@@ -31,7 +31,7 @@ def plot_cmc(curves: dict[str, Sequence[float]], path: str | os.PathLike, title:
     ax.set_ylabel("matching rate (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
