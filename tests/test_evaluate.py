@@ -212,3 +212,18 @@ def test_compare_overlays_the_cmc_curves_with_map_in_the_legend(tmp_path, monkey
     assert list(seen) == ["a (mf): mAP 40.0%, R1 50.0%", "b (mf): mAP 60.0%, R1 75.0%"]
     assert seen["b (mf): mAP 60.0%, R1 75.0%"][0] == 0.75 and len(seen["a (mf): mAP 40.0%, R1 50.0%"]) == 20
     assert _cv2.imread(str(png)) is not None
+
+
+def test_feature_set_is_one_name_with_the_old_one_hidden(run_dir, market_tree):
+    common = ["run", "--run", "r1", "--runs-dir", str(run_dir), "--dataset", "market1501",
+              "--root", str(market_tree.parent), "--queries", "0", "--json", "--device", "cpu"]
+    metrics = run_dir / "r1" / "eval" / "market1501" / "metrics.json"
+    seen = []
+    for option in ("--feature-set", "--features"):
+        res = CliRunner().invoke(cli, [*common, option, "global"])
+        assert res.exit_code == 0, res.output
+        m = json.loads(metrics.read_text())
+        seen.append((m["feature_set"], m["feature_dim"]))
+    assert seen == [("global", 32), ("global", 32)]
+    helptext = CliRunner().invoke(cli, ["run", "-h"]).output
+    assert "--feature-set" in helptext and "--features " not in helptext
