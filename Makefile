@@ -9,16 +9,26 @@ STAMP    := $(VENV)/.installed
 
 # Stage variables (README, "Make targets")
 DATASET    ?= synthetic
-ROOT       ?= datasets
+ROOT       ?= $(or $(DSA_ROOT),datasets)
 ESTIMATOR  ?= synthetic
 PRESET     ?= small
-RUN        ?= $(DATASET)-$(ESTIMATOR)-$(PRESET)
+comma      := ,
+# a dataset spec such as cuhk01:split=3 becomes cuhk01-split-3 in the default run name
+DATASET_NAME = $(subst $(comma),-,$(subst =,-,$(subst :,-,$(DATASET))))
+RUN        ?= $(DATASET_NAME)-$(ESTIMATOR)-$(PRESET)
 TAG        ?=
 WORKERS    ?= 1
 PRETRAINED ?= none
 VARIANT    ?= dsa
 SEED       ?= 0
 EPOCHS     ?=
+INIT       ?=
+SET        ?=
+RUNS       ?=
+QUERY      ?=
+GALLERY    ?=
+TOP        ?= 10
+DEVICE     ?= auto
 ARGS       ?=
 
 # The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors)
@@ -29,10 +39,13 @@ DEMO_PRESET ?= small
 
 TAG_ARG    := $(if $(TAG),--tag $(TAG))
 EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
+INIT_ARG   := $(if $(INIT),--init $(INIT))
+# SET="recipe.lr_peak=3.5e-4 model.height=384" -> --set recipe.lr_peak=3.5e-4 --set model.height=384
+SET_ARGS   := $(foreach s,$(SET),--set $(s))
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval export complexity bench clean
+.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval compare search export complexity bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -71,14 +84,21 @@ precompute: $(STAMP)  ## DSAP store for DATASET with ESTIMATOR (WORKERS=N, TAG, 
 inspect: $(STAMP)  ## summarise/verify a DSAP store (ARGS="--verify", "--montage KEY", "--montage-random N")
 	$(PY) -m precompute inspect --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) $(ARGS)
 
-train: $(STAMP)  ## train (or resume) runs/RUN (DATASET, ESTIMATOR, TAG, PRESET, VARIANT, PRETRAINED, SEED, EPOCHS)
+train: $(STAMP)  ## train (or resume) runs/RUN (DATASET, ESTIMATOR, TAG, PRESET, VARIANT, PRETRAINED, INIT, SET, SEED, EPOCHS)
 	$(PY) -m train --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) --preset $(PRESET) \
-	  --run $(RUN) --variant $(VARIANT) --pretrained $(PRETRAINED) --seed $(SEED) $(EPOCHS_ARG) $(ARGS)
+	  --run $(RUN) --variant $(VARIANT) --pretrained $(PRETRAINED) $(INIT_ARG) $(SET_ARGS) --seed $(SEED) \
+	  --device $(DEVICE) $(EPOCHS_ARG) $(ARGS)
 
-eval: $(STAMP)  ## evaluate runs/RUN on DATASET (MF-Stream only)
-	$(PY) -m evaluate run --run $(RUN) --dataset $(DATASET) --root $(ROOT) $(ARGS)
+eval: $(STAMP)  ## evaluate runs/RUN on DATASET (MF-Stream only; DEVICE)
+	$(PY) -m evaluate run --run $(RUN) --dataset $(DATASET) --root $(ROOT) --device $(DEVICE) $(ARGS)
 
-export: $(STAMP)  ## export runs/RUN's inference model to ONNX
+compare: $(STAMP)  ## table + overlaid CMC curves of the evaluated RUNS="a b ..." on DATASET
+	$(PY) -m evaluate compare $(RUNS) --dataset $(DATASET) $(ARGS)
+
+search: $(STAMP)  ## rank the crops in GALLERY for QUERY (an image or a folder) with runs/RUN (TOP, DEVICE)
+	$(PY) -m evaluate search --run $(RUN) --query $(QUERY) --gallery $(GALLERY) --top $(TOP) --device $(DEVICE) $(ARGS)
+
+export: $(STAMP)  ## export runs/RUN's inference model to ONNX (ARGS="--input uint8" for a uint8-RGB graph)
 	$(PY) -m evaluate export --run $(RUN) $(ARGS)
 
 complexity: $(STAMP)  ## parameter counts and FLOPs of PRESET

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def sh(args: list[str]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--root", default="datasets")
+    ap.add_argument("--root", default=os.environ.get("DSA_ROOT", "datasets"))
     ap.add_argument("--estimator", default="synthetic")
     ap.add_argument("--tag", default=None)
     ap.add_argument("--preset", default="small")

@@ -15,14 +15,12 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from .console import CONTEXT, Group
+from .console import CONTEXT, ROOT_ENV, Group
 from .datasets import DATASETS, DatasetError, ReidDataset, build_dataset
 from .io import ImageReadError, read_image
 
 log = logging.getLogger("data")
 
-#: environment variable that overrides the default data root
-ROOT_ENV = "DSA_ROOT"
 
 
 class LazyGroup(Group):

@@ -13,6 +13,15 @@ import click
 
 from dsa.errors import UserError
 
+
+def root_option(help: str = "Data root (datasets, DSAP stores).") -> Any:
+    """The ``--root`` option of every command: ``datasets`` unless ``$DSA_ROOT`` or the option says otherwise."""
+    return click.option("--root", default="datasets", show_default=True, envvar=ROOT_ENV, show_envvar=True,
+                        type=click.Path(file_okay=False), help=help)
+
+#: environment variable every ``--root`` option reads when the option is not given
+ROOT_ENV = "DSA_ROOT"
+
 #: click settings every program uses: -h and --help, defaults shown
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 

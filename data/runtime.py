@@ -38,3 +38,19 @@ def resolve_device(choice: str | torch.device, local_rank: int = 0) -> torch.dev
     if index >= torch.cuda.device_count():
         raise DeviceError(f"there is no cuda:{index}: PyTorch sees {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
+
+
+def default_workers(device: torch.device | str) -> int:
+    """DataLoader worker processes when ``--workers`` is not given: on a GPU the loader must keep up with the
+    device (up to 8, one core left for the main process); on a CPU the workers compete with the computation
+    for the same cores (at most 2)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0]
+    if kind == "cuda":
+        return max(1, min(8, cores - 1))
+    return max(0, min(2, cores - 1))

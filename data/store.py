@@ -1,4 +1,4 @@
-"""The DSAP store: HDF5 shards of DSAP images plus a manifest (DESIGN.md §6).
+"""The DSAP store: HDF5 shards of DSAP images plus a manifest (docs/DESIGN.md §6).
 
 Layout of one store folder ``ROOT/dsap/<dataset>/<estimator>[-<tag>]/``::
 

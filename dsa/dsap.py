@@ -1,6 +1,6 @@
 """DSAP images: warp a person crop into 24 densely semantically aligned part images (paper §3.1).
 
-Rule (DESIGN.md §4, docs/INTERFACES.md): for part ``i`` an S×S RGB image is initialised to the
+Rule (docs/DESIGN.md §4, docs/INTERFACES.md): for part ``i`` an S×S RGB image is initialised to the
 per-channel mean of the source image (rounded half up); every body pixel with label ``I = i`` and
 chart coordinates (u, v) writes its colour to row ``min(⌊u·S⌋, S−1)``, column ``min(⌊v·S⌋, S−1)``
 after clamping u and v to [0, 1] (rows are U, columns are V).  Background (``I = 0``), labels above

@@ -1,4 +1,4 @@
-"""The 24 DensePose surface parts and the two-level merge (DESIGN.md §3).
+"""The 24 DensePose surface parts and the two-level merge (docs/DESIGN.md §3).
 
 This module is the single table that everything else reads: the DSAG-Stream's
 merging, the ``inspect`` montages, flip handling and the estimators' labels.

@@ -1,4 +1,4 @@
-"""Network and training-recipe presets (DESIGN.md §8-9).
+"""Network and training-recipe presets (docs/DESIGN.md, "Network" and "Recipe").
 
 A preset is a pair of plain dataclasses: ``ModelConfig`` says what the network looks like,
 ``Recipe`` how it is trained.  ``paper`` is the paper's network and recipe; ``small`` and
@@ -7,6 +7,7 @@ A preset is a pair of plain dataclasses: ``ModelConfig`` says what the network l
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,3 +158,73 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# command-line overrides of preset fields (``--set recipe.lr_peak=3.5e-4 --set model.height=384``)
+
+_SECTIONS: dict[str, type] = {"model": ModelConfig, "recipe": Recipe}
+
+
+def override_keys() -> dict[str, type]:
+    """Every key ``--set`` accepts (``model.<field>``, ``recipe.<field>``) and the type of its value."""
+    out: dict[str, type] = {}
+    for section, cls in _SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = hints[f.name]
+    return out
+
+
+def _convert(key: str, text: str, kind: type) -> Any:
+    """``text`` as a value of ``kind`` (int, float, str or bool); a PresetError sentence otherwise."""
+    value = text.strip()
+    try:
+        if kind is bool:
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+        return value
+    except ValueError:
+        raise PresetError(f"--set {key}={text} needs {'an' if kind is int else 'a'} {kind.__name__} value, "
+                          f"not {text!r}") from None
+
+
+def parse_overrides(pairs: typing.Iterable[str]) -> dict[str, Any]:
+    """``["recipe.lr_peak=3.5e-4", "model.height=384"]`` -> ``{"recipe.lr_peak": 0.00035, "model.height": 384}``,
+    typed from the dataclass field types; a malformed pair, an unknown key (the known ones are listed) or a
+    value of the wrong type is a PresetError.  A key given twice keeps its last value."""
+    known = override_keys()
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise PresetError(f"--set {pair!r} is not of the form section.field=value (e.g. recipe.lr_peak=3.5e-4)")
+        if key not in known:
+            raise PresetError(f"--set has no key {key!r}; the known keys are: {', '.join(known)}")
+        out[key] = _convert(key, text, known[key])
+    return out
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, Any]) -> Preset:
+    """``preset`` with the parsed ``overrides`` applied; a combination the network or the recipe refuses
+    (say a height that is not a multiple of 16) is a PresetError naming the keys set."""
+    changes: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        changes[section][name] = value
+    try:
+        model = dataclasses.replace(preset.model, **changes["model"])
+        recipe = dataclasses.replace(preset.recipe, **changes["recipe"])
+    except ValueError as e:
+        raise PresetError(f"the --set values {', '.join(f'{k}={v}' for k, v in overrides.items())} do not give a "
+                          f"valid {preset.name!r} preset: {e}") from None
+    return dataclasses.replace(preset, model=model, recipe=recipe)

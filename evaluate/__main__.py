@@ -1,4 +1,4 @@
-"""``python -m evaluate``: run | features | compare | export.
+"""``python -m evaluate``: run | features | compare | search | export.
 
 Errors a user can fix are printed as one sentence and exit with status 2.
 """
@@ -10,7 +10,7 @@ import logging
 
 import click
 
-from data.console import CONTEXT, Group
+from data.console import CONTEXT, Group, root_option
 from evaluate.features import FEATURE_SETS
 from evaluate.metrics import AP_DEFINITIONS, DISTANCES
 
@@ -30,6 +30,9 @@ _rerank = click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (
 _ap = click.option("--ap", type=click.Choice(AP_DEFINITIONS), default="standard", show_default=True,
                    help="standard: non-interpolated AP; market: the official Market-1501 trapezoid AP")
 _json = click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+_device = click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N")
+_workers = click.option("--workers", default=None, type=click.IntRange(min=0),
+                        help="DataLoader worker processes [default: up to 8 on a GPU, 0 on a CPU]")
 
 
 def _print(metrics: dict, name: str, as_json: bool) -> None:
@@ -44,9 +47,11 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--run", required=True, help="run name under --runs-dir, a run folder or a checkpoint.pt")
 @click.option("--dataset", required=True, help="dataset name (data.datasets registry)")
-@click.option("--root", default="datasets", show_default=True, help="data root")
+@root_option()
 @click.option("--runs-dir", default="runs", show_default=True)
-@click.option("--features", "feature_set", type=click.Choice(FEATURE_SETS), default="mf", show_default=True)
+@click.option("--feature-set", "feature_set", type=click.Choice(FEATURE_SETS), default="mf", show_default=True,
+              help="mf = f_G + f_L (the paper's inference), global, local, or fused (needs the DSAP store)")
+@click.option("--features", "old_feature_set", type=click.Choice(FEATURE_SETS), default=None, hidden=True)
 @_distance
 @_rerank
 @click.option("--flip", is_flag=True, help="average features with the mirrored image")
@@ -54,13 +59,15 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @click.option("--queries", default=5, show_default=True, type=click.IntRange(min=0), help="random queries to draw ranked lists for")
 @click.option("--query-keys", multiple=True, help="query keys to draw ranked lists for (repeatable)")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes")
+@_device
+@_workers
 @_json
-def run(run, dataset, root, runs_dir, feature_set, distance, rerank, flip, ap, queries, query_keys,
+def run(run, dataset, root, runs_dir, feature_set, old_feature_set, distance, rerank, flip, ap, queries, query_keys,
         batch_size, device, workers, as_json) -> None:
     """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/."""
     from evaluate.report import evaluate_run
+
+    feature_set = old_feature_set or feature_set  # --features: the earlier name of --feature-set
 
     m = evaluate_run(run, dataset, root, runs_dir=runs_dir, feature_set=feature_set, distance=distance,
                      rerank=rerank, flip=flip, ap=ap, num_pictures=queries, query_keys=query_keys,
@@ -86,12 +93,51 @@ def features(path, distance, rerank, ap, as_json) -> None:
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--dataset", required=True)
 @click.option("--runs-dir", default="runs", show_default=True)
-def compare(runs, dataset, runs_dir) -> None:
-    """Side-by-side table of the runs' metrics.json on DATASET."""
-    from evaluate.report import format_table, load_metrics
+@click.option("--plot", default=None, type=click.Path(dir_okay=False),
+              help="CMC plot of the runs [default: RUNS_DIR/compare/DATASET/<run>_vs_<run>.png]")
+def compare(runs, dataset, runs_dir, plot) -> None:
+    """Side-by-side table of the runs' metrics.json on DATASET and their CMC curves in one plot (mAP in the legend)."""
+    from evaluate.report import compare_runs
 
-    rows = {r: load_metrics(r, dataset, runs_dir) for r in runs}
-    click.echo(format_table(rows))
+    table, path = compare_runs(runs, dataset, runs_dir=runs_dir, plot=plot)
+    click.echo(table)
+    click.echo(f"CMC curves: {path}")
+
+
+@cli.command()
+@click.option("--run", required=True, help="run name under --runs-dir, a run folder or a checkpoint.pt")
+@click.option("--query", required=True, type=click.Path(exists=False), help="a query image or a folder of them")
+@click.option("--gallery", required=True, type=click.Path(exists=False), help="a folder of gallery crops (searched recursively)")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="gallery images per query")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="where ranking.csv, ranking.json and pictures/ go [default: RUNS_DIR/RUN/search/<gallery folder>]")
+@click.option("--runs-dir", default="runs", show_default=True)
+@click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f != "fused"]), default="mf")
+@_distance
+@click.option("--flip", is_flag=True, help="average features with the mirrored image")
+@click.option("--no-cache", is_flag=True, help="recompute the gallery features (and do not cache them)")
+@click.option("--no-pictures", is_flag=True, help="write only ranking.csv and ranking.json")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@_device
+def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip, no_cache, no_pictures,
+           batch_size, device) -> None:
+    """Rank a folder of unlabeled crops for each query image (no pids or cameras in the file names)."""
+    from pathlib import Path
+
+    from evaluate.api import ReidModel
+    from evaluate.search import search as run_search
+
+    model = ReidModel.from_run(run, device=device, feature_set=feature_set, runs_dir=runs_dir)
+    if out is None:
+        out = Path(model.checkpoint).parent / "search" / (Path(gallery).resolve().name or "gallery")
+    record = run_search(model, query, gallery, top=top, out=out, distance=distance, flip=flip,
+                        batch_size=batch_size, cache_dir=None if no_cache else "auto", pictures=not no_pictures)
+    for q in record["queries"]:
+        best = ", ".join(f"{r['file']} ({r['distance']:.4g})" for r in q["results"][:3])
+        click.echo(f"{q['query']}: {best}{' ...' if len(q['results']) > 3 else ''}")
+    cached = " (gallery features from the cache)" if record["gallery_cached"] else ""
+    click.echo(f"{len(record['queries'])} queries x {record['num_gallery']} gallery images{cached}; "
+               f"ranking.csv, ranking.json{'' if no_pictures else ', pictures/'} in {out}")
 
 
 @cli.command()
@@ -101,13 +147,15 @@ def compare(runs, dataset, runs_dir) -> None:
               show_default=True)
 @click.option("--out", default=None, help="ONNX path (default runs/RUN/model-<feature set>.onnx)")
 @click.option("--opset", default=17, show_default=True)
+@click.option("--input", "input_kind", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
+              help="float: normalised float RGB [B,3,H,W]; uint8: raw RGB bytes [B,H,W,3], normalised inside the graph")
 @click.option("--no-check", is_flag=True, help="skip the onnxruntime equality check")
-def export(run, runs_dir, feature_set, out, opset, no_check) -> None:
-    """Export RUN's inference model (MF-Stream) to ONNX with a dynamic batch axis."""
+def export(run, runs_dir, feature_set, out, opset, input_kind, no_check) -> None:
+    """Export RUN's inference model (MF-Stream) to ONNX with a dynamic batch axis, and its input spec as JSON beside it."""
     from evaluate.export import export_onnx
 
     info = export_onnx(run, runs_dir=runs_dir, feature_set=feature_set, out=out, opset=opset,
-                       check=not no_check)
+                       check=not no_check, input_kind=input_kind)
     click.echo(json.dumps(info, indent=2))
 
 

@@ -1,10 +1,13 @@
 """Python API: load a trained model, extract features, rank a gallery.
 
     from evaluate.api import ReidModel, rank
-    model = ReidModel.from_run("runs/synthetic-synthetic-small", device="cpu")
+    model = ReidModel.from_run("runs/synthetic-synthetic-small")   # device="auto": CUDA when available
     q = model.extract(["query/0001_c1s1_000001_00.jpg"], root="datasets/synthetic")
     g = model.extract(gallery_arrays)            # HxWx3 uint8 RGB arrays work too
     idx, dist = rank(q, g, top_k=10)
+
+    # a folder of unlabeled crops (features cached per gallery folder; ranking.csv/json + pictures in out)
+    result = model.search("crops/query.jpg", "crops/gallery", top=10, out="search-out")
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ from evaluate.metrics import pairwise_distance
 class ReidModel:
     """The MF-Stream of a trained run as a feature extractor (normalisation included)."""
 
-    def __init__(self, model: torch.nn.Module, size: tuple[int, int], device: str = "cpu",
+    def __init__(self, model: torch.nn.Module, size: tuple[int, int], device: str = "auto",
                  feature_set: str = "mf", checkpoint: str | None = None):
         self.device = resolve_device(device)
         self.model, self.size = model.to(self.device).eval(), size
         self.feature_set, self.checkpoint = feature_set, checkpoint
 
     @classmethod
-    def from_run(cls, run_or_checkpoint: str | os.PathLike, device: str = "cpu", feature_set: str = "mf",
+    def from_run(cls, run_or_checkpoint: str | os.PathLike, device: str = "auto", feature_set: str = "mf",
                  runs_dir: str | os.PathLike = "runs") -> "ReidModel":
-        """From a run folder, a run name under ``runs_dir`` or a checkpoint.pt path."""
+        """From a run folder, a run name under ``runs_dir`` or a checkpoint.pt path; ``device`` ``auto`` is
+        CUDA when PyTorch sees one, else the CPU."""
         if feature_set == "fused":
             raise ValueError("ReidModel extracts MF-Stream features; 'fused' needs DSAP images (use `evaluate run`).")
         ckpt = open_checkpoint(run_or_checkpoint, runs_dir)
@@ -50,6 +54,14 @@ class ReidModel:
         """Features [N, D] float32 for image paths (relative to ``root`` if given) or RGB arrays."""
         data = ImageList(images, self.size, root=root)
         return extract(self.model, data, batch_size=batch_size, device=self.device, flip=flip, progress=progress)
+
+    def search(self, query: str | os.PathLike, gallery: str | os.PathLike, *, top: int = 10,
+               out: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
+        """Rank the images of the folder ``gallery`` for each image of ``query`` (an image or a folder):
+        ``evaluate.search.search`` with this model (options: distance, flip, batch_size, cache_dir, pictures)."""
+        from evaluate.search import search
+
+        return search(self, query, gallery, top=top, out=out, **options)
 
 
 def rank(query_feats, gallery_feats, top_k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:

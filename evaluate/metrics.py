@@ -336,14 +336,25 @@ def evaluate_distances(
     return _finish(cmc_hits, ap_sum, inp_sum, q, evaluated, protocol, ap, max_rank)
 
 
+def no_match_text(num_queries: int, protocol: str) -> str:
+    """Why no query could be scored, and what to do: one sentence."""
+    if protocol in SAME_CAMERA_JUNK:
+        return (f"None of the {num_queries} queries has a matching gallery item under the {protocol!r} protocol, "
+                f"which counts gallery images of the query's identity taken by the query's own camera as junk "
+                f"(the Market-1501 rule): every query needs its identity in the gallery from another camera, so "
+                f"data without camera ids (all camera 0) has no match; give the folder adapter names without "
+                f"camera numbers (query and gallery then count as two cameras) or real camera ids, or rank "
+                f"without labels with `evaluate search`")
+    return (f"None of the {num_queries} queries has its identity in the gallery under the {protocol!r} protocol; "
+            f"check that query and gallery share identities (pids), or rank without labels with `evaluate search`")
+
+
 def _finish(cmc_hits, ap_sum, inp_sum, q, evaluated, protocol, ap, max_rank) -> Metrics:
     skipped = q - evaluated
     if skipped:
         log.info("%d of %d queries have no valid match in the gallery and were skipped", skipped, q)
     if evaluated == 0:
-        raise MetricsError(
-            f"None of the {q} queries has a matching gallery item under the {protocol!r} protocol."
-        )
+        raise MetricsError(no_match_text(q, protocol))
     curve = (torch.as_tensor(cmc_hits).cpu().double().cumsum(0) / evaluated).tolist()
     return Metrics(
         cmc={k: curve[k - 1] for k in CMC_RANKS if k <= max_rank},

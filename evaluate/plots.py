@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from data.io import atomic_output, atomic_write_bytes, read_image  # noqa: E402
 
-GREEN, RED, GREY, BLUE = (40, 170, 40), (210, 40, 40), (150, 150, 150), (40, 90, 210)
+GREEN, RED, GREY, BLUE, DARK = (40, 170, 40), (210, 40, 40), (150, 150, 150), (40, 90, 210), (70, 70, 70)
 TILE_H, TILE_W, BORDER = 128, 64, 4
 
 
@@ -31,7 +31,7 @@ def plot_cmc(curves: dict[str, Sequence[float]], path: str | os.PathLike, title:
     ax.set_ylabel("matching rate (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
@@ -62,8 +62,9 @@ def ranked_list(
     query_caption: str = "query",
 ) -> None:
     """Query (blue border) then the ranked gallery items: ``status`` per item is ``correct``
-    (green border), ``wrong`` (red) or ``junk`` (grey border, washed out, crossed).  PNG, atomic."""
-    colours = {"correct": GREEN, "wrong": RED, "junk": GREY}
+    (green border), ``wrong`` (red), ``junk`` (grey border, washed out, crossed) or ``unlabelled``
+    (dark grey border: a search without identities).  PNG, atomic."""
+    colours = {"correct": GREEN, "wrong": RED, "junk": GREY, "unlabelled": DARK}
     tiles = [_tile(read_image(query_path), BLUE, False, query_caption)]
     gap = np.full_like(tiles[0][:, :8], 255)
     tiles.append(gap)

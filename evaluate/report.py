@@ -20,7 +20,7 @@ import numpy as np
 from data.datasets import build_dataset
 from data.io import atomic_write_json, file_sha256
 from data.runs import RunFolder, open_checkpoint
-from data.runtime import resolve_device
+from data.runtime import default_workers, resolve_device
 from data.store import open_store
 from evaluate.features import (
     EvaluationError,
@@ -166,12 +166,15 @@ def evaluate_run(
     num_pictures: int = 5,
     query_keys: Sequence[str] | None = None,
     batch_size: int = 64,
-    device: str = "cpu",
-    workers: int = 0,
+    device: str = "auto",
+    workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Extract features with the run's checkpoint, score them, write the outputs; returns metrics."""
+    """Extract features with the run's checkpoint, score them, write the outputs; returns metrics.
+    ``workers`` None: up to 8 DataLoader workers on a GPU, none on a CPU (the cores compute)."""
     device = resolve_device(device)
+    if workers is None:
+        workers = default_workers(device) if device.type == "cuda" else 0
     ckpt = open_checkpoint(run, runs_dir)
     ckpt_path, info = ckpt.path, ckpt.info
     if not info.complete:
@@ -219,6 +222,28 @@ def _open_store(info, root: str | os.PathLike, dataset: str, ds) -> Any:
     store = open_store(root, dataset, info.estimator, info.tag, kind=info.input_kind, size=info.model.dsap_size)
     store.check_covers([it.key for it in (*ds.query, *ds.gallery)])
     return store
+
+
+def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLike = "runs",
+                 plot: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """The side-by-side table of the runs' metrics on ``dataset`` and one plot of their CMC curves (mAP and
+    rank-1 in the legend); returns (table, plot path)."""
+    rows = {r: load_metrics(r, dataset, runs_dir) for r in runs}
+    if plot is None:
+        names = "_vs_".join(Path(str(r)).name for r in runs)
+        plot = Path(runs_dir) / "compare" / dataset / f"{names[:180]}.png"
+    curves = {}
+    for r, m in rows.items():
+        flip = "+flip" if m.get("flip") else ""
+        rr = "+rerank" if m.get("rerank") else ""
+        label = (f"{Path(str(r)).name} ({m.get('feature_set', '')}{flip}{rr}): mAP {100 * m['mAP']:.1f}%, "
+                 f"R1 {100 * m['rank1']:.1f}%")
+        curves[label] = m.get("cmc") or [m[k] for k in ("rank1",)]
+    protocols = sorted({str(m.get("protocol", "")) for m in rows.values()})
+    plot = Path(plot)
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot_cmc(curves, plot, title=f"CMC: {dataset} ({', '.join(protocols)})")
+    return format_table(rows), plot
 
 
 def load_metrics(run: str, dataset: str, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from data.console import CONTEXT, Group
+from data.console import CONTEXT, ROOT_ENV, Group
 
 log = logging.getLogger("precompute")
 
@@ -36,7 +36,8 @@ def cli(verbose: bool) -> None:
 
 @cli.command("run")
 @click.option("--dataset", required=True, help="Dataset name (synthetic, market1501, ...).")
-@click.option("--root", default="datasets", show_default=True, type=click.Path(path_type=Path), help="Data root.")
+@click.option("--root", default="datasets", show_default=True, envvar=ROOT_ENV, show_envvar=True,
+              type=click.Path(path_type=Path), help="Data root.")
 @click.option("--estimator", required=True, help="Estimator (synthetic, iuv, densepose, pose).")
 @click.option("--workers", default=1, show_default=True, type=int, help="Worker processes on this machine.")
 @click.option("--kind", default="dsap", show_default=True, type=click.Choice(["dsap", "csa"]))
@@ -75,7 +76,8 @@ def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, s
 
 @cli.command("inspect")
 @click.option("--dataset", required=True, help="Dataset name.")
-@click.option("--root", default="datasets", show_default=True, type=click.Path(path_type=Path), help="Data root.")
+@click.option("--root", default="datasets", show_default=True, envvar=ROOT_ENV, show_envvar=True,
+              type=click.Path(path_type=Path), help="Data root.")
 @click.option("--estimator", required=True, help="Estimator the store was computed with.")
 @click.option("--tag", default=None, help="Store variant name (as given to `run --tag`).")
 @click.option("--verify", "do_verify", is_flag=True, help="Check checksums, every array, keys vs the dataset; exit 1 on problems.")

@@ -379,3 +379,49 @@ def test_real_cuhk03_p1_through_market_adapter() -> None:
                                "query": {"ids": 400, "images": 800, "cameras": 2},
                                "gallery": {"ids": 400, "images": 3070, "cameras": 2}}
     assert stats["num_train_pids"] == 443
+
+
+def test_folder_one_folder_per_identity_with_optional_cameras(tmp_path: Path, make_images) -> None:
+    """layumi's layout: train/<pid>/*.jpg; cameras from Market names when present, else query 0 / gallery 1."""
+    make_images(tmp_path / "train", ["0002/0002_c1s1_000451_03.jpg", "0002/0002_c3s1_000551_01.jpg",
+                                     "0007/0007_c2s3_070952_01.jpg", "-1/x.jpg"])
+    make_images(tmp_path / "query", ["0010/a.jpg", "0011/b.jpg"])
+    make_images(tmp_path / "gallery", ["0010/c.jpg", "0011/d.jpg", "0011/e.jpg", "0000/f.jpg"])
+    ds = build_dataset("folder", tmp_path)
+    assert ds.train[0] == Item("train/0002/0002_c1s1_000451_03.jpg", 0, 0)
+    assert ds.train[1].camid == 2 and ds.num_train_pids == 2  # pid -1 dropped
+    assert {it.camid for it in ds.query} == {0} and {it.camid for it in ds.gallery} == {1}
+    assert sorted({it.pid for it in ds.gallery}) == [0, 10, 11]
+    assert build_dataset("folder:layout=folders", tmp_path).gallery == ds.gallery
+    # scored under the Market protocol, the camera-less images still have their matches
+    import numpy as np
+
+    from evaluate.metrics import evaluate_distances
+
+    dist = np.array([[0.5, 0.1, 0.9, 0.8], [0.5, 0.9, 0.2, 0.3]])  # gallery order: pids 0, 10, 11, 11
+    m = evaluate_distances(dist, [it.pid for it in ds.query], [it.pid for it in ds.gallery],
+                           [it.camid for it in ds.query], [it.camid for it in ds.gallery], protocol="market")
+    assert m.num_evaluated == 2 and m.cmc[1] == 1.0
+    make_images(tmp_path / "query", ["loose.jpg"])  # an image outside any identity folder
+    with pytest.raises(DatasetError, match=r"not inside a sub-folder named by an integer pid"):
+        build_dataset("folder:layout=folders", tmp_path)
+    with pytest.raises(DatasetError, match="layout must be one of auto, names, folders"):
+        build_dataset("folder:layout=tree", tmp_path)
+
+
+def test_folder_names_without_camera_ids(tmp_path: Path, make_images) -> None:
+    make_images(tmp_path / "train", ["p1_a.jpg", "p2_b.jpg"])
+    make_images(tmp_path / "query", ["p3_a.jpg"])
+    make_images(tmp_path / "gallery", ["p3_b.jpg", "p4_c.jpg"])
+    ds = build_dataset("folder", tmp_path, pattern=r"p(?P<pid>\d+)_")
+    assert ds.query == [Item("query/p3_a.jpg", 3, 0)] and {it.camid for it in ds.gallery} == {1}
+
+
+def test_no_match_explains_the_same_camera_rule() -> None:
+    import numpy as np
+
+    from evaluate.metrics import MetricsError, evaluate_distances
+
+    with pytest.raises(MetricsError, match="same-camera|own camera") as e:
+        evaluate_distances(np.zeros((1, 2)), [5], [5, 5], [0], [0, 0], protocol="market")
+    assert "data without camera ids" in str(e.value) and "evaluate search" in str(e.value)

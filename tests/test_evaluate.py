@@ -179,3 +179,51 @@ def test_ranked_lists_grey_same_camera_matches_under_market_style_protocols(tmp_
     dist = np.array([[0.0, 1.0, 2.0, 3.0]] * 3, np.float32)
     report.draw_ranked_lists(feats, dist, tmp_path, tmp_path / "ranked", [0], top_k=2)
     assert seen == [["junk" if junk else "correct", "wrong"]]
+
+
+def test_compare_overlays_the_cmc_curves_with_map_in_the_legend(tmp_path, monkeypatch):
+    import json as _json
+
+    import cv2 as _cv2
+    from click.testing import CliRunner as _Runner
+
+    import evaluate.report as report
+    from evaluate.__main__ import cli as _cli
+
+    for name, r1, m in (("a", 0.5, 0.4), ("b", 0.75, 0.6)):
+        d = tmp_path / "runs" / name / "eval" / "toy"
+        d.mkdir(parents=True)
+        curve = [r1 + (1 - r1) * k / 19 for k in range(20)]
+        (d / "metrics.json").write_text(_json.dumps({"rank1": r1, "rank5": curve[4], "rank10": curve[9],
+                                                     "rank20": curve[19], "mAP": m, "mINP": m / 2, "cmc": curve,
+                                                     "dataset": "toy", "protocol": "market", "feature_set": "mf"}))
+    seen = {}
+    real = report.plot_cmc
+
+    def spy(curves, path, title="CMC"):
+        seen.update(curves)
+        real(curves, path, title=title)
+
+    monkeypatch.setattr(report, "plot_cmc", spy)
+    res = _Runner().invoke(_cli, ["compare", "a", "b", "--dataset", "toy", "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "runs" / "compare" / "toy" / "a_vs_b.png"
+    assert f"CMC curves: {png}" in res.output and "50.00" in res.output and "75.00" in res.output
+    assert list(seen) == ["a (mf): mAP 40.0%, R1 50.0%", "b (mf): mAP 60.0%, R1 75.0%"]
+    assert seen["b (mf): mAP 60.0%, R1 75.0%"][0] == 0.75 and len(seen["a (mf): mAP 40.0%, R1 50.0%"]) == 20
+    assert _cv2.imread(str(png)) is not None
+
+
+def test_feature_set_is_one_name_with_the_old_one_hidden(run_dir, market_tree):
+    common = ["run", "--run", "r1", "--runs-dir", str(run_dir), "--dataset", "market1501",
+              "--root", str(market_tree.parent), "--queries", "0", "--json", "--device", "cpu"]
+    metrics = run_dir / "r1" / "eval" / "market1501" / "metrics.json"
+    seen = []
+    for option in ("--feature-set", "--features"):
+        res = CliRunner().invoke(cli, [*common, option, "global"])
+        assert res.exit_code == 0, res.output
+        m = json.loads(metrics.read_text())
+        seen.append((m["feature_set"], m["feature_dim"]))
+    assert seen == [("global", 32), ("global", 32)]
+    helptext = CliRunner().invoke(cli, ["run", "-h"]).output
+    assert "--feature-set" in helptext and "--features " not in helptext

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from data.console import CONTEXT, Command
+from data.console import CONTEXT, Command, root_option
 
 from .run import RunOptions, train_run
 
@@ -23,7 +23,7 @@ log = logging.getLogger("train")
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--dataset", required=True, help="Dataset name (data.datasets registry, e.g. synthetic, market1501).")
-@click.option("--root", default="datasets", type=click.Path(file_okay=False), help="Data root.")
+@root_option()
 @click.option("--estimator", default="synthetic", help="Estimator whose DSAP store to train with.")
 @click.option("--tag", default=None, help="Store variant: ROOT/dsap/<dataset>/<estimator>-<tag>.")
 @click.option("--preset", default="small", help="Network + recipe preset (paper, small, tiny).")
@@ -35,21 +35,29 @@ log = logging.getLogger("train")
 @click.option("--input", "input_kind", default="dsap", type=click.Choice(["dsap", "csa"]),
               help="DSAG-Stream input: dense (DSAP) or coarse (CSA, Table 4) part images.")
 @click.option("--pretrained", default="none", help="MF-Stream backbone weights: none, imagenet or a file path.")
+@click.option("--init", default=None, metavar="RUN_OR_CHECKPOINT",
+              help="Start from another run's weights (fine-tuning): its MF-Stream, its DSAG-Stream where the "
+                   "shapes fit, new classifiers; recorded in config.json.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override a preset field, e.g. --set recipe.lr_peak=3.5e-4 --set model.height=384 "
+                   "(repeatable; recorded in config.json; a resumed run must keep them).")
 @click.option("--seed", default=0, type=int)
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the recipe's epochs.")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1),
               help="Stop (with a checkpoint) after this many steps in total; rerun to continue.")
 @click.option("--batch-p", default=None, type=click.IntRange(min=2), help="Identities per step (recipe default).")
 @click.option("--batch-k", default=None, type=click.IntRange(min=1), help="Images per identity (recipe default).")
-@click.option("--workers", default=2, type=click.IntRange(min=0), help="DataLoader worker processes.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--workers", default=None, type=click.IntRange(min=0),
+              help="DataLoader worker processes [default: up to 8 on a GPU, up to 2 on a CPU].")
+@click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 @click.option("--amp/--no-amp", default=True, help="Mixed precision (CUDA only).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bitwise-reproducible, slower).")
 @click.option("--runs-dir", default="runs", type=click.Path(file_okay=False))
 @click.option("--no-random-erasing", is_flag=True, help="Train without random erasing (Table 3 baselines).")
 @click.option("--no-label-smoothing", is_flag=True, help="ID loss without label smoothing (Table 3 baselines).")
 @click.option("--log-every", default=10, type=click.IntRange(min=1), help="Steps between log.jsonl records.")
-@click.option("--tensorboard", is_flag=True, help="Also log to RUNS_DIR/RUN/tensorboard (needs tensorboard).")
+@click.option("--tensorboard", is_flag=True, help="Also log losses and the learning rate to RUNS_DIR/RUN/tensorboard (needs the tensorboard "
+                   "extra; view with `tensorboard --logdir RUNS_DIR`).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool, **kwargs: Any) -> None:
     """Train (or resume) the two-stream DSA-reID network on a dataset and its DSAP store."""

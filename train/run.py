@@ -17,6 +17,7 @@ from data.datasets import build_dataset
 from data.joint import JointDataset
 from data.io import release_lock
 from data.runs import LOCK_NAME, RunFolder, check_name
+from data.runtime import default_workers
 from data.sampler import PKSampler
 from data.store import open_store
 from data.transforms import build_train_transform
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 
 #: configuration entries a resumed run must share with the saved one (the others may change)
 MUST_MATCH = ("dataset", "estimator", "tag", "input", "preset", "variant", "pretrained", "seed", "batch_p",
-              "batch_k", "random_erasing", "label_smoothing", "world_size", "num_classes", "model", "recipe")
+              "batch_k", "random_erasing", "label_smoothing", "world_size", "num_classes", "model", "recipe",
+              "init")
 
 
 @dataclass
@@ -45,12 +47,14 @@ class RunOptions:
     variant: str = "dsa"
     input_kind: str = "dsap"
     pretrained: str = "none"
+    init: str | None = None
+    overrides: tuple[str, ...] = ()
     seed: int = 0
     epochs: int | None = None
     max_steps: int | None = None
     batch_p: int | None = None
     batch_k: int | None = None
-    workers: int = 2
+    workers: int | None = None
     device: str = "auto"
     amp: bool = True
     deterministic: bool = False
@@ -104,12 +108,15 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
     """Train (or resume) the run described by ``opts``; returns the trainer's summary."""
     from dsa.losses import DSALoss
     from dsa.model import DSANet, check_variant
-    from dsa.presets import get_preset
+    from dsa.presets import apply_overrides, get_preset, parse_overrides
+
+    from .init import init_from
 
     run = RunFolder.named(opts.runs_dir, opts.run_name)
     if opts.tag is not None:
         check_name(opts.tag, "store tag")
-    preset = get_preset(opts.preset)
+    overrides = parse_overrides(opts.overrides)
+    preset = apply_overrides(get_preset(opts.preset), overrides)
     use_dsap = check_variant(opts.variant)[2]
     recipe = preset.recipe
     changes: dict[str, Any] = {}
@@ -127,6 +134,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
     model_cfg = preset.model
 
     info = init_distributed(opts.device)
+    workers = default_workers(info.device) if opts.workers is None else opts.workers
     try:
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()
@@ -144,10 +152,11 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
         config = {
             "dataset": opts.dataset, "root": str(opts.root), "estimator": opts.estimator, "tag": opts.tag,
             "store": str(store.folder) if store is not None else None, "input": opts.input_kind,
-            "preset": preset.name, "variant": opts.variant, "pretrained": opts.pretrained, "seed": opts.seed,
+            "preset": preset.name, "overrides": overrides, "variant": opts.variant, "pretrained": opts.pretrained,
+            "init": opts.init, "seed": opts.seed,
             "epochs": recipe.epochs, "max_steps": opts.max_steps, "batch_p": recipe.batch_p,
             "batch_k": recipe.batch_k, "random_erasing": recipe.random_erasing,
-            "label_smoothing": recipe.label_smoothing, "workers": opts.workers, "device": str(info.device),
+            "label_smoothing": recipe.label_smoothing, "workers": workers, "device": str(info.device),
             "amp": opts.amp and info.device.type == "cuda", "deterministic": opts.deterministic,
             "world_size": info.world_size, "num_classes": dataset.num_train_pids,
             "num_train_images": len(dataset.train), "model": model_cfg.to_dict(), "recipe": recipe.to_dict(),
@@ -159,6 +168,10 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
 
         model = DSANet(model_cfg, dataset.num_train_pids, variant=opts.variant,
                        pretrained=None if opts.pretrained == "none" else opts.pretrained)
+        if opts.init and ckpt is None:  # a resumed run has its own weights; the source is only recorded
+            config["init_source"] = init_from(model, opts.init, opts.runs_dir)
+        elif saved is not None and saved.get("init_source") is not None:
+            config["init_source"] = saved["init_source"]
         loss_fn = DSALoss(recipe, opts.variant)
         try:
             sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=opts.seed,
@@ -173,7 +186,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             run.write_config(config)
         trainer = Trainer(model=model, loss_fn=loss_fn, dataset=joint, sampler=sampler, optimizer=optimizer,
                           scheduler=scheduler, run=run, info=info, epochs=recipe.epochs,
-                          max_steps=opts.max_steps, amp=opts.amp, workers=opts.workers,
+                          max_steps=opts.max_steps, amp=opts.amp, workers=workers,
                           log_every=opts.log_every, config=config, tensorboard=opts.tensorboard,
                           progress=opts.progress, find_unused_parameters=False)
         if ckpt is None and info.is_main:  # records of an earlier start killed before its first checkpoint

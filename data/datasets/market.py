@@ -28,11 +28,15 @@ class MarketLike(ReidDataset):
 
     def __init__(self, root: str | os.PathLike) -> None:
         folder = self.locate(Path(root))
-        train, query, gallery = (self._list(folder, d) for d in _SPLIT_DIRS)
+        train, query, gallery = (self.keep(self._list(folder, d)) for d in _SPLIT_DIRS)
         train = [t for t in train if t[1] > 0]
         query = [t for t in query if t[1] > 0]
         gallery = [t for t in gallery if t[1] >= 0]
         super().__init__(folder, train, query, gallery)
+
+    def keep(self, triples: list[Triple]) -> list[Triple]:
+        """The triples this dataset uses (all of them; subclasses may select identities)."""
+        return triples
 
     def locate(self, root: Path) -> Path:
         layout = f"{self.layout_name} ({', '.join(d + '/' for d in _SPLIT_DIRS)})"
@@ -81,16 +85,49 @@ class DukeMTMCreID(MarketLike):
 
 
 class Synthetic(MarketLike):
-    """The embedded synthetic dataset written by ``data.synthetic`` (Market layout under ROOT/synthetic/)."""
+    """The embedded synthetic dataset written by ``data.synthetic`` (Market layout under ROOT/synthetic/).
+
+    ``ids`` selects identities: ``all`` (default), ``first`` (pids 1..N/2 of the N generated) or ``second``
+    (the others).  The two halves are disjoint sets of people, each with train and test identities: a
+    source and a target dataset for a fine-tuning recipe (``synthetic:ids=first`` -> ``synthetic:ids=second``,
+    as CUHK03 -> CUHK01).
+    """
 
     name = "synthetic"
     layout_name = "synthetic dataset (Market-1501 layout)"
+    ID_SUBSETS = ("all", "first", "second")
+
+    def __init__(self, root: str | os.PathLike, ids: str = "all") -> None:
+        if ids not in self.ID_SUBSETS:
+            raise DatasetError(f"Option ids of dataset 'synthetic' must be one of {', '.join(self.ID_SUBSETS)}, "
+                               f"not {ids!r}.")
+        self.ids = ids
+        super().__init__(root)
+
+    def keep(self, triples: list[Triple]) -> list[Triple]:
+        if self.ids == "all":
+            return triples
+        half = _num_ids(self._meta) // 2
+        first = self.ids == "first"
+        return [t for t in triples if t[1] <= 0 or (t[1] <= half) == first]
 
     def locate(self, root: Path) -> Path:
         root = root.expanduser()
         for folder in (root / "synthetic", root):
             if (folder / "synthetic.json").is_file() and all((folder / d).is_dir() for d in _SPLIT_DIRS):
+                self._meta = folder / "synthetic.json"
                 return folder
         raise DatasetError(
             f"No synthetic dataset at {root / 'synthetic'}: run `make synth` (or `make demo`) to generate it."
         )
+
+
+def _num_ids(path: Path) -> int:
+    """The number of identities ``data.synthetic`` generated (from its ``synthetic.json``)."""
+    import json
+
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        return int((meta.get("settings") or meta)["num_ids"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"Cannot read the number of identities from {path} ({e}); regenerate with `make synth`.") from None

@@ -1,4 +1,4 @@
-"""Dense-semantics estimators: where a crop's I/U/V maps come from (DESIGN.md §5).
+"""Dense-semantics estimators: where a crop's I/U/V maps come from (docs/DESIGN.md §5).
 
 ``build_estimator(name, dataset_root, **options)`` builds one of :data:`ESTIMATORS` (``synthetic``,
 ``iuv``, ``densepose``, ``pose``); each backend module is imported only when chosen.

@@ -1,4 +1,4 @@
-"""The estimator interface, its registry and helpers shared by the backends (DESIGN.md §5).
+"""The estimator interface, its registry and helpers shared by the backends (docs/DESIGN.md §5).
 
 An estimator turns a batch of person crops into per-image dense semantics (:class:`dsa.iuv.IUV`:
 part labels I and chart coordinates U, V of the crop's size) or ``None`` when no person was found.
