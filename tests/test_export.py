@@ -52,7 +52,7 @@ def test_uint8_export_equals_pytorch_and_the_float_graph(tmp_path):
     f_path, u_path = run / "model-mf.onnx", run / "model-mf-uint8.onnx"
     spec_f = json.loads(f_path.with_suffix(".json").read_text())
     spec_u = json.loads(u_path.with_suffix(".json").read_text())
-    model, (h, w) = build_model(read_checkpoint(run / "checkpoint.pt"), "mf")
+    model, (h, w) = build_model(load_checkpoint(run / "checkpoint.pt"), "mf")
     assert spec_f["input"]["dtype"] == "float32" and spec_f["input"]["shape"] == ["batch", 3, h, w]
     assert spec_u["input"]["dtype"] == "uint8" and spec_u["input"]["shape"] == ["batch", h, w, 3]
     assert spec_u["input"]["normalised_inside"] and not spec_f["input"]["normalised_inside"]

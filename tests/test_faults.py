@@ -29,7 +29,7 @@ import test_precompute as tp
 import test_train as tt
 from test_train import synth_root  # noqa: F401 - the fixture
 from data.io import DiskFullError, ImageReadError, LockError, read_image
-from data.runs import RunError, RunFolder, dataset_dirname, read_checkpoint
+from data.runs import RunError, RunFolder, dataset_dirname, load_checkpoint
 from data.store import MANIFEST_NAME, DSAPStore, StoreError, open_store, store_dir
 from evaluate.features import EvaluationError, load_features, save_features
 from precompute.runner import _Job, _worker_main
@@ -506,10 +506,10 @@ def test_a_non_utf8_file_name_is_a_sentence(tmp_path, market_tree):
 def test_empty_and_refused_checkpoints_are_one_sentence(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(RunError, match="is empty"):
-        read_checkpoint(tmp_path / "checkpoint.pt")
+        load_checkpoint(tmp_path / "checkpoint.pt")
     torch.save({"model": {}, "evil": Path("x")}, tmp_path / "checkpoint.pt")  # a pickled class: refused
     with pytest.raises(RunError) as e:
-        read_checkpoint(tmp_path / "checkpoint.pt")
+        load_checkpoint(tmp_path / "checkpoint.pt")
     text = str(e.value)
     assert text.startswith("refused to load") and "\n" not in text and "weights_only=False" not in text
 
@@ -555,7 +555,7 @@ def test_a_checkpoint_with_nan_weights_is_never_the_last_good_one(tmp_path):
     items, store = tt.make_data(tmp_path / "data")
     first = tt.make_trainer(tmp_path / "run", (items, store), max_steps=1)
     first.fit()
-    ckpt = RunFolder(tmp_path / "run").read_checkpoint()
+    ckpt = RunFolder(tmp_path / "run").load_checkpoint()
     name = next(k for k, v in ckpt.model_state.items() if v.is_floating_point())
     ckpt.model_state[name].fill_(float("nan"))
     again = tt.make_trainer(tmp_path / "run", (items, store), max_steps=2)

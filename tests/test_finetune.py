@@ -104,7 +104,7 @@ def train(root: Path, runs: Path, run: str, dataset: str, *extra: str):
 
 
 def test_finetune_from_a_run_with_other_identities(halves: Path, tmp_path: Path) -> None:
-    from data.runs import read_checkpoint
+    from data.runs import load_checkpoint
 
     src = train(halves, tmp_path, "src", "synthetic:ids=first")
     assert src.exit_code == 0, src.output
@@ -116,7 +116,7 @@ def test_finetune_from_a_run_with_other_identities(halves: Path, tmp_path: Path)
     assert record["dataset"] == "synthetic:ids=first" and record["step"] == 1
     assert record["copied"] == ["mf", "dsag"] and record["new"] == ["cls_fG", "cls_fL", "cls_zG", "cls_zL"]
     assert len(record["checkpoint_sha256"]) == 64
-    assert read_checkpoint(tmp_path / "dst" / "checkpoint.pt").config["init_source"] == record
+    assert load_checkpoint(tmp_path / "dst" / "checkpoint.pt").config["init_source"] == record
     # resuming keeps the record; another source is another configuration
     again = train(halves, tmp_path, "dst", "synthetic:ids=second", "--init", "src", "--max-steps", "2")
     assert again.exit_code == 0, again.output
