@@ -555,7 +555,7 @@ def test_a_checkpoint_with_nan_weights_is_never_the_last_good_one(tmp_path):
     items, store = tt.make_data(tmp_path / "data")
     first = tt.make_trainer(tmp_path / "run", (items, store), max_steps=1)
     first.fit()
-    ckpt = RunFolder(tmp_path / "run").load_checkpoint()
+    ckpt = RunFolder(tmp_path / "run").read_checkpoint()
     name = next(k for k, v in ckpt.model_state.items() if v.is_floating_point())
     ckpt.model_state[name].fill_(float("nan"))
     again = tt.make_trainer(tmp_path / "run", (items, store), max_steps=2)
