@@ -91,17 +91,24 @@ def _expansion_sets(rank: torch.Tensor, k1: int, chunk_size: int = 1024):
     return torch.cat(rows), torch.cat(cols)
 
 
-def _encode(feats, metric, rows, cols, rowmax, n, chunk=1 << 20) -> sp.csr_matrix:
-    """V[i, x] = exp(-d(i, x)) / sum over R*(i) (d: the row-normalised squared distance)."""
+def _encode(feats, metric, rows, cols, rowmax, n, block_bytes: int = 1 << 25) -> sp.csr_matrix:
+    """V[i, x] = exp(-d(i, x)) / sum over R*(i) (d: the row-normalised squared distance).
+
+    The distances of the (i, x) pairs are recomputed from the features in blocks of pairs whose
+    gathered feature rows take at most ``block_bytes`` (32 MiB) for each end, so the memory used
+    here does not grow with the feature size (only the block's number of pairs shrinks).
+    """
     w = torch.empty(rows.shape[0], dtype=torch.float32)
+    sq = (feats * feats).sum(1) if metric == "euclidean" else None
+    chunk = max(1, block_bytes // (4 * max(1, feats.shape[1])))
     for s in range(0, rows.shape[0], chunk):
-        a, b = feats[rows[s : s + chunk]], feats[cols[s : s + chunk]]
-        prod = (a * b).sum(1)
+        r, c = rows[s : s + chunk], cols[s : s + chunk]
+        prod = torch.bmm(feats[r].unsqueeze(1), feats[c].unsqueeze(2)).view(-1)
         if metric == "cosine":
             d = 1.0 - prod
         else:
-            d = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * prod).clamp_min(0).sqrt()
-        w[s : s + chunk] = torch.exp(-(d * d) / rowmax[rows[s : s + chunk]]).cpu()
+            d = (sq[r] + sq[c] - 2.0 * prod).clamp_min(0).sqrt()
+        w[s : s + chunk] = torch.exp(-(d * d) / rowmax[r]).cpu()
     r, c, wn = rows.numpy(), cols.numpy(), w.numpy()
     total = np.bincount(r, weights=wn, minlength=n)
     return sp.csr_matrix(((wn / total[r]).astype(np.float32), (r, c)), shape=(n, n))
@@ -150,11 +157,13 @@ def k_reciprocal_rerank(
         )
     feats = torch.cat([q_feats, g_feats])
     q, n = q_feats.shape[0], feats.shape[0]
+    del q_feats, g_feats  # the normalised copies (cosine) are not kept twice
     k = min(max(k1 + 1, k2), n)
     k1 = k - 1 if k1 + 1 > n else k1
     rank, rowmax, qg = _neighbours(feats, metric, q, k, chunk_size, progress)
     rows, cols = _expansion_sets(rank, k1)
     v = _encode(feats.cpu(), metric, rows, cols, rowmax, n)
+    del feats
     if k2 != 1:  # query expansion: average V over the k2 nearest neighbours
         nb = rank[:, :k2].numpy()
         a = sp.csr_matrix(
@@ -173,6 +182,23 @@ def k_reciprocal_rerank(
     log.info("re-ranked %d queries against %d gallery items (k1=%d, k2=%d, lambda=%.2f)",
              q, n - q, k1, k2, lambda_value)
     return final
+
+
+def _encode_gather_all(feats, metric, rows, cols, rowmax, n, chunk=1 << 20) -> sp.csr_matrix:
+    """The previous ``_encode`` (both ends' full feature vectors gathered for up to 2^20 pairs at
+    once: memory grows with the feature size); kept as the reference of ``bench/bench_metrics.py``."""
+    w = torch.empty(rows.shape[0], dtype=torch.float32)
+    for s in range(0, rows.shape[0], chunk):
+        a, b = feats[rows[s : s + chunk]], feats[cols[s : s + chunk]]
+        prod = (a * b).sum(1)
+        if metric == "cosine":
+            d = 1.0 - prod
+        else:
+            d = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * prod).clamp_min(0).sqrt()
+        w[s : s + chunk] = torch.exp(-(d * d) / rowmax[rows[s : s + chunk]]).cpu()
+    r, c, wn = rows.numpy(), cols.numpy(), w.numpy()
+    total = np.bincount(r, weights=wn, minlength=n)
+    return sp.csr_matrix(((wn / total[r]).astype(np.float32), (r, c)), shape=(n, n))
 
 
 def rerank_reference(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
