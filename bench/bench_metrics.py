@@ -160,8 +160,9 @@ def rerank_one(spec: dict) -> dict:
 
 
 def previous_projected_gib(n: int, dim: int) -> float:
-    """The previous ``_encode``'s two gathered blocks (about 60 pairs per row, at most 2^20 at once)."""
-    return 2 * min(60 * n, 1 << 20) * dim * 4 / 2**30
+    """The previous ``_encode``'s two gathered blocks (about 16 expansion pairs per row on these
+    problems, at most 2^20 pairs at once)."""
+    return 2 * min(16 * n, 1 << 20) * dim * 4 / 2**30
 
 
 def bench_rerank(args) -> dict:

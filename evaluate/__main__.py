@@ -11,8 +11,12 @@ import logging
 import click
 
 from data.console import CONTEXT, Group
-from evaluate.features import FEATURE_SETS
-from evaluate.metrics import AP_DEFINITIONS, DISTANCES
+from data.runtime import apply_threads, quiet_openmp
+
+quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
+
+from evaluate.features import FEATURE_SETS  # noqa: E402
+from evaluate.metrics import AP_DEFINITIONS, DISTANCES  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -30,6 +34,8 @@ _rerank = click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (
 _ap = click.option("--ap", type=click.Choice(AP_DEFINITIONS), default="standard", show_default=True,
                    help="standard: non-interpolated AP; market: the official Market-1501 trapezoid AP")
 _json = click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+_threads = click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+                        help="intra-op CPU threads (0: the available cores minus --workers, at least 1)")
 
 
 def _print(metrics: dict, name: str, as_json: bool) -> None:
@@ -56,12 +62,14 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="DataLoader worker processes")
+@_threads
 @_json
 def run(run, dataset, root, runs_dir, feature_set, distance, rerank, flip, ap, queries, query_keys,
-        batch_size, device, workers, as_json) -> None:
+        batch_size, device, workers, threads, as_json) -> None:
     """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/."""
     from evaluate.report import evaluate_run
 
+    apply_threads(threads, workers)
     m = evaluate_run(run, dataset, root, runs_dir=runs_dir, feature_set=feature_set, distance=distance,
                      rerank=rerank, flip=flip, ap=ap, num_pictures=queries, query_keys=query_keys,
                      batch_size=batch_size, device=device, workers=workers)
@@ -73,11 +81,13 @@ def run(run, dataset, root, runs_dir, feature_set, distance, rerank, flip, ap, q
 @_distance
 @_rerank
 @_ap
+@_threads
 @_json
-def features(path, distance, rerank, ap, as_json) -> None:
+def features(path, distance, rerank, ap, threads, as_json) -> None:
     """Evaluate a features file (HDF5 written by `run`) without the model."""
     from evaluate.report import evaluate_file
 
+    apply_threads(threads)
     m = evaluate_file(path, distance=distance, rerank=rerank, ap=ap)
     _print(m, path, as_json)
 
@@ -102,10 +112,12 @@ def compare(runs, dataset, runs_dir) -> None:
 @click.option("--out", default=None, help="ONNX path (default runs/RUN/model-<feature set>.onnx)")
 @click.option("--opset", default=17, show_default=True)
 @click.option("--no-check", is_flag=True, help="skip the onnxruntime equality check")
-def export(run, runs_dir, feature_set, out, opset, no_check) -> None:
+@_threads
+def export(run, runs_dir, feature_set, out, opset, no_check, threads) -> None:
     """Export RUN's inference model (MF-Stream) to ONNX with a dynamic batch axis."""
     from evaluate.export import export_onnx
 
+    apply_threads(threads)
     info = export_onnx(run, runs_dir=runs_dir, feature_set=feature_set, out=out, opset=opset,
                        check=not no_check)
     click.echo(json.dumps(info, indent=2))

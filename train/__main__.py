@@ -14,8 +14,11 @@ from typing import Any
 import click
 
 from data.console import CONTEXT, Command
+from data.runtime import apply_threads, quiet_openmp
 
-from .run import RunOptions, train_run
+quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
+
+from .run import RunOptions, train_run  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -41,6 +44,8 @@ log = logging.getLogger("train")
 @click.option("--batch-p", default=None, type=click.IntRange(min=2), help="Identities per step (recipe default).")
 @click.option("--batch-k", default=None, type=click.IntRange(min=1), help="Images per identity (recipe default).")
 @click.option("--workers", default=2, type=click.IntRange(min=0), help="DataLoader worker processes.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="Intra-op CPU threads (0: the available cores minus --workers, at least 1).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--amp/--no-amp", default=True, help="Mixed precision (CUDA only).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bitwise-reproducible, slower).")
@@ -57,6 +62,7 @@ def main(verbose: bool, **kwargs: Any) -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    apply_threads(kwargs.pop("threads"), kwargs["workers"])
     options = RunOptions(**kwargs)
     summary = train_run(options)
     if summary.get("stopped_by") == "signal":
