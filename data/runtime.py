@@ -93,14 +93,14 @@ def apply_threads(threads: int | None = None, workers: int = 0) -> int:
 
 
 def worker_threads(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: one intra-op thread per worker (they run side by side), OpenCV's
-    own pool included when it is loaded."""
+    """DataLoader ``worker_init_fn``: one intra-op thread per worker (they run side by side).
+
+    OpenCV's pool is deliberately left alone: ``cv2.setNumThreads`` in a forked worker whose parent
+    had already used OpenCV's threads deadlocks (it destroys a pool whose threads did not survive the
+    fork: seen with ``bench/bench_loader.py``, which writes its images with OpenCV first)."""
     import torch
 
     torch.set_num_threads(1)
-    cv2 = sys.modules.get("cv2")
-    if cv2 is not None:
-        cv2.setNumThreads(1)
 
 
 def quiet_openmp(environ: dict | None = None) -> bool:
