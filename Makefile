@@ -29,7 +29,11 @@ QUERY      ?=
 GALLERY    ?=
 TOP        ?= 10
 DEVICE     ?= auto
+THREADS    ?=
 ARGS       ?=
+# bench-gpu needs no install: the venv's Python when there is one, else the machine's python3
+GPU_PY     := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+OUT        ?= bench/results/gpu
 
 # The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors)
 # -> train DSA-reID and the two-branch baseline on the same budget -> evaluate both.
@@ -42,10 +46,17 @@ EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
 INIT_ARG   := $(if $(INIT),--init $(INIT))
 # SET="recipe.lr_peak=3.5e-4 model.height=384" -> --set recipe.lr_peak=3.5e-4 --set model.height=384
 SET_ARGS   := $(foreach s,$(SET),--set $(s))
+THREADS_ARG := $(if $(THREADS),--threads $(THREADS))
+
+# THREADS=N: intra-op CPU threads of every command and benchmark (data.runtime's thread policy
+# otherwise: the available cores minus the DataLoader workers, at least 1)
+ifneq ($(THREADS),)
+export DSA_THREADS := $(THREADS)
+endif
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval compare search export complexity bench clean
+.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval compare search export complexity bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -79,7 +90,7 @@ synth: $(STAMP)  ## generate the synthetic dataset under ROOT (ARGS=--ids N --se
 	$(PY) -m data synth --root $(ROOT) $(ARGS)
 
 precompute: $(STAMP)  ## DSAP store for DATASET with ESTIMATOR (WORKERS=N, TAG, ARGS="-o key=value")
-	$(PY) -m precompute run --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) --workers $(WORKERS) $(TAG_ARG) $(ARGS)
+	$(PY) -m precompute run --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) --workers $(WORKERS) $(TAG_ARG) $(THREADS_ARG) $(ARGS)
 
 inspect: $(STAMP)  ## summarise/verify a DSAP store (ARGS="--verify", "--montage KEY", "--montage-random N")
 	$(PY) -m precompute inspect --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) $(ARGS)
@@ -87,10 +98,10 @@ inspect: $(STAMP)  ## summarise/verify a DSAP store (ARGS="--verify", "--montage
 train: $(STAMP)  ## train (or resume) runs/RUN (DATASET, ESTIMATOR, TAG, PRESET, VARIANT, PRETRAINED, INIT, SET, SEED, EPOCHS)
 	$(PY) -m train --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) --preset $(PRESET) \
 	  --run $(RUN) --variant $(VARIANT) --pretrained $(PRETRAINED) $(INIT_ARG) $(SET_ARGS) --seed $(SEED) \
-	  --device $(DEVICE) $(EPOCHS_ARG) $(ARGS)
+	  --device $(DEVICE) $(EPOCHS_ARG) $(THREADS_ARG) $(ARGS)
 
 eval: $(STAMP)  ## evaluate runs/RUN on DATASET (MF-Stream only; DEVICE)
-	$(PY) -m evaluate run --run $(RUN) --dataset $(DATASET) --root $(ROOT) --device $(DEVICE) $(ARGS)
+	$(PY) -m evaluate run --run $(RUN) --dataset $(DATASET) --root $(ROOT) --device $(DEVICE) $(THREADS_ARG) $(ARGS)
 
 compare: $(STAMP)  ## table + overlaid CMC curves of the evaluated RUNS="a b ..." on DATASET
 	$(PY) -m evaluate compare $(RUNS) --dataset $(DATASET) $(ARGS)
@@ -104,8 +115,11 @@ export: $(STAMP)  ## export runs/RUN's inference model to ONNX (ARGS="--input ui
 complexity: $(STAMP)  ## parameter counts and FLOPs of PRESET
 	$(PY) -m dsa.complexity --preset $(PRESET) $(ARGS)
 
-bench: $(STAMP)  ## run every benchmark in bench/ (ARGS=--quick for a fast pass; results in bench/results/)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
+bench: $(STAMP)  ## run every CPU benchmark in bench/ (ARGS=--quick for a fast pass; results in bench/results/)
+	@for b in bench/bench_*.py; do [ $$b = bench/bench_gpu.py ] && continue; echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
+
+bench-gpu:  ## the GPU benchmark, ≤ 8 min on one H100/H200, no install (OUT=folder for its JSON + table)
+	$(GPU_PY) bench/bench_gpu.py --out $(OUT) $(ARGS)
 
 bench-%: $(STAMP)  ## run one benchmark, e.g. make bench-warp (ARGS=--quick)
 	$(PY) bench/bench_$*.py $(ARGS)

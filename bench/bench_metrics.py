@@ -1,36 +1,67 @@
-"""Metric and re-ranking speed on a Market-1501-size problem.
+"""Evaluation and re-ranking on Market-1501-size problems, each comparison in one run.
 
-Compares, in the same run: the vectorised CMC/mAP/mINP (``evaluate_distances``) with the classic
-per-query loop (``evaluate_reference``, timed on a subset of queries and extrapolated: labelled so),
-and times k-reciprocal re-ranking with its peak memory (tracemalloc for Python/NumPy allocations,
-ru_maxrss for the process).  ``--quick`` shrinks the problem to run in seconds.  On a machine with
-CUDA the vectorised metrics are also timed on the GPU.
+Evaluation (quiet, then under ``--load`` busy processes the benchmark starts itself): the vectorised
+CMC/mAP/mINP (``evaluate_distances``) against the classic per-query loop (``evaluate_reference``, timed on
+``--ref-queries`` queries and extrapolated: labelled so), at the default thread policy
+(``data.runtime``: ``OMP_WAIT_POLICY=PASSIVE`` set before torch starts, threads = available cores).
+torchreid's Cython evaluator is not measured: no registry package ships it compiled (torchreid 0.2.5's
+sdist has no ``rank_cylib/*.pyx``), so its ratio is a note in the README, not a figure of this run.
 
-    python bench/bench_metrics.py [--quick] [--no-rerank]
+Re-ranking (``--rerank``): k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3, euclidean) at N = 10,000
+(Market's query/gallery proportion) with 512/2048/4096-d features and at Market size (3368 + 19732) with
+4096-d, each implementation in its own subprocess so that its peak RSS (``ru_maxrss``, including the
+Python/torch baseline and the features) is its own:
+
+* ``ours``: ``evaluate.rerank.k_reciprocal_rerank``;
+* ``previous``: the same with the previous ``_encode`` (full feature vectors of every pair gathered at
+  once), the reference the values are compared with (max abs diff); run where its projected memory
+  fits (``--previous-max-gib``);
+* ``torchreid``: torchreid's ``re_ranking`` on the three distance matrices, when ``--torchreid`` names its
+  ``rerank.py`` (e.g. from ``pip download --no-deps torchreid==0.2.5``; bench-only, never installed
+  here); at N = 10,000 only (its dense N x N arrays need > 8 GiB at Market size).
+
+    python bench/bench_metrics.py [--quick] [--rerank] [--torchreid PATH/rerank.py] [--out FILE]
 """
-
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
-import numpy as np
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance
-from evaluate.rerank import k_reciprocal_rerank
+from data.runtime import quiet_openmp  # noqa: E402
+
+quiet_openmp()  # before torch starts (the entry-point rule)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from data.io import atomic_write_json  # noqa: E402
+from data.runtime import apply_threads  # noqa: E402
+from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance  # noqa: E402
+
+MARKET = (3368, 19732)
 
 
 def problem(q: int, g: int, dim: int, ids: int, cams: int, seed: int = 0):
+    """Clustered float32 features (generated as float32: no float64 transient) and labels."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(ids, dim)).astype(np.float32)
+    centres = rng.standard_normal((ids, dim), dtype=np.float32)
     qp, gp = rng.integers(0, ids, q), rng.integers(0, ids, g)
-    qf = centres[qp] + 6.0 * rng.normal(size=(q, dim)).astype(np.float32)
-    gf = centres[gp] + 6.0 * rng.normal(size=(g, dim)).astype(np.float32)
+    qf = rng.standard_normal((q, dim), dtype=np.float32)
+    qf *= 6.0
+    qf += centres[qp]
+    gf = rng.standard_normal((g, dim), dtype=np.float32)
+    gf *= 6.0
+    gf += centres[gp]
     return qf, gf, qp, gp, rng.integers(0, cams, q), rng.integers(0, cams, g)
 
 
@@ -43,71 +74,178 @@ def timed(fn, repeat: int = 1):
     return best, out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small problem (seconds)")
-    ap.add_argument("--no-rerank", action="store_true")
-    ap.add_argument("--dim", type=int, default=None,
-                    help="feature size (default 4096, 256 with --quick); re-ranking memory does not depend "
-                         "on it, its distance matrices' compute time does")
-    ap.add_argument("--out", default=None, help="results file name (default metrics[-quick].json)")
-    ap.add_argument("--ref-queries", type=int, default=300, help="queries timed for the reference loop")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads (0: torch's default); 1 gives steadier figures on a shared machine")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    q, g, dim, ids = (337, 1973, 256, 75) if args.quick else (3368, 19732, 4096, 751)
-    dim = args.dim or dim
-    qf, gf, qp, gp, qc, gc = problem(q, g, dim, ids, 6)
-    t_dist, dist = timed(lambda: pairwise_distance(qf, gf, "cosine"))
-    t_vec, m = timed(lambda: evaluate_distances(dist, qp, gp, qc, gc), repeat=3)
+def load_processes(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=10)
+
+
+def bench_evaluation(args) -> dict:
+    q, g, ids = (337, 1973, 75) if args.quick else (*MARKET, 751)
+    qf, gf, qp, gp, qc, gc = problem(q, g, 128, ids, 6)
+    dist = pairwise_distance(qf, gf, "cosine")
     n_ref = min(args.ref_queries, q)
-    t_ref_sub, _ = timed(lambda: evaluate_reference(dist, qp, gp, qc, gc, queries=range(n_ref)))
-    t_ref = t_ref_sub * q / n_ref
-    # exactness on the same subset
     sub = evaluate_distances(dist[:n_ref], qp[:n_ref], gp, qc[:n_ref], gc)
     ref = evaluate_reference(dist, qp, gp, qc, gc, queries=range(n_ref))
     assert abs(sub.mAP - ref.mAP) < 1e-12 and sub.cmc_curve == ref.cmc_curve
-    res = {"problem": {"queries": q, "gallery": g, "dim": dim, "ids": ids, "cameras": 6},
-           "threads": torch.get_num_threads(), "distance_matrix_s": t_dist,
-           "metrics_vectorised_s": t_vec, "metrics_reference_s_extrapolated": t_ref,
-           "reference_measured_queries": n_ref, "speedup": t_ref / t_vec, "mAP": m.mAP, "rank1": m.cmc[1]}
-    rows = [("distance matrix (cosine, torch matmul)", t_dist, ""),
-            ("metrics, vectorised (CMC+mAP+mINP)", t_vec, "best of 3"),
-            ("metrics, per-query reference", t_ref, f"extrapolated from {n_ref} queries")]
+    rows = []
+    for load in (0, args.load):
+        procs = load_processes(load)
+        try:
+            time.sleep(1.0 if load else 0.0)
+            t_vec, m = timed(lambda: evaluate_distances(dist, qp, gp, qc, gc), repeat=3)
+            t_sub, _ = timed(lambda: evaluate_reference(dist, qp, gp, qc, gc, queries=range(n_ref)))
+            la = os.getloadavg()[0]
+        finally:
+            stop(procs)
+        t_ref = t_sub * q / n_ref
+        rows.append({"load": f"{load} busy" if load else "quiet", "loadavg_1min": la,
+                     "metrics_vectorised_s": t_vec, "metrics_reference_s_extrapolated": t_ref,
+                     "reference_measured_queries": n_ref, "speedup_vs_reference": t_ref / t_vec,
+                     "mAP": m.mAP})
+    res = {"problem": {"queries": q, "gallery": g, "ids": ids, "cameras": 6},
+           "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "rows": rows}
     if torch.cuda.is_available():
         dcu = dist.cuda()
         evaluate_distances(dcu, qp, gp, qc, gc)
         torch.cuda.synchronize()
         t_gpu, _ = timed(lambda: (evaluate_distances(dcu, qp, gp, qc, gc), torch.cuda.synchronize()), repeat=3)
         res["metrics_vectorised_gpu_s"] = t_gpu
-        rows.append(("metrics, vectorised on GPU", t_gpu, torch.cuda.get_device_name()))
-    if not args.no_rerank:
-        tracemalloc.start()
-        t_rr, rr = timed(lambda: k_reciprocal_rerank(qf, gf, metric="euclidean", progress=False))
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-        m_rr = evaluate_distances(rr, qp, gp, qc, gc)
-        m_eu = evaluate_distances(pairwise_distance(qf, gf, "euclidean"), qp, gp, qc, gc)
-        res.update(rerank_s=t_rr, rerank_tracemalloc_peak_mib=peak / 2**20, process_maxrss_mib=maxrss,
-                   rerank_dense_matrix_mib=(q + g) ** 2 * 4 / 2**20, mAP_euclidean=m_eu.mAP,
-                   mAP_reranked=m_rr.mAP)
-        rows.append(("k-reciprocal re-ranking (k1=20,k2=6,l=0.3)", t_rr,
-                     f"tracemalloc peak {peak / 2**20:.0f} MiB, maxrss {maxrss:.0f} MiB "
-                     f"(one dense N x N float32: {(q + g) ** 2 * 4 / 2**20:.0f} MiB)"))
-    print(f"Market-size metrics ({q} x {g}, {dim}-d, {ids} ids, 6 cams, {torch.get_num_threads()} threads)")
-    for name, t, note in rows:
-        print(f"  {name:44s} {t:9.3f} s  {note}")
-    print(f"  speed-up vectorised vs reference: {t_ref / t_vec:.1f}x  (mAP {100 * m.mAP:.2f}%)")
-    if "mAP_reranked" in res:
-        print(f"  mAP euclidean {100 * res['mAP_euclidean']:.2f}% -> re-ranked {100 * res['mAP_reranked']:.2f}%")
-    out = Path(__file__).resolve().parent / "results" / (args.out or ("metrics-quick.json" if args.quick else "metrics.json"))
-    out.parent.mkdir(exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    tmp.replace(out)
+    print(f"evaluation, {q} x {g}, {ids} ids, 6 cameras, {torch.get_num_threads()} threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(f"  {'load':8} {'loadavg':>7} {'vectorised s':>12} {'per-query s':>12} {'ratio':>6}")
+    for r in rows:
+        print(f"  {r['load']:8} {r['loadavg_1min']:7.2f} {r['metrics_vectorised_s']:12.3f} "
+              f"{r['metrics_reference_s_extrapolated']:12.3f} {r['speedup_vs_reference']:6.1f}x"
+              f"   (per-query extrapolated from {n_ref} queries)")
+    return res
+
+
+# ------------------------------------------------------------------------------- re-ranking
+
+
+def rerank_one(spec: dict) -> dict:
+    """One re-ranking (inside its own subprocess): time, peak RSS, output saved for the comparison."""
+    q, g, dim, impl = spec["q"], spec["g"], spec["dim"], spec["impl"]
+    qf, gf, *_ = problem(q, g, dim, max(10, (q + g) // 30), 6)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    if impl == "torchreid":
+        import importlib.util
+
+        s = importlib.util.spec_from_file_location("torchreid_rerank", spec["torchreid"])
+        mod = importlib.util.module_from_spec(s)
+        s.loader.exec_module(mod)
+        q_g = pairwise_distance(qf, gf, "euclidean").numpy()
+        q_q = pairwise_distance(qf, qf, "euclidean").numpy()
+        g_g = pairwise_distance(gf, gf, "euclidean").numpy()
+        out = mod.re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3)
+    else:
+        import evaluate.rerank as rr
+
+        if impl == "previous":
+            rr._encode = rr._encode_gather_all
+        out = rr.k_reciprocal_rerank(qf, gf, metric="euclidean", progress=False)
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    np.save(spec["save"], np.asarray(out, dtype=np.float32))
+    return {"impl": impl, "n": q + g, "queries": q, "gallery": g, "dim": dim, "seconds": seconds,
+            "peak_rss_mib": peak, "rss_before_mib": base, "threads": torch.get_num_threads()}
+
+
+def previous_projected_gib(n: int, dim: int) -> float:
+    """The previous ``_encode``'s two gathered blocks (about 16 expansion pairs per row on these
+    problems, at most 2^20 pairs at once)."""
+    return 2 * min(16 * n, 1 << 20) * dim * 4 / 2**30
+
+
+def bench_rerank(args) -> dict:
+    cases = [(337, 1973, 256)] if args.quick else []
+    if not args.quick:
+        q10 = round(10000 * MARKET[0] / sum(MARKET))
+        cases = [(q10, 10000 - q10, d) for d in (512, 2048, 4096)] + [(*MARKET, 4096)]
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for q, g, dim in cases:
+            impls = ["ours"]
+            if previous_projected_gib(q + g, dim) <= args.previous_max_gib:
+                impls.append("previous")
+            else:
+                notes.append(f"previous not run at N={q + g}, {dim}-d: its gathered blocks alone are "
+                             f"~{previous_projected_gib(q + g, dim):.1f} GiB (> --previous-max-gib)")
+            if args.torchreid and q + g <= 10000:
+                impls.append("torchreid")
+            elif args.torchreid:
+                notes.append(f"torchreid not run at N={q + g}: its dense original_dist, V and initial_rank "
+                             f"alone are {(q + g) ** 2 * 12 / 2**30:.1f} GiB")
+            outs = {}
+            for impl in impls:
+                spec = {"q": q, "g": g, "dim": dim, "impl": impl, "torchreid": args.torchreid,
+                        "save": str(Path(tmp) / f"{impl}.npy")}
+                cmd = [sys.executable, __file__, "--rerank-one", json.dumps(spec)]
+                p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if p.returncode != 0:
+                    raise SystemExit(f"re-ranking {spec} failed:\n{p.stderr[-3000:]}")
+                r = json.loads(p.stdout.strip().splitlines()[-1])
+                r["loadavg_1min"] = os.getloadavg()[0]
+                outs[impl] = np.load(spec["save"])
+                os.unlink(spec["save"])
+                rows.append(r)
+                print(f"  re-rank N={r['n']:5d} {dim:4d}-d {impl:9} {r['seconds']:8.1f} s "
+                      f"{r['peak_rss_mib']:8.0f} MiB peak RSS", flush=True)
+            for impl in impls[1:]:
+                diff = float(np.abs(outs["ours"] - outs[impl]).max())
+                for r in rows:
+                    if r["n"] == q + g and r["dim"] == dim and r["impl"] == impl:
+                        r["max_abs_diff_vs_ours"] = diff
+            del outs
+    print(f"\nk-reciprocal re-ranking (k1=20, k2=6, lambda=0.3, euclidean), {torch.get_num_threads()} threads")
+    print(f"  {'N':>6} {'Q':>5} {'dim':>5} {'impl':10} {'time s':>8} {'peak RSS MiB':>12} {'max|diff| vs ours':>18}")
+    for r in rows:
+        d = r.get("max_abs_diff_vs_ours")
+        print(f"  {r['n']:6d} {r['queries']:5d} {r['dim']:5d} {r['impl']:10} {r['seconds']:8.1f} "
+              f"{r['peak_rss_mib']:12.0f} {'' if d is None else f'{d:.2e}':>18}")
+    for n in notes:
+        print("  note:", n)
+    return {"rows": rows, "notes": notes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small problems (seconds)")
+    ap.add_argument("--rerank", action="store_true", help="also the re-ranking table (minutes)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
+    ap.add_argument("--torchreid", default=None, help="torchreid's utils/rerank.py for the re-ranking reference")
+    ap.add_argument("--previous-max-gib", type=float, default=5.0,
+                    help="run the previous re-ranking only where its gathered blocks fit in this")
+    ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded evaluation row")
+    ap.add_argument("--ref-queries", type=int, default=300, help="queries timed for the per-query loop")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the thread policy)")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/metrics[-quick].json)")
+    ap.add_argument("--rerank-one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    apply_threads(args.threads)
+    if args.rerank_one:
+        print(json.dumps(rerank_one(json.loads(args.rerank_one))))
+        return
+    res: dict = {"benchmark": "metrics", "quick": args.quick, "torch": torch.__version__,
+                 "loadavg_before": os.getloadavg()}
+    if not args.no_eval:
+        res["evaluation"] = bench_evaluation(args)
+    if args.rerank:
+        res["rerank"] = bench_rerank(args)
+    res["loadavg_after"] = os.getloadavg()
+    res["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("metrics-quick.json" if args.quick else "metrics.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, res)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

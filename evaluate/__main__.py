@@ -11,8 +11,12 @@ import logging
 import click
 
 from data.console import CONTEXT, Group, root_option
-from evaluate.features import FEATURE_SETS
-from evaluate.metrics import AP_DEFINITIONS, DISTANCES
+from data.runtime import apply_threads, quiet_openmp
+
+quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
+
+from evaluate.features import FEATURE_SETS  # noqa: E402
+from evaluate.metrics import AP_DEFINITIONS, DISTANCES  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -33,6 +37,8 @@ _json = click.option("--json", "as_json", is_flag=True, help="print the metrics 
 _device = click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N")
 _workers = click.option("--workers", default=None, type=click.IntRange(min=0),
                         help="DataLoader worker processes [default: up to 8 on a GPU, 0 on a CPU]")
+_threads = click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
+                        help="intra-op CPU threads (0: the available cores minus --workers, at least 1)")
 
 
 def _print(metrics: dict, name: str, as_json: bool) -> None:
@@ -61,12 +67,14 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @_device
 @_workers
+@_threads
 @_json
 def run(run, dataset, root, runs_dir, feature_set, old_feature_set, distance, rerank, flip, ap, queries, query_keys,
-        batch_size, device, workers, as_json) -> None:
+        batch_size, device, workers, threads, as_json) -> None:
     """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/."""
     from evaluate.report import evaluate_run
 
+    apply_threads(threads, workers or 0)
     feature_set = old_feature_set or feature_set  # --features: the earlier name of --feature-set
 
     m = evaluate_run(run, dataset, root, runs_dir=runs_dir, feature_set=feature_set, distance=distance,
@@ -80,11 +88,13 @@ def run(run, dataset, root, runs_dir, feature_set, old_feature_set, distance, re
 @_distance
 @_rerank
 @_ap
+@_threads
 @_json
-def features(path, distance, rerank, ap, as_json) -> None:
+def features(path, distance, rerank, ap, threads, as_json) -> None:
     """Evaluate a features file (HDF5 written by `run`) without the model."""
     from evaluate.report import evaluate_file
 
+    apply_threads(threads)
     m = evaluate_file(path, distance=distance, rerank=rerank, ap=ap)
     _print(m, path, as_json)
 
@@ -150,10 +160,12 @@ def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip,
 @click.option("--input", "input_kind", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
               help="float: normalised float RGB [B,3,H,W]; uint8: raw RGB bytes [B,H,W,3], normalised inside the graph")
 @click.option("--no-check", is_flag=True, help="skip the onnxruntime equality check")
-def export(run, runs_dir, feature_set, out, opset, input_kind, no_check) -> None:
+@_threads
+def export(run, runs_dir, feature_set, out, opset, input_kind, no_check, threads) -> None:
     """Export RUN's inference model (MF-Stream) to ONNX with a dynamic batch axis, and its input spec as JSON beside it."""
     from evaluate.export import export_onnx
 
+    apply_threads(threads)
     info = export_onnx(run, runs_dir=runs_dir, feature_set=feature_set, out=out, opset=opset,
                        check=not no_check, input_kind=input_kind)
     click.echo(json.dumps(info, indent=2))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from data.runs import open_checkpoint
-from data.runtime import resolve_device
+from data.runtime import apply_threads, resolve_device
 from evaluate.features import ImageList, build_model, extract
 from evaluate.metrics import pairwise_distance
 
@@ -29,21 +29,22 @@ class ReidModel:
     """The MF-Stream of a trained run as a feature extractor (normalisation included)."""
 
     def __init__(self, model: torch.nn.Module, size: tuple[int, int], device: str = "auto",
-                 feature_set: str = "mf", checkpoint: str | None = None):
+                 feature_set: str = "mf", checkpoint: str | None = None, threads: int | None = None):
+        apply_threads(threads)  # the thread policy (data.runtime): available cores unless ``threads``
         self.device = resolve_device(device)
         self.model, self.size = model.to(self.device).eval(), size
         self.feature_set, self.checkpoint = feature_set, checkpoint
 
     @classmethod
     def from_run(cls, run_or_checkpoint: str | os.PathLike, device: str = "auto", feature_set: str = "mf",
-                 runs_dir: str | os.PathLike = "runs") -> "ReidModel":
+                 runs_dir: str | os.PathLike = "runs", threads: int | None = None) -> "ReidModel":
         """From a run folder, a run name under ``runs_dir`` or a checkpoint.pt path; ``device`` ``auto`` is
         CUDA when PyTorch sees one, else the CPU."""
         if feature_set == "fused":
             raise ValueError("ReidModel extracts MF-Stream features; 'fused' needs DSAP images (use `evaluate run`).")
         ckpt = open_checkpoint(run_or_checkpoint, runs_dir)
         model, size = build_model(ckpt, feature_set)
-        return cls(model, size, device, feature_set, str(ckpt.path))
+        return cls(model, size, device, feature_set, str(ckpt.path), threads)
 
     @property
     def dim(self) -> int:

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from data.io import atomic_write_bytes, image_error_text, read_image
 from data.runs import Checkpoint
-from data.runtime import resolve_device
+from data.runtime import resolve_device, worker_threads
 from data.transforms import build_test_transform
 from dsa.dsap import normalise_dsap
 from dsa.errors import UserError
@@ -132,7 +132,8 @@ def extract(
     device = resolve_device(device)
     model = model.to(device).eval()
     fused = isinstance(model, FusedFeatures)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        worker_init_fn=worker_threads)
     out: list[np.ndarray] = []
     try:
         for images, dsap in tqdm(loader, desc=desc, disable=not progress, leave=False):

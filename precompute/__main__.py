@@ -10,6 +10,9 @@ from typing import Any
 import click
 
 from data.console import CONTEXT, ROOT_ENV, Group
+from data.runtime import apply_threads, quiet_openmp
+
+quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
 
 log = logging.getLogger("precompute")
 
@@ -31,6 +34,7 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
     """Precompute DSAP images for a dataset, and inspect the store."""
+    apply_threads()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -49,10 +53,16 @@ def cli(verbose: bool) -> None:
 @click.option("--force", is_flag=True, help="Replace an existing store computed with other settings.")
 @click.option("--compression", default="lzf", show_default=True, type=click.Choice(["none", "lzf", "gzip"]),
               help="HDF5 compression of the DSAP arrays.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="Intra-op CPU threads of this process (0: the available cores; --workers N > 1 "
+                   "processes use 1 each).")
 def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, size: int, shard_size: int,
-            batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, compression: str) -> None:
+            batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, compression: str,
+            threads: int) -> None:
     """Compute the DSAP store of DATASET with ESTIMATOR (resumable; parallel with --workers or torchrun)."""
     from precompute.runner import PrecomputeConfig, run_precompute
+
+    apply_threads(threads)
 
     cfg = PrecomputeConfig(
         dataset=dataset, root=root, estimator=estimator, options=parse_options(options), workers=workers,

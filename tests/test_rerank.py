@@ -49,3 +49,21 @@ def test_bad_parameters():
         k_reciprocal_rerank(qf, gf, k1=0, progress=False)
     with pytest.raises(MetricsError, match="dimensions"):
         k_reciprocal_rerank(qf, gf[:, :4], progress=False)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_blocked_encoding_equals_the_previous_one(metric):
+    """_encode in small blocks (forced here) gives the weights of the previous all-at-once gather."""
+    import torch
+
+    from evaluate import rerank as rr
+    from evaluate.metrics import prepare_features
+
+    qf, gf, _, _ = _features(3, q=20, g=60, dim=40)
+    feats = torch.cat([prepare_features(qf, metric), prepare_features(gf, metric)])
+    rank, rowmax, _ = rr._neighbours(feats, metric, 20, 21, 16, False)
+    rows, cols = rr._expansion_sets(rank, 20)
+    new = rr._encode(feats, metric, rows, cols, rowmax, 80, block_bytes=40 * 4 * 7)  # 7 pairs per block
+    old = rr._encode_gather_all(feats, metric, rows, cols, rowmax, 80)
+    assert new.nnz == old.nnz > 0
+    np.testing.assert_allclose(new.toarray(), old.toarray(), atol=1e-6)

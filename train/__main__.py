@@ -15,8 +15,11 @@ from typing import Any
 import click
 
 from data.console import CONTEXT, Command, root_option
+from data.runtime import quiet_openmp
 
-from .run import RunOptions, train_run
+quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
+
+from .run import RunOptions, train_run  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -50,6 +53,8 @@ log = logging.getLogger("train")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes [default: up to 8 on a GPU, up to 2 on a CPU].")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+@click.option("--threads", default=0, type=click.IntRange(min=0),
+              help="Intra-op CPU threads (0: the available cores minus --workers, at least 1).")
 @click.option("--amp/--no-amp", default=True, help="Mixed precision (CUDA only).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bitwise-reproducible, slower).")
 @click.option("--runs-dir", default="runs", type=click.Path(file_okay=False))

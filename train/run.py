@@ -17,7 +17,7 @@ from data.datasets import build_dataset
 from data.joint import JointDataset
 from data.io import release_lock
 from data.runs import LOCK_NAME, RunFolder, check_name
-from data.runtime import default_workers
+from data.runtime import apply_threads, default_workers
 from data.sampler import PKSampler
 from data.store import open_store
 from data.transforms import build_train_transform
@@ -55,6 +55,7 @@ class RunOptions:
     batch_p: int | None = None
     batch_k: int | None = None
     workers: int | None = None
+    threads: int = 0                # intra-op CPU threads (0: data.runtime's thread policy)
     device: str = "auto"
     amp: bool = True
     deterministic: bool = False
@@ -135,6 +136,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
 
     info = init_distributed(opts.device)
     workers = default_workers(info.device) if opts.workers is None else opts.workers
+    apply_threads(opts.threads, workers)
     try:
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from data.io import image_error_text
 from data.runs import Checkpoint, RunFolder
+from data.runtime import worker_threads
 from data.sampler import PKSampler, SeededBatches
 from dsa.errors import UserError
 
@@ -74,6 +75,7 @@ def worker_init(worker_id: int) -> None:
     import random
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_threads(worker_id)  # one thread per worker (torch's and OpenCV's): the thread policy
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)

@@ -1,0 +1,158 @@
+"""Benchmark: DataLoader feeding rate, images only vs. images + DSAP (lzf and uncompressed stores), in one run.
+
+A synthetic Market-like dataset is written to a scratch folder: ``--images`` JPEGs at Market's 128x64,
+and their DSAP store (24 x 3 x 32 x 32 uint8 per image: resized crops of the image with about 40% of
+the cells left empty, as an estimator leaves them) twice, lzf-compressed and uncompressed.  The loader
+is the training one: ``data.joint.JointDataset`` with the ``paper`` preset's augmentation at 256x128
+(resize, pad + random crop, flip, random erasing), ``data.runtime.worker_threads`` in each worker,
+batches of 64.  Each setting is timed with ``--workers`` workers (default 1: samples/s *per worker*),
+in ``--rounds`` interleaved rounds (the best kept: the machine is shared).
+
+Targets (issue 12): DSAP adds <= 10% to the time of a sample, and >= 300 samples/s per worker.
+
+    python bench/bench_loader.py [--quick] [--workers 1] [--out bench/results/loader.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.runtime import quiet_openmp  # noqa: E402
+
+quiet_openmp()
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SETTINGS = ("images", "images+dsap lzf", "images+dsap none")
+
+
+def make_dataset(folder: Path, n: int, ids: int = 751, compressions=("lzf", None), seed: int = 0,
+                 shard_size: int = 500):
+    """Write ``n`` JPEG images (128x64) and their DSAP stores; returns (items, {compression: store folder})."""
+    from data.datasets.base import Item
+    from data.store import StoreSettings, StoreWriter
+    from dsa.parts import NUM_PARTS
+
+    rng = np.random.default_rng(seed)
+    items, dsaps, written = [], np.zeros((n, NUM_PARTS, 3, 32, 32), np.uint8), np.zeros((n, NUM_PARTS, 32, 32), bool)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pid = int(rng.integers(0, ids))
+        small = rng.integers(0, 256, (16, 8, 3), dtype=np.uint8)
+        img = cv2.GaussianBlur(cv2.resize(small, (64, 128), interpolation=cv2.INTER_LINEAR), (5, 5), 0)
+        img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+        key = f"images/{pid:04d}_c{i % 6 + 1}s1_{i:06d}_00.jpg"
+        cv2.imwrite(str(folder / key), img)
+        items.append(Item(key, pid, i % 6))
+        crops = cv2.resize(img, (32 * 4, 32 * 6), interpolation=cv2.INTER_AREA).reshape(6, 32, 4, 32, 3)
+        parts = crops.transpose(0, 2, 4, 1, 3).reshape(NUM_PARTS, 3, 32, 32)
+        mask = rng.random((NUM_PARTS, 32, 32)) < 0.6
+        dsaps[i] = parts * mask[:, None]
+        written[i] = mask
+    keys = [it.key for it in items]
+    stores = {}
+    for comp in compressions:
+        sf = folder / f"dsap-{comp or 'none'}"
+        w = StoreWriter(sf, StoreSettings("bench", {}, 32, "dsap"), compression=comp)
+        shards = 0
+        for s in range(0, n, shard_size):
+            w.write_shard(shards, keys[s : s + shard_size], dsaps[s : s + shard_size], written[s : s + shard_size],
+                          np.ones(min(shard_size, n - s), bool))
+            shards += 1
+        w.write_manifest("bench", keys, shards)
+        stores[comp or "none"] = sf
+    return items, stores
+
+
+def loader_rate(items, folder: Path, store_folder: Path | None, workers: int, samples: int,
+                batch: int = 64, height: int = 256, width: int = 128) -> float:
+    """Samples/s of the training DataLoader over ``samples`` items (the first batch, worker start-up
+    included, is not timed)."""
+    from torch.utils.data import DataLoader
+
+    from data.joint import JointDataset
+    from data.runtime import worker_threads
+    from data.store import DSAPStore
+    from data.transforms import build_train_transform
+
+    store = DSAPStore(store_folder) if store_folder is not None else None
+    ds = JointDataset(items, folder, store, build_train_transform(height, width), use_dsap=store is not None)
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
+    order = (order * (samples // len(order) + 2))[: samples + batch]
+    loader = DataLoader(ds, batch_size=batch, sampler=order, num_workers=workers, worker_init_fn=worker_threads,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    next(it)
+    start, count = time.perf_counter(), 0
+    for images, *_ in it:
+        count += images.shape[0]
+    rate = count / (time.perf_counter() - start)
+    del it, loader
+    if store is not None:
+        store.close()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a few hundred samples (seconds)")
+    ap.add_argument("--images", type=int, default=None, help="images in the synthetic dataset (default 2000; quick 256)")
+    ap.add_argument("--samples", type=int, default=None, help="samples timed per setting (default 1536; quick 256)")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (1: the per-worker rate)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds, best kept (default 3; quick 1)")
+    ap.add_argument("--threads", type=int, default=0, help="main-process threads (0: the thread policy)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loader.json"))
+    args = ap.parse_args()
+    from data.io import atomic_write_json
+    from data.runtime import apply_threads, available_cores
+
+    apply_threads(args.threads, args.workers)
+    n = args.images or (256 if args.quick else 2000)
+    samples = args.samples or (256 if args.quick else 1536)
+    rounds = args.rounds or (1 if args.quick else 3)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        items, stores = make_dataset(Path(tmp), n)
+        setup_s = time.perf_counter() - t
+        sizes = {c: sum(p.stat().st_size for p in f.glob("*.h5")) / 2**20 for c, f in stores.items()}
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for name in SETTINGS:
+                sf = None if name == "images" else stores[name.rsplit(" ", 1)[1]]
+                r = loader_rate(items, Path(tmp), sf, args.workers, samples)
+                best[name] = max(best.get(name, 0.0), r)
+                print(f"  {name:18} {r:8.1f} samples/s", flush=True)
+    per_worker = {k: v / max(1, args.workers) for k, v in best.items()}
+    rows = [{"setting": k, "samples_per_s": best[k], "samples_per_s_per_worker": per_worker[k],
+             "time_over_images_only": best["images"] / best[k]} for k in SETTINGS]
+    print(f"\nloader, paper preset 256x128 + augmentation, batch 64, {args.workers} worker(s), {samples} samples, "
+          f"best of {rounds}; {available_cores()} cores, load average {load_before[0]:.2f} at start")
+    print(f"  {'setting':18} {'samples/s':>10} {'per worker':>10} {'time vs images':>15}")
+    for r in rows:
+        print(f"  {r['setting']:18} {r['samples_per_s']:10.1f} {r['samples_per_s_per_worker']:10.1f} "
+              f"{r['time_over_images_only']:14.2f}x")
+    print(f"  store sizes: lzf {sizes['lzf']:.1f} MiB, none {sizes['none']:.1f} MiB for {n} images "
+          f"(dataset written in {setup_s:.1f} s); targets: DSAP <= 1.10x, >= 300 samples/s per worker")
+    result = {"benchmark": "loader", "quick": args.quick, "images": n, "samples": samples, "workers": args.workers,
+              "rounds": rounds, "batch": 64, "size": [256, 128], "cores": available_cores(),
+              "store_mib": sizes, "rows": rows, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
