@@ -167,6 +167,8 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
         ds = build_dataset(dataset, root)
         keys = [it.path for it in ds.all_items()]
         summary = insp.summarise(store, keys)
+        for warning in summary["warnings"]:
+            log.warning("%s", warning)
         code = 0
         if do_verify:
             problems = insp.verify(store, keys)
