@@ -290,14 +290,29 @@ class DensePoseEstimator(Estimator):
         if not Path(local).is_file():
             raise EstimatorError(f"estimator 'densepose': fetching {self.weights} gave no file ({local})")
         self.weights_sha256 = file_sha256(local)
+        # DetectionCheckpointer.load logs what did not fit and returns only the checkpoint's other entries:
+        # keep the incompatible keys its _load_model step computes, to refuse weights that do not fit
+        found: list[Any] = []
+        load_model = checkpointer._load_model
+
+        def checked_load_model(checkpoint: Any) -> Any:
+            found.append(load_model(checkpoint))
+            return found[-1]
+
+        checkpointer._load_model = checked_load_model
+        checkpointer._log_incompatible_keys = lambda incompatible: None  # said below, in one sentence
         # model-zoo .pkl weights are pickles from Facebook's download server; a local file is the user's own
         try:
-            checkpoint = checkpointer._load_file(local)
-            incompatible = checkpointer._load_model(checkpoint)
+            checkpointer.load(local)
         except Exception as e:  # noqa: BLE001 - truncated, not a pickle/torch file, wrong format
             raise EstimatorError(
                 f"estimator 'densepose': cannot read the weights {local} ({_one_line(e)}): pass a detectron2 "
                 "DensePose checkpoint (.pkl or .pth)") from None
+        if not found or found[-1] is None:
+            log.warning("densepose: this detectron2 does not report which tensors of %s fit the model; not checked",
+                        self.weights)
+            return
+        incompatible = found[-1]
         state = model.state_dict()
         missing = list(getattr(incompatible, "missing_keys", []) or [])
         wrong = [k for k, *_ in (getattr(incompatible, "incorrect_shapes", []) or [])]

@@ -32,8 +32,10 @@ class DetectionCheckpointer:
     def __init__(self, model: torch.nn.Module, save_dir: str = "", **checkpointables: Any) -> None:
         self.model = model
         self.path_manager = _PathManager()
+        self._loading = False
 
     def _load_file(self, filename: str) -> dict:
+        assert self._loading, "`_load_file` must be called inside `load`"  # as in detectron2
         loaded = torch.load(Path(filename), map_location="cpu", weights_only=True)
         return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
 
@@ -48,6 +50,12 @@ class DetectionCheckpointer:
         return _IncompatibleKeys(list(result.missing_keys), list(result.unexpected_keys), wrong)
 
     def load(self, path: str) -> dict:
-        checkpoint = self._load_file(self.path_manager.get_local_path(path))
+        """Like fvcore's: the incompatible keys are only logged; the checkpoint's other entries are returned."""
+        self._loading = True
+        try:
+            checkpoint = self._load_file(self.path_manager.get_local_path(path))
+        finally:
+            self._loading = False
         self._load_model(checkpoint)
+        checkpoint.pop("model")
         return checkpoint
