@@ -57,7 +57,7 @@ RANDOM_WEIGHTS = "random"
 RANDOM_SEED = 0
 RANDOM_WARNING = ("computed with random DensePose weights (weights=random): its part labels are meaningless; "
                   "use it for smoke tests only")
-#: ``batching=`` values → how the store's settings describe them
+#: ``batching=`` values and what they mean
 BATCHING = {
     "shape": "aspect kept; crops of one resized shape batched together (identical to one crop alone)",
     "fixed": "every crop stretched to max_size x min_size (rows x columns); no padding in a batch",
@@ -333,7 +333,7 @@ class DensePoseEstimator(Estimator):
             "weights": f"{RANDOM_WEIGHTS} (seed {RANDOM_SEED})" if self.random else self.weights,
             "weights_sha256": self.weights_sha256, "min_size": self.min_size, "max_size": self.max_size,
             "min_body_fraction": self.min_body_fraction, "box": "whole crop (no detection)",
-            "batching": self.batching, "batching_means": BATCHING[self.batching],
+            "batching": self.batching,
         }
         if self.zoo_name:
             out["model_zoo"] = self.zoo_name
