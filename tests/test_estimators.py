@@ -508,10 +508,26 @@ def test_densepose_cse_config_is_refused_before_any_image(tmp_path, fake_d2):
     assert fake_d2.modeling.CALLS == []
 
 
+class CseOutput:
+    """Like DensePose's DensePoseEmbeddingPredictorOutput, which apply_net stores as a CSE entry's
+    ``pred_densepose`` (one object for all boxes, sliced by index)."""
+
+    def __init__(self, coarse_segm, embedding):
+        self.coarse_segm, self.embedding = coarse_segm, embedding
+
+    def __len__(self):
+        return self.coarse_segm.size(0)
+
+    def __getitem__(self, i):
+        if i >= len(self):
+            raise IndexError(i)
+        return CseOutput(self.coarse_segm[i : i + 1], self.embedding[i : i + 1])
+
+
 def test_cse_apply_net_dump_is_one_sentence(tmp_path):
     dump = tmp_path / "cse.pkl"
     entry = {"file_name": "x.jpg", "scores": torch.tensor([0.9]), "pred_boxes_XYXY": torch.zeros(1, 4),
-             "pred_densepose": [SimpleNamespace(coarse_segm=torch.zeros(1, 2, 4, 4), embedding=torch.zeros(1, 16, 4, 4))]}
+             "pred_densepose": CseOutput(torch.zeros(1, 2, 4, 4), torch.zeros(1, 16, 4, 4))}
     torch.save([entry], dump)
     with pytest.raises(EstimatorError, match="holds CSE \\(continuous surface embedding\\) results, not chart-based"):
         build_estimator("iuv", tmp_path, dump=str(dump))
