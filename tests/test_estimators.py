@@ -400,8 +400,8 @@ def test_inspect_warns_about_random_weight_stores(tmp_path, fake_d2):
         path = data / f"query/{i:04d}_c1s1_000001_00.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), crop)
-    dataset = SimpleNamespace(root=data, all_items=lambda: [SimpleNamespace(path=p.relative_to(data).as_posix())
-                                                            for p in sorted(data.rglob("*.jpg"))])
+    keys = [p.relative_to(data).as_posix() for p in sorted(data.rglob("*.jpg"))]
+    dataset = SimpleNamespace(root=data, all_items=lambda: [SimpleNamespace(path=k, key=k) for k in keys])
     cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose",
                            options={"config": str(iuv_cfg), "weights": "random"}, size=16)
     assert run_precompute(cfg, dataset=dataset)["complete"]
