@@ -4,8 +4,8 @@ Needs detectron2 and its DensePose project (``make install-densepose``) and a De
 ``--weights random`` (the default) it runs without downloading anything, which measures speed and
 batch invariance but says nothing about accuracy (random weights label noise).
 
-For ``--crops`` crops of a Market-layout folder (default: ``../shared/data/cuhk03-p1``, every k-th
-image, so that crop sizes vary), in one run:
+For ``--crops`` crops of a Market-layout folder (``--data``; every k-th image, so that crop sizes
+vary), in one run:
 
 - the reference: each crop **alone** (batch of one) at the default test size (short side 256, long
   side <= 512), aspect kept;
@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data"
 
 
 def crops_of(folder: Path, n: int) -> tuple[list[str], list[np.ndarray]]:
@@ -102,7 +101,8 @@ def main() -> None:
                     help="DensePose yaml, e.g. <detectron2>/projects/DensePose/configs/densepose_rcnn_R_50_FPN_s1x.yaml "
                          "(default: $DENSEPOSE_CONFIG; without one the benchmark is skipped)")
     ap.add_argument("--weights", default="random", help="weights file/URL/zoo name, or random (default)")
-    ap.add_argument("--data", type=Path, default=SHARED / "cuhk03-p1", help="Market-layout folder of crops")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="Market-layout folder of crops (query/, bounding_box_test/, bounding_box_train/)")
     ap.add_argument("--crops", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     ap.add_argument("--skip-large", action="store_true", help="skip the 800/1333 path")
@@ -111,8 +111,9 @@ def main() -> None:
     args = ap.parse_args()
     import importlib.util
 
-    if importlib.util.find_spec("detectron2") is None or not args.config:
-        print("skipped: needs detectron2 + DensePose (make install-densepose) and --config or $DENSEPOSE_CONFIG")
+    if importlib.util.find_spec("detectron2") is None or not args.config or args.data is None:
+        print("skipped: needs detectron2 + DensePose (make install-densepose), --config (or $DENSEPOSE_CONFIG) "
+              "and --data")
         return
     if args.quick:
         args.crops = min(args.crops, 6)
