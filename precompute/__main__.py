@@ -115,6 +115,8 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
     finally:
         store.close()  # no HDF5 handle outlives the command (the library would serve a later open from it)
     if as_json:
+        for warning in summary.get("warnings", []):  # the text report shows them itself
+            log.warning("%s", warning)
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(insp.format_summary(summary))

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 FADE = 0.6
 
 
+def store_warnings(settings: dict[str, Any]) -> list[str]:
+    """What a reader must know before using a store, from its estimator settings: an estimator marks a store
+    that is only fit for testing (e.g. DensePose with random weights) with a ``testing_only`` sentence."""
+    note = settings.get("testing_only") if isinstance(settings, dict) else None
+    return [f"this store is for testing only: {note}"] if note else []
+
+
 def summarise(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> dict[str, Any]:
     """Settings, counts, coverage tables and problems of ``store`` (JSON-able)."""
     found = store.table("found").astype(bool) if len(store) else np.zeros(0, bool)
@@ -60,6 +67,7 @@ def summarise(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> di
         "size": store.size, "settings": store.settings, "num_images": len(store), "num_found": int(found.sum()),
         "found_rate": round(float(found.mean()), 4) if len(found) else 0.0, "num_shards": len(m["shards"]),
         "summary": m.get("summary"), "parts": parts, "groups": groups, "problems": problems,
+        "warnings": store_warnings(store.settings),
     }
 
 
@@ -70,9 +78,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"dataset    {s['dataset']}   estimator {s['estimator']} {s['settings']}   kind {s['kind']}   S={s['size']}",
         f"images     {s['num_images']} in {s['num_shards']} shards, person found in {s['num_found']} "
         f"({100 * s['found_rate']:.1f}%)",
-        "",
-        f"{'part':>4}  {'name':<22} {'group':<11} {'coverage':>8} {'(found)':>8}",
     ]
+    lines += [f"WARNING    {w}" for w in s.get("warnings", [])]
+    lines += ["", f"{'part':>4}  {'name':<22} {'group':<11} {'coverage':>8} {'(found)':>8}"]
     for p in s["parts"]:
         lines.append(f"{p['part']:>4}  {p['name']:<22} {p['group']:<11} {100 * p['coverage']:>7.1f}% "
                      f"{100 * p['coverage_found']:>7.1f}%")

@@ -11,7 +11,10 @@ shards and skips the complete ones.  Work is split by whole shards:
 
 An image that cannot be read (missing, zero-byte, corrupt) or whose estimate fails is recorded with
 its reason, stored as "not found" (DSAP images filled with mid-grey, nothing written) so that the
-store's keys still cover the dataset, and the run goes on.
+store's keys still cover the dataset, and the run goes on.  A failure that is the estimator's rather
+than an image's stops the run with one sentence instead (:class:`SystemicFailure`): the estimator
+failing for one and the same reason on as many consecutive images as a batch holds (at least 2; the
+image's own name removed from the reason), e.g. a model that cannot produce chart output at all.
 """
 from __future__ import annotations
 
@@ -57,6 +60,10 @@ UNREADABLE_FILL = 128
 
 class PrecomputeError(UserError):
     """A precompute problem the user can fix; the CLI prints it as one sentence (exit code 2)."""
+
+
+class SystemicFailure(PrecomputeError):
+    """The estimator fails the same way on every image of a batch: its problem, not the images'."""
 
 
 @dataclass
@@ -129,6 +136,17 @@ def _estimate(estimator: Any, images: list, paths: list, keys: list) -> list[Any
         return results
 
 
+def failure_reason(error: BaseException, key: str, path: str | Path) -> str:
+    """``error`` as "Type: message" with the image's own key, path and name replaced by ``<image>`` (so that
+    one cause met on many images reads the same)."""
+    text = f"{type(error).__name__}: {error}"
+    path = Path(path)
+    for name in sorted({str(path), path.as_posix(), key, path.name, path.stem}, key=len, reverse=True):
+        if name:
+            text = text.replace(name, "<image>")
+    return text
+
+
 def compute_shard(
     keys: Sequence[str],
     dataset_root: Path,
@@ -148,10 +166,21 @@ def compute_shard(
     failures: list[dict] = []
     grey = np.full((1, 1, 3), UNREADABLE_FILL, dtype=np.uint8)
     batch = max(1, int(getattr(estimator, "batch_size", 1) or 1))
+    streak: list[Any] = [None, 0]  # [reason, count] of consecutive estimator failures
 
     def fail(i: int, reason: str, kind: str = "estimate") -> None:
         failures.append({"key": keys[i], "reason": reason, "kind": kind})
         dsap[i], written[i] = dsap_not_found(grey, size)
+
+    def estimator_failed(i: int, error: Exception, batch_images: int) -> None:
+        reason = failure_reason(error, keys[i], Path(dataset_root) / keys[i])
+        streak[:] = [reason, streak[1] + 1 if streak[0] == reason else 1]
+        if streak[1] >= max(2, min(batch, batch_images)):  # a whole batch (of 2 or more) failed alike
+            raise SystemicFailure(
+                f"the {getattr(estimator, 'name', '') or 'estimator'} estimator failed on {streak[1]} images in a row "
+                f"(the last {keys[i]}) for one reason, {reason.rstrip('.')}, which is a problem of the estimator or its "
+                "options rather than of the images: fix that and rerun (nothing of this shard was stored)")
+        fail(i, f"estimator failed: {error}")
 
     for start in range(0, n, batch):
         idx, images, paths = [], [], []
@@ -167,8 +196,9 @@ def compute_shard(
         results = _estimate(estimator, images, paths, [keys[i] for i in idx]) if idx else []
         for i, image, iuv in zip(idx, images, results):
             if isinstance(iuv, Exception):
-                fail(i, f"estimator failed: {iuv}")
+                estimator_failed(i, iuv, len(idx))
                 continue
+            streak[:] = [None, 0]
             try:
                 dsap[i], written[i], found[i] = _warp(image, iuv, kind, size)
             except ValueError as e:
@@ -286,7 +316,7 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
             except queue_mod.Empty:
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
                 if dead and q.empty():
-                    errors.append(f"a worker exited with code {dead[0].exitcode}")
+                    errors.append(("error", f"a worker exited with code {dead[0].exitcode}"))
                     break
                 continue
             if kind == "progress":
@@ -301,7 +331,7 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
                 sentences.append(payload)
             else:
                 done += 1
-                errors.append(payload)
+                errors.append((kind, payload))
     finally:
         for p in procs:
             if errors:
@@ -310,7 +340,10 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
     if sentences:
         raise PrecomputeError(sentences[0])
     if errors:
-        raise RuntimeError("precompute worker failed:\n" + errors[0])
+        kind, payload = errors[0]
+        if kind == "user_error":
+            raise PrecomputeError(payload)
+        raise RuntimeError("precompute worker failed:\n" + payload)
     return totals
 
 

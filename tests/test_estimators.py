@@ -2,6 +2,7 @@
 pick, apply_net dump and DensePose output conversion (without detectron2)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,8 +62,7 @@ def test_densepose_without_detectron2_says_how_to_install(tmp_path):
     with pytest.raises(EstimatorError) as err:
         build_estimator("densepose", tmp_path)
     assert str(err.value) == INSTALL_HINT
-    assert "git+https://github.com/facebookresearch/detectron2.git" in INSTALL_HINT
-    assert "subdirectory=projects/DensePose" in INSTALL_HINT
+    assert "--no-build-isolation" in INSTALL_HINT and "--no-deps <detectron2>/projects/DensePose" in INSTALL_HINT
 
 
 # ------------------------------------------------------------------------------------ synthetic
@@ -276,3 +276,294 @@ def test_chart_output_to_iuv_resamples_to_the_box():
     assert (iuv.I == 24).all()
     np.testing.assert_allclose(iuv.U, 0.6, atol=1e-6)
     np.testing.assert_allclose(iuv.V, 0.3, atol=1e-6)
+
+
+# --------------------------------------------------- densepose with the fake detectron2 (tests/fakes)
+FAKES = Path(__file__).resolve().parent / "fakes"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _forget_detectron2() -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m.split(".")[0] in ("detectron2", "densepose")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def fake_d2(monkeypatch):
+    """The fake detectron2 + densepose first on sys.path (even where the real ones are installed)."""
+    _forget_detectron2()
+    monkeypatch.syspath_prepend(str(FAKES))
+    import detectron2.checkpoint
+    import detectron2.modeling
+
+    assert detectron2.__version__ == "0.0-fake"
+    detectron2.modeling.CALLS.clear()
+    yield SimpleNamespace(checkpoint=detectron2.checkpoint, modeling=detectron2.modeling)
+    _forget_detectron2()
+
+
+def _configs(folder: Path) -> tuple[Path, Path]:
+    """An IUV-like config and a CSE-like config with the same file name (as detectron2's two
+    densepose_rcnn_R_50_FPN_s1x.yaml), each with a _BASE_."""
+    (folder / "cse").mkdir(parents=True, exist_ok=True)
+    (folder / "Base.yaml").write_text("MODEL:\n  WIDTH: 4\n")
+    iuv = folder / "densepose_rcnn_R_50_FPN_s1x.yaml"
+    iuv.write_text('_BASE_: "Base.yaml"\n# a comment\nINPUT:\n  FORMAT: "BGR"\n')
+    (folder / "cse" / "Base.yaml").write_text(
+        'MODEL:\n  WIDTH: 4\n  ROI_DENSEPOSE_HEAD:\n    PREDICTOR_NAME: "DensePoseEmbeddingPredictor"\n')
+    cse = folder / "cse" / "densepose_rcnn_R_50_FPN_s1x.yaml"
+    cse.write_text('_BASE_: "Base.yaml"\n# a comment\nINPUT:\n  FORMAT: "BGR"\n')
+    return iuv, cse
+
+
+def _crops(n: int = 5, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = [(323, 91), (128, 64), (300, 110), (128, 64), (256, 100), (97, 40)][:n]
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+def _save_weights(path: Path, config: Path, fake_d2, **changes) -> Path:
+    from detectron2.config import get_cfg
+    from densepose import add_densepose_config
+
+    cfg = get_cfg()
+    add_densepose_config(cfg)
+    cfg.merge_from_file(str(config))
+    torch.manual_seed(123)
+    state = fake_d2.modeling.build_model(cfg).state_dict()
+    state.update(changes)
+    torch.save({"model": state}, path)
+    return path
+
+
+def test_densepose_install_hint_names_the_working_commands():
+    from precompute.estimators.base import DETECTRON2_INSTALL
+
+    for needed in ("make install-densepose", "pip install --no-build-isolation <detectron2>",
+                   "pip install --no-build-isolation --no-deps <detectron2>/projects/DensePose", "pip install av"):
+        assert needed in INSTALL_HINT and needed in DETECTRON2_INSTALL
+    readme = (REPO / "README.md").read_text()
+    for command in ("--no-build-isolation", "--no-deps", "projects/DensePose", "install av", "make install-densepose"):
+        assert command in readme
+
+
+def test_make_install_densepose_commands(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    checkout = tmp_path / "detectron2"
+    checkout.mkdir()
+    (checkout / "setup.py").write_text("")
+
+    def commands(*args: str) -> list[str]:
+        done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "install-densepose", *args], cwd=REPO,
+                              capture_output=True, text=True, check=True)
+        return [line for line in done.stdout.splitlines() if "pip install" in line]
+
+    local = commands(f"DETECTRON2={checkout}")
+    assert local == [f".venv/bin/python -m pip install --no-build-isolation '{checkout}'",
+                     f".venv/bin/python -m pip install --no-build-isolation --no-deps '{checkout}/projects/DensePose'",
+                     ".venv/bin/python -m pip install av"]
+    url = "https://github.com/facebookresearch/detectron2.git"
+    assert commands(f"DETECTRON2={url}")[:2] == commands()[:2] == [
+        f".venv/bin/python -m pip install --no-build-isolation 'git+{url}'",
+        f".venv/bin/python -m pip install --no-build-isolation --no-deps 'git+{url}#subdirectory=projects/DensePose'"]
+
+
+def test_densepose_random_weights_are_explicit_seeded_and_marked(tmp_path, fake_d2):
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    with pytest.raises(EstimatorError, match="weights=PATH or URL .*weights=random"):
+        build_estimator("densepose", tmp_path, config=str(iuv_cfg))  # no zoo config of that content
+    a = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights="random")
+    b = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights="random")
+    s = a.settings()
+    assert s["weights"] == "random (seed 0)" and s["weights_sha256"] is None and "smoke tests only" in s["testing_only"]
+    crops = _crops(3)
+    for x, y in zip(a.estimate(crops, ["x"] * 3, ["k"] * 3), b.estimate(crops, ["x"] * 3, ["k"] * 3)):
+        assert (x is None) == (y is None)
+        if x is not None:
+            np.testing.assert_array_equal(x.I, y.I)
+
+
+def test_inspect_warns_about_random_weight_stores(tmp_path, fake_d2):
+    from data.store import DSAPStore, store_dir
+    from precompute.inspect import format_summary, summarise
+    from precompute.runner import PrecomputeConfig, run_precompute
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    data = tmp_path / "data"
+    for i, crop in enumerate(_crops(4)):
+        path = data / f"query/{i:04d}_c1s1_000001_00.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), crop)
+    keys = [p.relative_to(data).as_posix() for p in sorted(data.rglob("*.jpg"))]
+    dataset = SimpleNamespace(root=data, all_items=lambda: [SimpleNamespace(path=k, key=k) for k in keys])
+    cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose",
+                           options={"config": str(iuv_cfg), "weights": "random"}, size=16)
+    assert run_precompute(cfg, dataset=dataset)["complete"]
+    summary = summarise(DSAPStore(store_dir(tmp_path, "toy", "densepose")))
+    assert summary["warnings"] and "for testing only" in summary["warnings"][0]
+    assert "WARNING    this store is for testing only" in format_summary(summary)
+    assert summary["settings"]["batching"] == "shape" and summary["settings"]["config_sha256"]
+
+
+def test_densepose_weights_that_fail_are_one_sentence_before_any_image(tmp_path, fake_d2):
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+
+    def fails(weights: str, match: str) -> str:
+        with pytest.raises(EstimatorError, match=match) as err:
+            build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights=weights)
+        assert "\n" not in str(err.value) and fake_d2.modeling.CALLS == []  # no image went through the model
+        return str(err.value)
+
+    msg = fails("https://example.invalid/model_final.pkl", "cannot fetch the weights .*URLError.*weights=PATH")
+    assert "Temporary failure in name resolution" in msg
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x80\x04 not a checkpoint")
+    fails(str(garbage), "cannot read the weights .*garbage.pth")
+    empty = tmp_path / "empty.pth"
+    torch.save({"model": {}}, empty)
+    fails(str(empty), r"do not fit the config densepose_rcnn_R_50_FPN_s1x.yaml: 8 of 8 model tensors")
+    wrong = _save_weights(tmp_path / "wrong.pth", iuv_cfg, fake_d2, **{"fine.weight": torch.zeros(3, 4, 1, 1)})
+    fails(str(wrong), r"1 of 8 model tensors are missing or of another shape \(e.g. fine.weight\)")
+    fails(str(tmp_path / "absent.pth"), "does not exist")
+    good = _save_weights(tmp_path / "good.pth", iuv_cfg, fake_d2)
+    est = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights=str(good))
+    assert est.settings()["weights_sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert "testing_only" not in est.settings()
+
+
+def test_densepose_cli_weight_failure_exits_2_with_one_line(tmp_path, fake_d2):
+    import os
+    import subprocess
+    import sys
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    root = tmp_path / "root"
+    for split in ("bounding_box_train", "query", "bounding_box_test"):
+        _write_image(root / "market1501" / split / "0001_c1s1_000001_00.jpg")
+    empty = tmp_path / "empty.pth"
+    torch.save({"model": {}}, empty)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FAKES), str(REPO)])}
+    done = subprocess.run([sys.executable, "-m", "precompute", "run", "--dataset", "market1501", "--root", str(root),
+                           "--estimator", "densepose", "-o", f"config={iuv_cfg}", "-o", f"weights={empty}"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "do not fit the config" in errors[0] and "Traceback" not in done.stderr
+    assert not list(root.rglob("*.h5"))  # stopped before any image: no shard written
+
+
+@pytest.mark.parametrize("batching", ["shape", "fixed"])
+def test_densepose_labels_do_not_depend_on_the_batch(tmp_path, fake_d2, batching):
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    est = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights="random", batching=batching,
+                          min_body_fraction=0.0)
+    assert est.settings()["batching"] == batching
+    crops = _crops(6)
+    alone = [est.estimate([c], ["x"], ["k"])[0] for c in crops]
+    fake_d2.modeling.CALLS.clear()
+    mixed = est.estimate(crops, ["x"] * 6, ["k"] * 6)
+    shuffled = est.estimate(crops[::-1], ["x"] * 6, ["k"] * 6)[::-1]
+    for a, b, c in zip(alone, mixed, shuffled):
+        np.testing.assert_array_equal(a.I, b.I)
+        np.testing.assert_array_equal(a.I, c.I)
+        np.testing.assert_allclose(a.U, b.U, atol=1e-6)
+    if batching == "shape":  # the two 128×64 crops share a forward pass, the others run alone
+        assert sorted(n for n, _, _ in fake_d2.modeling.CALLS[:5]) == [1, 1, 1, 1, 2]
+    else:
+        assert fake_d2.modeling.CALLS[0] == (6, 512, 256)
+    # the fake is sensitive to padding: padded to the largest crop of the batch, a small crop's labels change
+    padded = est._model.inference(*_padded_inputs(est, crops))
+    small = padded[1]["instances"].pred_densepose
+    alone_small = est._run([crops[1]])[0]["instances"].pred_densepose
+    if batching == "shape":
+        assert not torch.equal(small.fine_segm.argmax(1), alone_small.fine_segm.argmax(1))
+
+
+def _padded_inputs(est, crops):
+    """The old path: every crop at its own size in one batch (padded to the largest)."""
+    from detectron2.structures import Boxes, Instances
+
+    inputs, given = [], []
+    for crop in crops:
+        h, w = crop.shape[:2]
+        nh, nw = est._scaled_size(h, w)
+        img = cv2.resize(crop, (nw, nh))
+        inputs.append({"image": torch.as_tensor(img.transpose(2, 0, 1).copy()), "height": h, "width": w})
+        inst = Instances((nh, nw))
+        inst.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, float(nw), float(nh)]]))
+        given.append(inst)
+    return inputs, given
+
+
+def test_densepose_cse_config_is_refused_before_any_image(tmp_path, fake_d2):
+    _, cse_cfg = _configs(tmp_path / "configs")
+    with pytest.raises(EstimatorError, match="is a CSE .*not a chart-based \\(IUV\\) one"):
+        build_estimator("densepose", tmp_path, config=str(cse_cfg), weights="random")
+    assert fake_d2.modeling.CALLS == []
+
+
+class CseOutput:
+    """Like DensePose's DensePoseEmbeddingPredictorOutput, which apply_net stores as a CSE entry's
+    ``pred_densepose`` (one object for all boxes, sliced by index)."""
+
+    def __init__(self, coarse_segm, embedding):
+        self.coarse_segm, self.embedding = coarse_segm, embedding
+
+    def __len__(self):
+        return self.coarse_segm.size(0)
+
+    def __getitem__(self, i):
+        if i >= len(self):
+            raise IndexError(i)
+        return CseOutput(self.coarse_segm[i : i + 1], self.embedding[i : i + 1])
+
+
+def test_cse_apply_net_dump_is_one_sentence(tmp_path):
+    dump = tmp_path / "cse.pkl"
+    entry = {"file_name": "x.jpg", "scores": torch.tensor([0.9]), "pred_boxes_XYXY": torch.zeros(1, 4),
+             "pred_densepose": CseOutput(torch.zeros(1, 2, 4, 4), torch.zeros(1, 16, 4, 4))}
+    torch.save([entry], dump)
+    with pytest.raises(EstimatorError, match="holds CSE \\(continuous surface embedding\\) results, not chart-based"):
+        build_estimator("iuv", tmp_path, dump=str(dump))
+
+
+def test_densepose_provenance_zoo_fallback_by_content(tmp_path, fake_d2, monkeypatch):
+    from precompute.estimators import densepose as dp
+
+    iuv_cfg, cse_cfg = _configs(tmp_path / "configs")
+    assert iuv_cfg.name == cse_cfg.name and dp.config_digest(iuv_cfg) != dp.config_digest(cse_cfg)
+    copy = tmp_path / "elsewhere" / "renamed.yaml"  # the same content (and base) under another name
+    copy.parent.mkdir()
+    copy.write_text(iuv_cfg.read_text().replace("# a comment\n", "\n\n"))
+    (copy.parent / "Base.yaml").write_text((iuv_cfg.parent / "Base.yaml").read_text() + "  \n")
+    assert dp.config_digest(copy) == dp.config_digest(iuv_cfg)  # comments, blank lines, trailing spaces ignored
+    (copy.parent / "Base.yaml").write_text("MODEL:\n  WIDTH: 6\n")
+    assert dp.config_digest(copy) != dp.config_digest(iuv_cfg)  # the base is part of the content
+
+    weights = _save_weights(tmp_path / "model_final.pkl", iuv_cfg, fake_d2)
+    url = "https://zoo.invalid/densepose_rcnn_R_50_FPN_s1x/model_final.pkl"
+    monkeypatch.setitem(dp.MODEL_ZOO, "densepose_rcnn_R_50_FPN_s1x", url)
+    monkeypatch.setattr(dp, "ZOO_CONFIG_DIGESTS", {dp.config_digest(iuv_cfg): "densepose_rcnn_R_50_FPN_s1x"})
+    monkeypatch.setitem(fake_d2.checkpoint.DOWNLOADS, url, str(weights))
+    s = build_estimator("densepose", tmp_path, config=str(iuv_cfg)).settings()
+    assert s["model_zoo"] == "densepose_rcnn_R_50_FPN_s1x" and s["weights"] == url
+    assert s["config_sha256"] == dp.config_digest(iuv_cfg)
+    assert s["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    with pytest.raises(EstimatorError, match="is not one of the model zoo's configs"):
+        build_estimator("densepose", tmp_path, config=str(cse_cfg))  # same file name, other content
+    # a changed weights file under the same name changes the settings (a store refuses to mix them)
+    _save_weights(weights, iuv_cfg, fake_d2, **{"fine.bias": torch.ones(25)})
+    assert build_estimator("densepose", tmp_path, config=str(iuv_cfg)).settings()["weights_sha256"] != s["weights_sha256"]
+
+
+def test_zoo_config_digests_cover_the_four_zoo_models():
+    from precompute.estimators.densepose import MODEL_ZOO, ZOO_CONFIG_DIGESTS
+
+    assert set(ZOO_CONFIG_DIGESTS.values()) == set(MODEL_ZOO)
+    assert all(len(d) == 64 and int(d, 16) >= 0 for d in ZOO_CONFIG_DIGESTS)

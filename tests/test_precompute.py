@@ -196,6 +196,49 @@ def test_failed_images_are_recorded_and_run_goes_on(tmp_path, data):
     assert (store.get(keys[0]) == 128).all()
 
 
+class BrokenEstimator(FakeEstimator):
+    """Fails on every batch: ``systemic`` with one reason for all images (naming each image, as real
+    errors do), else only on keys containing ``bad``, each with its own reason."""
+
+    def __init__(self, systemic: bool, batch_size: int = 3) -> None:
+        super().__init__(batch_size=batch_size)
+        self.systemic = systemic
+
+    def estimate(self, images, paths, keys):
+        for path, key in zip(paths, keys):
+            if self.systemic:
+                raise AttributeError(f"'DensePoseEmbeddingPredictorOutput' object has no attribute 'u' ({path})")
+            if "0003" in key or "0012" in key:
+                raise RuntimeError(f"odd pixels in {key}: {len(key)}")
+        return super().estimate(images, paths, keys)
+
+
+def test_systemic_estimator_failure_stops_with_a_sentence(tmp_path, data):
+    from precompute.runner import SystemicFailure
+
+    for batch_size in (3, 1):
+        with pytest.raises(SystemicFailure) as err:
+            run_precompute(config(tmp_path), dataset=FakeDataset(data),
+                           estimator_factory=lambda root: BrokenEstimator(True, batch_size=batch_size))
+        msg = str(err.value)
+        assert f"failed on {max(batch_size, 2)} images in a row" in msg and "no attribute 'u' (<image>)" in msg
+        assert "\n" not in msg and isinstance(err.value, PrecomputeError)
+        assert not list((tmp_path / "dsap").rglob("*.h5"))  # nothing stored
+    # per-image failures (other reasons) are still recorded and the run goes on
+    s = run_precompute(config(tmp_path), dataset=FakeDataset(data),
+                       estimator_factory=lambda root: BrokenEstimator(False))
+    assert s["complete"] and s["computed_failures"] == 2
+    assert all(f["reason"].startswith("estimator failed: odd pixels") for f in s["failures"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_iuv_missing_error_on_every_image_stops(tmp_path, data, workers):
+    with pytest.raises(PrecomputeError, match="the iuv estimator failed on 5 images in a row .*no DensePose output "
+                                              "for <image>.*missing=not-found"):
+        run_precompute(config(tmp_path, estimator="iuv", options={"missing": "error"}, workers=workers),
+                       dataset=FakeDataset(data))
+
+
 def test_different_settings_refused_unless_force_or_tag(tmp_path, data):
     run(tmp_path, data)
     with pytest.raises(PrecomputeError, match="other settings.*--force.*--tag"):

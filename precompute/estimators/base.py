@@ -18,15 +18,27 @@ import numpy as np
 
 from data.options import coerce_option
 
+from dsa.errors import UserError
 from dsa.iuv import IUV
 from dsa.errors import UserError
 
-__all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "build_estimator", "estimator_options", "key_rng",
-           "sibling_path"]
+__all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "DETECTRON2_INSTALL", "build_estimator", "estimator_options",
+           "key_rng", "sibling_path"]
 
 
 class EstimatorError(UserError, ValueError):
     """A problem the user can fix (unknown estimator, bad option, missing file or dependency): one sentence."""
+
+
+#: How to install detectron2 and its DensePose project (not on PyPI): the README's commands, which the
+#: ``densepose`` and ``iuv`` estimators print when the packages are missing.  detectron2's setup.py imports
+#: torch, so pip's build isolation must be off; DensePose's own requirements would re-clone detectron2, so
+#: it is installed without them and its one other runtime need (``av``) is named.
+DETECTRON2_INSTALL = (
+    "make install-densepose DETECTRON2=<checkout or git URL>, which runs pip install --no-build-isolation <detectron2>, "
+    "then pip install --no-build-isolation --no-deps <detectron2>/projects/DensePose, then pip install av "
+    "(<detectron2>: a local checkout of https://github.com/facebookresearch/detectron2)"
+)
 
 
 #: name → "module:Class"; imported lazily by :func:`build_estimator`.

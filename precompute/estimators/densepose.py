@@ -2,37 +2,67 @@
 
 detectron2 and its DensePose project are optional and imported only when this estimator is built.
 Each crop is already a person box, so no person detection runs: the model's ROI heads get the whole
-crop as the given box (``model.inference(..., detected_instances=...)``).  Crops are batched and
-resized so that their short side is ``min_size`` (default 256: a 128×64 crop is not blown up to
-detectron2's usual 800–1333).  The chart output (coarse segmentation, fine segmentation, U, V in box
-coordinates) is turned into full-crop I/U/V maps by :func:`chart_output_to_iuv`, a pure function of
-tensors that follows DensePose's own converter (bilinear resampling to the box, fine labels masked
-by the coarse foreground, U/V taken from the label's channel), with U and V clamped to [0, 1].
+crop as the given box (``model.inference(..., detected_instances=...)``).  Crops are resized so that
+their short side is ``min_size`` (default 256: a 128×64 crop is not blown up to detectron2's usual
+800–1333) and their long side at most ``max_size``.
+
+**Batch invariance.**  detectron2 pads the images of one batch to the largest of them, and padding
+changes the backbone's output near the edge, so a crop's labels would depend on its batch.  Two ways
+out (``batching=``): ``shape`` (default) keeps each crop's aspect ratio and runs crops of one resized
+shape together (a batch of mixed sizes becomes several sub-batches), which gives exactly the labels of a
+crop run alone; ``fixed`` stretches every crop to ``max_size × min_size`` (rows × columns) so that one
+batch never needs padding.  The choice is part of the store's settings.
+
+**Weights.**  ``weights=`` takes a file, a URL or a model-zoo name; ``random`` asks for detectron2's
+random initialisation (seeded, for smoke tests only: the store's settings say so and ``inspect`` warns);
+empty means the model-zoo weights of the config, looked up by the config's *content* (a CSE config has
+the same file name as an IUV one).  Weights that cannot be fetched or read, or that do not fit the
+config, stop the estimator with one sentence before any image is processed.  The store's settings hold
+a SHA-256 of the config (with its ``_BASE_`` files) and of the weights file.
+
+The chart output (coarse segmentation, fine segmentation, U, V in box coordinates) is turned into
+full-crop I/U/V maps by :func:`chart_output_to_iuv`, a pure function of tensors that follows DensePose's
+own converter (bilinear resampling to the box, fine labels masked by the coarse foreground, U/V taken
+from the label's channel), with U and V clamped to [0, 1].
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
 
+from data.io import file_sha256
 from dsa.iuv import IUV
 
-from .base import Estimator, EstimatorError
+from .base import DETECTRON2_INSTALL, Estimator, EstimatorError
 from .iuv import paste_box_results
 
-__all__ = ["DensePoseEstimator", "chart_output_to_iuv", "INSTALL_HINT", "MODEL_ZOO"]
+__all__ = ["DensePoseEstimator", "chart_output_to_iuv", "config_digest", "zoo_name_for_config",
+           "INSTALL_HINT", "MODEL_ZOO", "ZOO_CONFIG_DIGESTS", "RANDOM_WEIGHTS", "BATCHING"]
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the densepose estimator needs detectron2 and its DensePose project, which are not on PyPI: install them "
-    "from source with pip install 'git+https://github.com/facebookresearch/detectron2.git' and "
-    "pip install 'git+https://github.com/facebookresearch/detectron2@main#subdirectory=projects/DensePose'"
+    f"from source with {DETECTRON2_INSTALL}"
 )
+
+#: ``weights=random``: detectron2's random initialisation (seeded by :data:`RANDOM_SEED`)
+RANDOM_WEIGHTS = "random"
+RANDOM_SEED = 0
+RANDOM_WARNING = ("computed with random DensePose weights (weights=random): its part labels are meaningless; "
+                  "use it for smoke tests only")
+#: ``batching=`` values and what they mean
+BATCHING = {
+    "shape": "aspect kept; crops of one resized shape batched together (identical to one crop alone)",
+    "fixed": "every crop stretched to max_size x min_size (rows x columns); no padding in a batch",
+}
 
 _ZOO = "https://dl.fbaipublicfiles.com/densepose"
 #: DensePose model-zoo names → weights URLs (configs: projects/DensePose/configs/<name>.yaml)
@@ -44,7 +74,78 @@ MODEL_ZOO: dict[str, str] = {
         f"{_ZOO}/densepose_rcnn_R_50_FPN_s1x_legacy/164832157/model_final_d366fa.pkl",
 }
 
+#: :func:`config_digest` of each model-zoo config (with its ``_BASE_`` files) → its zoo name, for every
+#: version of those files in detectron2's history since the weights were released (January 2020).
+_ZOO_CONFIG_VERSIONS: dict[str, tuple[str, ...]] = {
+    "densepose_rcnn_R_101_FPN_s1x": (  # detectron2 commits ed1d74b6, 4f68200d, cd8981eb, e9293707, 795e68e4
+        "1f4abb3f77025872a479fc5f332e537ced90d67e91f803f86954b36982d05cc3",
+        "c45cedfa8b164b8e2e2441a2b24ef5488e1e1dae28d33a44f50bf5d6380a74a9",
+        "da9976e39955ca797f6e3d6f21f0a97e3d55da58939279913f58103f8b754ef0",
+        "3cf2057933dd6be20a649009f9d7164d15f014b8e41ef095a98b01aa1848183e",
+        "217ccca507146096b55f8a7fe3a41e99ed91acbcb38a5c1cfd2534aa81725ff7",
+    ),
+    "densepose_rcnn_R_50_FPN_DL_s1x": (  # detectron2 commits ed1d74b6, cd8981eb, e9293707, 795e68e4
+        "f8a6c08e5e61e9703e5ddd7a9a158047e9ede56ba30547e8e5b66cc63d049cd0",
+        "fb821af1ffd6937120f5ae7c25998598e7c74cac28ab5f0acf7e405205624f94",
+        "65aaf0ae45a4ed18a9f999c307821bbd918eca02d50044d4c5e2c901d67af223",
+        "29ea096e7eec80a84d92f8dc234996f6cb88d6df24c0bd3a7215ae39cabdb238",
+    ),
+    "densepose_rcnn_R_50_FPN_s1x": (  # detectron2 commits ed1d74b6, 4f68200d, cd8981eb, e9293707, 795e68e4
+        "0a99193cbe15641d41dc29c4137e26f1abbc115929b9228c534044af92926147",
+        "1e46f846949f56744a7f713a48f6000decc9d2be377cfe49d349d434477cfc25",
+        "bd9677c7f3950bffecf2a17fdca17cea23f8b241c5115007c45628646951151a",
+        "df7fa5905f5d368c335143beeac4c56bf29cb9edad9f24e6069533c3ccdaddbf",
+        "47b00c3d09d3685e09b2e4aed7d2d4b6058dff7fd877404311f618d652e4cb6e",
+    ),
+    "densepose_rcnn_R_50_FPN_s1x_legacy": (  # detectron2 commits e9293707, 795e68e4
+        "b47803af4e81fb06b7b542c0cb79af7370e836756b1e3c5485e8f9f5efbe5040",
+        "b941e35c43eb648a53cc56a486e8532ee439234acc95af3f4458f37716511198",
+    ),
+}
+ZOO_CONFIG_DIGESTS: dict[str, str] = {d: name for name, ds in _ZOO_CONFIG_VERSIONS.items() for d in ds}
 
+
+# ------------------------------------------------------------------------------- provenance
+def _normalised_yaml(text: str) -> str:
+    """The lines that matter: comment-only and blank lines dropped, trailing spaces removed."""
+    return "\n".join(line.rstrip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+_BASE_LINE = re.compile(r"""^_BASE_:\s*["']?([^"'#\s]+)["']?\s*(#.*)?$""", re.MULTILINE)
+
+
+def config_digest(path: str | Path) -> str:
+    """SHA-256 of a detectron2 yaml config's content together with its ``_BASE_`` chain (comment-only and
+    blank lines ignored): the same model under another file name has the same digest, a CSE config and an
+    IUV config of one name do not."""
+    parts, seen = [], set()
+    current: Path | None = Path(path).expanduser()
+    while current is not None:
+        resolved = current.resolve()
+        if resolved in seen:
+            raise EstimatorError(f"estimator 'densepose': the config {path} has a _BASE_ cycle through {current}")
+        seen.add(resolved)
+        try:
+            text = current.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise EstimatorError(f"estimator 'densepose': cannot read the config {current} ({e})") from None
+        parts.append(_normalised_yaml(text))
+        match = _BASE_LINE.search(text)
+        current = None if match is None else current.parent / match.group(1)
+    return hashlib.sha256("\n---\n".join(parts).encode()).hexdigest()
+
+
+def zoo_name_for_config(path: str | Path) -> str | None:
+    """The model-zoo name whose config has the content of ``path`` (see :data:`ZOO_CONFIG_DIGESTS`), or None."""
+    return ZOO_CONFIG_DIGESTS.get(config_digest(path))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+# ------------------------------------------------------------------------------ chart output
 def chart_output_to_iuv(coarse_segm: Any, fine_segm: Any, u: Any, v: Any, box_xyxy: Sequence[float],
                         image_hw: tuple[int, int]) -> IUV:
     """One instance's DensePose chart output → I/U/V maps of the whole image.
@@ -79,6 +180,7 @@ def chart_output_to_iuv(coarse_segm: Any, fine_segm: Any, u: Any, v: Any, box_xy
     return iuv
 
 
+# ------------------------------------------------------------------------------- estimator
 class DensePoseEstimator(Estimator):
     """detectron2 DensePose on the given crops (the crop is the box)."""
 
@@ -86,7 +188,8 @@ class DensePoseEstimator(Estimator):
     batch_size = 32
 
     def __init__(self, dataset_root: str | Path, config: str = "", weights: str = "", device: str = "auto",
-                 min_size: int = 256, max_size: int = 512, min_body_fraction: float = 0.01) -> None:
+                 min_size: int = 256, max_size: int = 512, min_body_fraction: float = 0.01,
+                 batching: str = "shape") -> None:
         super().__init__(dataset_root)
         if importlib.util.find_spec("detectron2") is None or importlib.util.find_spec("densepose") is None:
             raise EstimatorError(INSTALL_HINT)
@@ -94,31 +197,45 @@ class DensePoseEstimator(Estimator):
             raise EstimatorError(f"estimator 'densepose': need 16 <= min_size <= max_size, got {min_size}, {max_size}")
         if not 0 <= min_body_fraction < 1:
             raise EstimatorError(f"estimator 'densepose': min_body_fraction must be in [0, 1), got {min_body_fraction}")
+        if batching not in BATCHING:
+            raise EstimatorError(f"estimator 'densepose': batching must be one of {', '.join(BATCHING)}, not {batching!r}")
         if not config:
             raise EstimatorError(
                 "estimator 'densepose' needs config=PATH to a DensePose yaml (e.g. detectron2's "
                 "projects/DensePose/configs/densepose_rcnn_R_50_FPN_s1x.yaml) and weights=PATH|URL|zoo name "
-                f"(one of {', '.join(MODEL_ZOO)})")
+                f"(one of {', '.join(MODEL_ZOO)}) or weights={RANDOM_WEIGHTS} for a smoke test")
         self.config = str(Path(config).expanduser())
         if not Path(self.config).is_file():
             raise EstimatorError(f"estimator 'densepose': config file {self.config} does not exist")
+        self.config_sha256 = config_digest(self.config)
+        self.zoo_name: str | None = None
         if not weights:
-            stem = Path(self.config).stem
-            if stem not in MODEL_ZOO:
-                raise EstimatorError(f"estimator 'densepose': pass weights=PATH or URL (no model-zoo weights named {stem})")
-            weights = stem
+            self.zoo_name = ZOO_CONFIG_DIGESTS.get(self.config_sha256)
+            if self.zoo_name is None:
+                raise EstimatorError(
+                    f"estimator 'densepose': the content of {self.config} is not one of the model zoo's configs "
+                    f"({', '.join(MODEL_ZOO)}), so pass weights=PATH or URL (or weights={RANDOM_WEIGHTS} for a smoke test)")
+            weights = self.zoo_name
+        elif weights in MODEL_ZOO:
+            self.zoo_name = weights
         self.weights = MODEL_ZOO.get(weights, weights)
-        if "://" not in self.weights and not Path(self.weights).expanduser().is_file():
-            raise EstimatorError(f"estimator 'densepose': weights file {self.weights} does not exist")
+        self.random = self.weights == RANDOM_WEIGHTS
+        if not self.random and "://" not in self.weights:
+            self.weights = str(Path(self.weights).expanduser())
+            if not Path(self.weights).is_file():
+                raise EstimatorError(f"estimator 'densepose': weights file {self.weights} does not exist "
+                                     f"(pass weights=PATH, URL, a model-zoo name or {RANDOM_WEIGHTS})")
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.min_body_fraction = float(min_body_fraction)
+        self.batching = batching
+        self.weights_sha256: str | None = None
         self._model, self._input_format, self.device = self._build(device)
 
+    # ------------------------------------------------------------------------ model
     def _build(self, device: str) -> tuple[Any, str, str]:
         try:
             import torch
             from densepose import add_densepose_config
-            from detectron2.checkpoint import DetectionCheckpointer
             from detectron2.config import get_cfg
             from detectron2.modeling import build_model
         except ImportError:
@@ -127,28 +244,105 @@ class DensePoseEstimator(Estimator):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         cfg = get_cfg()
         add_densepose_config(cfg)
-        cfg.merge_from_file(self.config)
-        cfg.MODEL.WEIGHTS = self.weights
+        try:
+            cfg.merge_from_file(self.config)
+        except Exception as e:  # noqa: BLE001 - yaml errors, unknown keys (e.g. another project's config)
+            raise EstimatorError(f"estimator 'densepose': {self.config} is not a DensePose config ({_one_line(e)})") from None
+        predictor = str(cfg.MODEL.ROI_DENSEPOSE_HEAD.PREDICTOR_NAME)
+        if "Embedding" in predictor:
+            raise EstimatorError(f"estimator 'densepose': {self.config} is a CSE (continuous surface embedding) "
+                                 f"config ({predictor}), not a chart-based (IUV) one: use a densepose_rcnn_* config "
+                                 "from projects/DensePose/configs/, not from configs/cse/")
+        cfg.MODEL.WEIGHTS = "" if self.random else self.weights
         cfg.MODEL.DEVICE = device
         cfg.freeze()
-        model = build_model(cfg).eval()
-        if "://" in self.weights:
-            log.info("fetching DensePose weights %s (cached by detectron2 after the first time)", self.weights)
-        # detectron2's model-zoo .pkl weights are pickles from Facebook's download server: trusted source
-        DetectionCheckpointer(model).load(self.weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)  # random weights are the same in every process and run
+            model = build_model(cfg).eval()
+        if self.random:
+            log.warning("densepose: random weights (weights=random, seed %d): the store is for smoke tests only",
+                        RANDOM_SEED)
+        else:
+            self._load_weights(model)
         return model, cfg.INPUT.FORMAT, device
 
-    def settings(self) -> dict[str, Any]:
-        return {"config": Path(self.config).name, "weights": self.weights, "min_size": self.min_size,
-                "max_size": self.max_size, "min_body_fraction": self.min_body_fraction,
-                "box": "whole crop (no detection)"}
+    def _load_weights(self, model: Any) -> None:
+        """Fetch, read and check the weights; any problem is one sentence (before any image is processed)."""
+        from detectron2.checkpoint import DetectionCheckpointer
 
+        remote = "://" in self.weights
+        checkpointer = DetectionCheckpointer(model)
+        if remote:
+            log.info("fetching DensePose weights %s (cached by detectron2 after the first time)", self.weights)
+        try:
+            local = checkpointer.path_manager.get_local_path(self.weights)
+        except Exception as e:  # noqa: BLE001 - URLError, HTTPError, timeouts, unknown schemes
+            raise EstimatorError(
+                f"estimator 'densepose': cannot fetch the weights {self.weights} ({_one_line(e)}): check the network, "
+                "or download the file elsewhere and pass weights=PATH") from None
+        if not Path(local).is_file():
+            raise EstimatorError(f"estimator 'densepose': fetching {self.weights} gave no file ({local})")
+        self.weights_sha256 = file_sha256(local)
+        # DetectionCheckpointer.load logs what did not fit and returns only the checkpoint's other entries:
+        # keep the incompatible keys its _load_model step computes, to refuse weights that do not fit
+        found: list[Any] = []
+        load_model = checkpointer._load_model
+
+        def checked_load_model(checkpoint: Any) -> Any:
+            found.append(load_model(checkpoint))
+            return found[-1]
+
+        checkpointer._load_model = checked_load_model
+        checkpointer._log_incompatible_keys = lambda incompatible: None  # said below, in one sentence
+        # model-zoo .pkl weights are pickles from Facebook's download server; a local file is the user's own
+        try:
+            checkpointer.load(local)
+        except Exception as e:  # noqa: BLE001 - truncated, not a pickle/torch file, wrong format
+            raise EstimatorError(
+                f"estimator 'densepose': cannot read the weights {local} ({_one_line(e)}): pass a detectron2 "
+                "DensePose checkpoint (.pkl or .pth)") from None
+        if not found or found[-1] is None:
+            log.warning("densepose: this detectron2 does not report which tensors of %s fit the model; not checked",
+                        self.weights)
+            return
+        incompatible = found[-1]
+        state = model.state_dict()
+        missing = list(getattr(incompatible, "missing_keys", []) or [])
+        wrong = [k for k, *_ in (getattr(incompatible, "incorrect_shapes", []) or [])]
+        if missing or wrong:
+            bad = sorted(set(missing) | set(wrong))
+            raise EstimatorError(
+                f"estimator 'densepose': the weights {self.weights} do not fit the config {Path(self.config).name}: "
+                f"{len(bad)} of {len(state)} model tensors are missing or of another shape (e.g. {', '.join(bad[:3])}); "
+                "pass the weights trained with this config")
+        unexpected = list(getattr(incompatible, "unexpected_keys", []) or [])
+        if unexpected:
+            log.warning("densepose: %d tensors of %s are not used by the model (e.g. %s)", len(unexpected),
+                        self.weights, ", ".join(unexpected[:3]))
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "config": Path(self.config).name, "config_sha256": self.config_sha256,
+            "weights": f"{RANDOM_WEIGHTS} (seed {RANDOM_SEED})" if self.random else self.weights,
+            "weights_sha256": self.weights_sha256, "min_size": self.min_size, "max_size": self.max_size,
+            "min_body_fraction": self.min_body_fraction, "box": "whole crop (no detection)",
+            "batching": self.batching,
+        }
+        if self.zoo_name:
+            out["model_zoo"] = self.zoo_name
+        if self.random:
+            out["testing_only"] = RANDOM_WARNING
+        return out
+
+    # ---------------------------------------------------------------------- inference
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.batching == "fixed":
+            return self.max_size, self.min_size
         scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
         return max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
 
-    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
-                 keys: Sequence[str]) -> list[IUV | None]:
+    def _run(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """The model's per-image outputs for crops that all resize to one shape (no padding differences)."""
         import torch
         from detectron2.structures import Boxes, Instances
 
@@ -166,14 +360,23 @@ class DensePoseEstimator(Estimator):
             inst.pred_classes = torch.zeros(1, dtype=torch.int64, device=self.device)
             given.append(inst)
         with torch.inference_mode():
-            outputs = self._model.inference(inputs, detected_instances=given, do_postprocess=True)
+            return list(self._model.inference(inputs, detected_instances=given, do_postprocess=True))
+
+    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
+                 keys: Sequence[str]) -> list[IUV | None]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(self._scaled_size(*image.shape[:2]), []).append(i)
+        outputs: list[Any] = [None] * len(images)
+        for members in groups.values():
+            for i, out in zip(members, self._run([images[i] for i in members])):
+                outputs[i] = out
         results: list[IUV | None] = []
         for image, out in zip(images, outputs):
-            inst = out["instances"]
-            dp = inst.pred_densepose
+            dp = out["instances"].pred_densepose
             if not hasattr(dp, "u"):
-                raise EstimatorError(f"{Path(self.config).name} is not a chart-based (IUV) DensePose model: "
-                                     "use a densepose_rcnn_* config, not a CSE one")
+                raise EstimatorError(f"estimator 'densepose': {Path(self.config).name} is not a chart-based (IUV) "
+                                     "DensePose model: use a densepose_rcnn_* config, not a CSE one")
             h, w = image.shape[:2]
             # the given box is the whole crop; use it exactly rather than the rescaled float box
             iuv = chart_output_to_iuv(dp.coarse_segm[:1], dp.fine_segm[:1], dp.u[:1], dp.v[:1], (0, 0, w, h), (h, w))

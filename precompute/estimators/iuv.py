@@ -28,7 +28,7 @@ import numpy as np
 from data.io import ImageReadError, read_iuv_png
 from dsa.iuv import IUV
 
-from .base import Estimator, EstimatorError, sibling_path
+from .base import DETECTRON2_INSTALL, Estimator, EstimatorError, sibling_path
 
 __all__ = ["IUVFileEstimator", "pick_person", "select_person", "persons_from_inds", "paste_box_results",
            "read_inds_png", "load_apply_net_dump"]
@@ -162,13 +162,20 @@ def load_apply_net_dump(path: str | Path) -> list[dict[str, Any]]:
     except ModuleNotFoundError as e:
         raise EstimatorError(
             f"the apply_net dump {path} holds DensePose objects and needs the module {e.name!r} to load: install "
-            "detectron2 and its DensePose project (pip install 'git+https://github.com/facebookresearch/detectron2.git' "
-            "and pip install 'git+https://github.com/facebookresearch/detectron2@main#subdirectory=projects/DensePose')"
+            f"detectron2 and its DensePose project with {DETECTRON2_INSTALL}"
         ) from None
     except Exception as e:  # noqa: BLE001 - not a pickle / torch file at all (truncated, text, an image...)
         raise EstimatorError(f"{path} is not a readable apply_net dump ({type(e).__name__}: {e})") from None
     if not isinstance(data, list) or not all(isinstance(d, dict) and "file_name" in d for d in data):
         raise EstimatorError(f"{path} is not an apply_net dump (a list of dicts with file_name)")
+    for entry in data:  # every result must be a chart (IUV) result: checked here, before any image
+        for result in entry.get("pred_densepose") or []:
+            if not (hasattr(result, "labels") and hasattr(result, "uv")):
+                kind = "CSE (continuous surface embedding) results" if hasattr(result, "embedding") else \
+                    f"{type(result).__name__} results"
+                raise EstimatorError(
+                    f"the apply_net dump {path} holds {kind}, not chart-based I/U/V ones: dump with a "
+                    "densepose_rcnn_* config from projects/DensePose/configs/ (not configs/cse/)")
     return data
 
 
