@@ -59,8 +59,10 @@ def paired(a: list[float], b: list[float]) -> dict:
     diff = [x - y for x, y in zip(a, b)]
     n = len(diff)
     m = sum(diff) / n
-    s = math.sqrt(sum((d - m) ** 2 for d in diff) / (n - 1)) if n > 1 else float("nan")
-    half = float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)) if n > 1 else float("nan")
+    if n < 2:  # no spread from one seed: no interval (null in the JSON, never NaN)
+        return {"per_seed": [round(d, 5) for d in diff], "mean": m, "std": None, "ci95": None, "n": n}
+    s = math.sqrt(sum((d - m) ** 2 for d in diff) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
     return {"per_seed": [round(d, 5) for d in diff], "mean": m, "std": s, "ci95": [m - half, m + half], "n": n}
 
 
@@ -179,8 +181,9 @@ def write_gain(args: argparse.Namespace, rows: list[dict], name: str, load_befor
     out.write_text(json.dumps(data, indent=1))
     if "dsa" in diffs:
         dm = diffs["dsa"]["mAP"]
-        print(f"DSA - two-branch, MF mAP: {100 * dm['mean']:+.2f} [{100 * dm['ci95'][0]:+.2f}, "
-              f"{100 * dm['ci95'][1]:+.2f}] (95% CI, {dm['n']} seeds)")
+        ci = (f"[{100 * dm['ci95'][0]:+.2f}, {100 * dm['ci95'][1]:+.2f}] (95% CI, {dm['n']} seeds)"
+              if dm["ci95"] else "(1 seed: no interval)")
+        print(f"DSA - two-branch, MF mAP: {100 * dm['mean']:+.2f} {ci}")
     print(f"wrote {out} [{args.dataset_key or name}]")
 
 
