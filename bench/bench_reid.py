@@ -112,22 +112,24 @@ def main() -> None:
             run_dir = Path(args.runs_dir) / run
             times_file = run_dir / "bench_times.json"  # time spent by this script's calls, summed
             times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+            ckpt = run_dir / "checkpoint.pt"
+            before = ckpt.stat().st_mtime if ckpt.is_file() else None
             t = time.time()
             sh([py, "-m", "train", "--dataset", args.dataset, "--root", args.root,
                 "--estimator", args.estimator, *tag, "--preset", args.preset, "--run", run,
                 "--variant", variant, "--seed", str(seed), "--epochs", str(args.epochs),
                 "--workers", str(args.workers), "--device", args.device, "--runs-dir", args.runs_dir,
                 "--pretrained", args.pretrained, *extra])
-            times["train_s"] = times.get("train_s", 0.0) + time.time() - t
+            if ckpt.stat().st_mtime != before:  # it trained (a complete run's call is not counted)
+                times["train_s"] = times.get("train_s", 0.0) + time.time() - t
             metrics_file = run_dir / "eval" / args.dataset / "metrics.json"
-            ckpt = run_dir / "checkpoint.pt"
             if not (metrics_file.is_file() and metrics_file.stat().st_mtime > ckpt.stat().st_mtime):
                 t = time.time()  # evaluated afresh unless the metrics are newer than the checkpoint
                 sh([py, "-m", "evaluate", "run", "--run", run, "--dataset", args.dataset, "--root", args.root,
                     "--runs-dir", args.runs_dir, "--device", args.device, "--queries", "4"])
                 times["eval_s"] = time.time() - t
             times_file.write_text(json.dumps(times))
-            train_s, eval_s = times["train_s"], times.get("eval_s")
+            train_s, eval_s = times.get("train_s", 0.0), times.get("eval_s")
             m = json.loads((Path(args.runs_dir) / run / "eval" / args.dataset / "metrics.json").read_text())
             rows.append({"variant": variant, "seed": seed, "run": run, "rank1": m["rank1"],
                          "rank5": m["rank5"], "rank10": m["rank10"], "mAP": m["mAP"], "mINP": m.get("mINP"),
