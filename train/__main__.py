@@ -29,7 +29,7 @@ log = logging.getLogger("train")
 @root_option()
 @click.option("--estimator", default="synthetic", help="Estimator whose DSAP store to train with.")
 @click.option("--tag", default=None, help="Store variant: ROOT/dsap/<dataset>/<estimator>-<tag>.")
-@click.option("--preset", default="small", help="Network + recipe preset (paper, small, tiny).")
+@click.option("--preset", default="small", help="Network + recipe preset (paper, small, tiny, mobilenet, mobilenet-cpu; dsa.presets).")
 @click.option("--run", "--run-name", "run_name", required=True,
               help="Run name: outputs go to RUNS_DIR/RUN/ (under torchrun use --run-name: torchrun "
                    "takes --run for its own --run-path).")
