@@ -76,6 +76,13 @@ class Recipe:
     epochs ..., then decayed by 0.5 every 40 epochs"; the trainer owns the exact milestones).
     Loss: ``w_id_mf`` x (ID on f_G + ID on the parts f_L,i, combined by ``part_id_reduction``)
     + ``w_triplet`` x (triplet on z_G + z_L) + ``w_id_fused`` x (ID on z_G + z_L).
+
+    Switches beyond the paper (issue 14; inference stays MF-only; the defaults are the paper's recipe):
+    ``w_triplet_mf`` adds a triplet on f_G / f_L beside the fused one; ``drop_d`` is the fraction of
+    steps in which d is left out of the fusion (z = f, so f alone must carry the fused losses);
+    ``w_distill`` weighs a similarity-preserving distillation of d into f (the batch's cosine
+    similarity matrix of f pulled towards d's, d detached); ``dsag_first_epochs`` trains the
+    DSAG-Stream first: in those epochs z = d and f gets only its own ID terms.
     """
 
     epochs: int = 320
@@ -97,10 +104,19 @@ class Recipe:
     random_erasing: float = 0.5     # probability; 0 disables
     pad: int = 10                   # padding before the random crop
     flip: float = 0.5               # horizontal flip probability
+    # beyond the paper (issue 14); 0 = off, the paper's recipe
+    w_triplet_mf: float = 0.0       # triplet on f_G / f_L in the fused variants
+    drop_d: float = 0.0             # fraction of steps with z = f (d dropped from the fusion)
+    w_distill: float = 0.0          # similarity-preserving distillation of d (detached) into f
+    dsag_first_epochs: int = 0      # first epochs: z = d, f trained by its own ID terms only
 
     def __post_init__(self) -> None:
         if self.part_id_reduction not in ("mean", "sum"):
             raise ValueError(f"part_id_reduction must be 'mean' or 'sum', not {self.part_id_reduction!r}")
+        if not 0.0 <= self.drop_d <= 1.0:
+            raise ValueError(f"drop_d is a fraction of steps in [0, 1], not {self.drop_d}")
+        if self.w_triplet_mf < 0 or self.w_distill < 0 or self.dsag_first_epochs < 0:
+            raise ValueError("w_triplet_mf, w_distill and dsag_first_epochs must not be negative")
 
     @property
     def batch_size(self) -> int:
@@ -133,6 +149,14 @@ PRESETS: dict[str, Preset] = {
         Recipe(epochs=30, warmup_epochs=3, lr_start=3.5e-5, lr_peak=3.5e-3, lr_decay_step=10,
                batch_p=8, batch_k=4),
         "CPU demo: 128x64 input, ResNet-50 layout at 1/4 width, narrow heads"),
+    "bench": Preset(
+        "bench",
+        ModelConfig(height=64, width=32, base_width=8, global_dim=64, part_dim=16, global_blocks=2,
+                    part_blocks=2, dsag_conv1=4, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
+                    dsag_conv5_g=64, dsag_conv5_l=16, dsag_blocks=1, dsap_size=16, classifier_dim=64),
+        Recipe(epochs=40, warmup_epochs=2, lr_start=3.5e-5, lr_peak=3.5e-3, lr_decay_step=15,
+               batch_p=8, batch_k=4),
+        "the gain benchmark (issue 14): 64x32 input, S=16 DSAP, 1/8-width trunk; minutes per run on 1 CPU thread"),
     "tiny": Preset(
         "tiny",
         ModelConfig(height=64, width=32, base_width=4, global_dim=32, part_dim=8,

@@ -192,7 +192,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
                            pretrained=None if opts.pretrained == "none" else opts.pretrained)
         except (PretrainedWeightsError, ModelError) as e:
             raise TrainingError(str(e)) from None
-        loss_fn = DSALoss(recipe, opts.variant)
+        loss_fn = DSALoss(recipe, opts.variant, seed=opts.seed)
         try:
             sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=opts.seed,
                                 rank=info.rank, world_size=info.world_size)
