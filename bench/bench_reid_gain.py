@@ -236,7 +236,7 @@ def run_one(cfg, recipe, variant, seed, train_items, num_classes, cache, eval_se
             opt.step()
             sampler.advance()
             step, n = step + 1, n + 1
-            for k, v in {**terms, "loss": float(total)}.items():
+            for k, v in {**terms, "loss": float(total.detach())}.items():
                 sums[k] = sums.get(k, 0.0) + v
             logits = out["logits_fG"] if "logits_fG" in out else out["logits_fL"][0]
             correct += int((logits.argmax(1) == y).sum())
@@ -246,6 +246,8 @@ def run_one(cfg, recipe, variant, seed, train_items, num_classes, cache, eval_se
                       "train_acc_f": round(correct / max(seen, 1), 4)})
         if snapshot_every and ((epoch + 1) % snapshot_every == 0 or epoch + 1 == recipe.epochs):
             snaps.append({"epoch": epoch + 1, **flat(evaluate_all(net, cache, *eval_sets, size))})
+            print(f"  epoch {epoch + 1}: loss {curve[-1]['loss']:.3f}, "
+                  + ", ".join(f"{k} {100 * v:.1f}" for k, v in snaps[-1].items() if k != "epoch"), flush=True)
     train_s = time.perf_counter() - t0
     res = evaluate_all(net, cache, *eval_sets, size)
     out = {"seed": seed, "train_s": round(train_s, 1), "steps": step, "metrics": res, "curve": curve}
@@ -284,6 +286,109 @@ def uptime() -> str:
         return ""
 
 
+def summarise(runs: dict[str, list[dict]], reference: str, split: str, hist: dict, tag: str):
+    """Per configuration the per-seed lists, the paired differences against ``reference`` and the
+    verdict lines; prints the table.  Seeds are paired by value (only seeds every run has count)."""
+    variants: dict[str, dict] = {}
+    for name, rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        v = {"variant": CONFIGS[name][0], "recipe_changes": CONFIGS[name][1],
+             "store_tag": CONFIGS[name][2] or tag, "seeds": [r["seed"] for r in rs],
+             "train_s": [r["train_s"] for r in rs]}
+        for feat in ("mf", "d", "z"):
+            if feat in rs[0]["metrics"]:
+                v[f"{feat}_rank1"] = [r["metrics"][feat]["rank1"] for r in rs]
+                v[f"{feat}_mAP"] = [r["metrics"][feat]["mAP"] for r in rs]
+        variants[name] = v
+    ref = variants.get(reference)
+    diffs: dict[str, dict] = {}
+    if ref is not None:
+        for name, v in variants.items():
+            common = [s for s in v["seeds"] if s in ref["seeds"]]
+            if name == reference or len(common) < 1:
+                continue
+            pick = lambda vv, key: [vv[key][vv["seeds"].index(s)] for s in common]  # noqa: E731
+            diffs[name] = {"seeds": common,
+                           "rank1": paired(pick(v, "mf_rank1"), pick(ref, "mf_rank1")),
+                           "mAP": paired(pick(v, "mf_mAP"), pick(ref, "mf_mAP"))}
+    n_seeds = max((len(v["seeds"]) for v in variants.values()), default=0)
+    print(f"\n{split} split, MF features (kept at inference), {n_seeds} seeds, "
+          f"mean ± std; Δ = paired difference vs {reference} with its 95% interval")
+    print(f"{'configuration':<22}{'R1':>13}{'mAP':>13}{'ΔmAP [95% CI]':>26}{'d R1':>8}{'z R1':>8}{'train s':>9}")
+    print(f"{'colour histogram':<22}{100 * hist['rank1']:>13.1f}{100 * hist['mAP']:>13.1f}")
+    for name, v in variants.items():
+        r1, mp = mean_std(v["mf_rank1"]), mean_std(v["mf_mAP"])
+        dtxt = ""
+        if name in diffs:
+            dm = diffs[name]["mAP"]
+            dtxt = f"{100 * dm['mean']:+.1f} [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}]"
+        dr1 = f"{100 * np.mean(v['d_rank1']):.1f}" if "d_rank1" in v else "–"
+        zr1 = f"{100 * np.mean(v['z_rank1']):.1f}" if "z_rank1" in v else "–"
+        print(f"{name:<22}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<3.1f}{100 * mp[0]:>7.1f} ± {100 * mp[1]:<3.1f}"
+              f"{dtxt:>26}{dr1:>8}{zr1:>8}{np.mean(v['train_s']):>9.0f}")
+    verdicts = []
+    if ref is not None:
+        spread = mean_std(ref["mf_mAP"])[1]
+        for name, dd in diffs.items():
+            dm = dd["mAP"]
+            beats = dm["mean"] > spread and dm["n"] > 1
+            verdicts.append(f"{name}: MF features {'BEAT' if beats else 'do NOT beat'} {reference} by more "
+                            f"than the seed spread (mAP {100 * dm['mean']:+.1f} vs spread ±{100 * spread:.1f}; "
+                            f"95% interval [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}], {dm['n']} seeds)")
+    for line in verdicts:
+        print(line)
+    return variants, diffs, verdicts
+
+
+def runs_from_entry(entry: dict) -> dict[str, list[dict]]:
+    """The per-run records of a results entry, with each run's metrics taken from the variant lists."""
+    runs: dict[str, list[dict]] = {}
+    for name, rs in entry["runs"].items():
+        v = entry["variants"][name]
+        out = []
+        for r in rs:
+            i = v["seeds"].index(r["seed"])
+            metrics = {f: {"rank1": v[f"{f}_rank1"][i], "mAP": v[f"{f}_mAP"][i]}
+                       for f in ("mf", "d", "z") if f"{f}_rank1" in v}
+            out.append({**r, "metrics": metrics})
+        runs[name] = out
+    return runs
+
+
+def combine(paths: list[str], args) -> None:
+    """Merge partial results (same split and settings, other seeds or configurations) into one entry."""
+    entries = [json.loads(Path(p).read_text())[args.dataset_key] for p in paths]
+    first = entries[0]
+    for e in entries[1:]:
+        for key in ("split", "preset", "recipe", "store_tag", "num_train_ids", "num_query"):
+            if e[key] != first[key]:
+                raise SystemExit(f"cannot combine: {key} differs ({e[key]!r} vs {first[key]!r})")
+    runs: dict[str, list[dict]] = {}
+    for e in entries:
+        for name, rs in runs_from_entry(e).items():
+            have = {r["seed"] for r in runs.get(name, [])}
+            runs.setdefault(name, []).extend(r for r in rs if r["seed"] not in have)
+    variants, diffs, verdicts = summarise(runs, args.reference, first["split"], first["colour_histogram"],
+                                          first["store_tag"])
+    entry = {**first, "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
+             "variants": variants, "reference": args.reference, "paired_diffs": diffs,
+             "paired_diff": diffs.get("dsa"), "verdicts": verdicts,
+             "total_s": round(sum(e["total_s"] for e in entries), 1),
+             "uptime_before": [e["uptime_before"] for e in entries], "uptime_after": [e["uptime_after"] for e in entries],
+             "command": [e["command"] for e in entries] + ["python bench/bench_reid_gain.py " + " ".join(sys.argv[1:])],
+             "runs": {name: [{k: r[k] for k in r if k != "metrics"} for r in rs] for name, rs in runs.items()}}
+    write_entry(args, entry, first["split"])
+
+
+def write_entry(args, entry: dict, split: str) -> None:
+    out = Path(args.results_dir) / f"{args.out or ('reid_gain' if split == 'test' else 'reid_gain_val')}.json"
+    out.parent.mkdir(exist_ok=True)
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data[args.dataset_key] = entry
+    out.write_text(json.dumps(data, indent=1))
+    print(f"wrote {out} [{args.dataset_key}]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="datasets")
@@ -293,6 +398,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--configs", nargs="+", default=["two-branch", "dsa"], choices=sorted(CONFIGS))
     ap.add_argument("--reference", default="two-branch", help="the configuration differences are taken against")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="recipe field overrides for every configuration, e.g. weight_decay=5e-5")
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--val-ids", type=int, default=50, help="training identities held out in --split val")
     ap.add_argument("--threads", type=int, default=1)
@@ -300,14 +407,24 @@ def main() -> None:
     ap.add_argument("--diag-every", type=int, default=10, help="steps between gradient records")
     ap.add_argument("--snapshot-every", type=int, default=0, help="epochs between evaluation snapshots")
     ap.add_argument("--out", default=None, help="results name (default reid_gain / reid_gain_val)")
+    ap.add_argument("--results-dir", default=str(HERE / "results"))
     ap.add_argument("--dataset-key", default="synthetic", help="the entry of the results file written")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="merge these partial results files (other seeds/configurations) instead of training")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, args)
+        return
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     preset = get_preset(args.preset)
     cfg, base_recipe = preset.model, preset.recipe
     if args.epochs is not None:
         base_recipe = base_recipe.replace(epochs=args.epochs)
+    for kv in args.overrides:
+        key, _, value = kv.partition("=")
+        kind = type(getattr(base_recipe, key))
+        base_recipe = base_recipe.replace(**{key: kind(value)})
     root = Path(args.root)
     ds = build_dataset("synthetic", root)
     if args.split == "val":
@@ -343,56 +460,20 @@ def main() -> None:
                   f"{extra}  ({r['train_s']:.0f} s, final loss {r['curve'][-1]['loss']:.3f}, "
                   f"train acc {r['curve'][-1]['train_acc_f']:.2f})", flush=True)
 
-    variants: dict[str, dict] = {}
-    for name, rs in runs.items():
-        v = {"variant": CONFIGS[name][0], "recipe_changes": CONFIGS[name][1],
-             "store_tag": CONFIGS[name][2] or args.tag, "seeds": [r["seed"] for r in rs],
-             "train_s": [r["train_s"] for r in rs]}
-        for feat in ("mf", "d", "z"):
-            if feat in rs[0]["metrics"]:
-                v[f"{feat}_rank1"] = [r["metrics"][feat]["rank1"] for r in rs]
-                v[f"{feat}_mAP"] = [r["metrics"][feat]["mAP"] for r in rs]
-        variants[name] = v
-    ref = variants.get(args.reference)
-    diffs = {}
-    if ref is not None:
-        for name, v in variants.items():
-            if name != args.reference:
-                diffs[name] = {"rank1": paired(v["mf_rank1"], ref["mf_rank1"]),
-                               "mAP": paired(v["mf_mAP"], ref["mf_mAP"])}
-
-    print(f"\n{args.split} split, MF features (kept at inference), {len(args.seeds)} seeds, "
-          f"mean ± std; Δ = paired difference vs {args.reference} with its 95% interval")
-    print(f"{'configuration':<22}{'R1':>13}{'mAP':>13}{'ΔmAP [95% CI]':>26}{'d R1':>8}{'z R1':>8}{'train s':>9}")
-    print(f"{'colour histogram':<22}{100 * hist['rank1']:>13.1f}{100 * hist['mAP']:>13.1f}")
-    for name, v in variants.items():
-        r1, mp = mean_std(v["mf_rank1"]), mean_std(v["mf_mAP"])
-        dtxt = ""
-        if name in diffs:
-            dm = diffs[name]["mAP"]
-            dtxt = f"{100 * dm['mean']:+.1f} [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}]"
-        dr1 = f"{100 * np.mean(v['d_rank1']):.1f}" if "d_rank1" in v else "–"
-        zr1 = f"{100 * np.mean(v['z_rank1']):.1f}" if "z_rank1" in v else "–"
-        print(f"{name:<22}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<3.1f}{100 * mp[0]:>7.1f} ± {100 * mp[1]:<3.1f}"
-              f"{dtxt:>26}{dr1:>8}{zr1:>8}{np.mean(v['train_s']):>9.0f}")
+    variants, diffs, verdicts = summarise(runs, args.reference, args.split, hist, args.tag)
     entry = {
         "benchmark": "reid_gain", "split": args.split, "preset": preset.name, "model": cfg.to_dict(),
         "recipe": base_recipe.to_dict(), "store_tag": args.tag, "seeds": args.seeds,
         "num_train_ids": num_classes, "num_train_images": len(train_items), "num_query": len(query),
         "num_gallery": len(gallery), "threads": args.threads, "colour_histogram": hist,
         "variants": variants, "reference": args.reference, "paired_diffs": diffs,
-        "paired_diff": diffs.get("dsa"),
+        "paired_diff": diffs.get("dsa"), "verdicts": verdicts,
         "total_s": round(time.perf_counter() - t_all, 1), "uptime_before": load_before, "uptime_after": uptime(),
         "machine": platform.platform(), "torch": torch.__version__,
         "command": "python bench/bench_reid_gain.py " + " ".join(sys.argv[1:]),
         "runs": {name: [{k: r[k] for k in r if k != "metrics"} for r in rs] for name, rs in runs.items()},
     }
-    out = HERE / "results" / f"{args.out or ('reid_gain' if args.split == 'test' else 'reid_gain_val')}.json"
-    out.parent.mkdir(exist_ok=True)
-    data = json.loads(out.read_text()) if out.is_file() else {}
-    data[args.dataset_key] = entry
-    out.write_text(json.dumps(data, indent=1))
-    print(f"wrote {out} [{args.dataset_key}]")
+    write_entry(args, entry, args.split)
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(height=64, width=32, base_width=8, global_dim=64, part_dim=16, global_blocks=2,
                     part_blocks=2, dsag_conv1=4, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
                     dsag_conv5_g=64, dsag_conv5_l=16, dsag_blocks=1, dsap_size=16, classifier_dim=64),
-        Recipe(epochs=40, warmup_epochs=2, lr_start=3.5e-5, lr_peak=3.5e-3, lr_decay_step=15,
-               batch_p=8, batch_k=4),
+        Recipe(epochs=16, warmup_epochs=2, lr_start=1e-4, lr_peak=1e-2, lr_decay_step=12,
+               lr_decay_gamma=0.2, batch_p=8, batch_k=4),
         "the gain benchmark (issue 14): 64x32 input, S=16 DSAP, 1/8-width trunk; minutes per run on 1 CPU thread"),
     "tiny": Preset(
         "tiny",
