@@ -27,6 +27,7 @@ Results: ``bench/results/<--out>.json`` (the synthetic entry; other datasets' en
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -400,6 +401,8 @@ def main() -> None:
     ap.add_argument("--reference", default="two-branch", help="the configuration differences are taken against")
     ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="FIELD=VALUE",
                     help="recipe field overrides for every configuration, e.g. weight_decay=5e-5")
+    ap.add_argument("--model", dest="model_overrides", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="model config overrides, e.g. base_width=16 trunk_blocks=1,1,1")
     ap.add_argument("--split", choices=["val", "test"], default="val")
     ap.add_argument("--val-ids", type=int, default=50, help="training identities held out in --split val")
     ap.add_argument("--threads", type=int, default=1)
@@ -421,6 +424,13 @@ def main() -> None:
     cfg, base_recipe = preset.model, preset.recipe
     if args.epochs is not None:
         base_recipe = base_recipe.replace(epochs=args.epochs)
+    model_changes = {}
+    for kv in args.model_overrides:
+        key, _, value = kv.partition("=")
+        model_changes[key] = (tuple(int(x) for x in value.split(",")) if key == "trunk_blocks"
+                              else type(getattr(cfg, key))(value))
+    if model_changes:
+        cfg = dataclasses.replace(cfg, **model_changes)
     for kv in args.overrides:
         key, _, value = kv.partition("=")
         kind = type(getattr(base_recipe, key))

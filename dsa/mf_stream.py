@@ -27,7 +27,7 @@ class MFStream(nn.Module):
         if not (use_global or use_parts):
             raise ValueError("the MF-Stream needs the global branch, the part branches, or both")
         self.cfg = cfg
-        self.backbone = ResNetTrunk(cfg.base_width)
+        self.backbone = ResNetTrunk(cfg.base_width, tuple(cfg.trunk_blocks))
         c = self.backbone.out_channels
         self.global_branch = None
         self.part_branch = None

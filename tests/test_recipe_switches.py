@@ -143,3 +143,18 @@ def test_dsag_first_epochs_fuse_d_only_then_the_paper():
     assert g.abs().sum() == 0
     g_all = torch.autograd.grad(total, [out["f_G"]])[0]
     assert g_all.abs().sum() > 0
+
+
+def test_trunk_blocks_default_and_json_roundtrip():
+    import json
+
+    from dsa.presets import ModelConfig
+
+    assert ModelConfig().trunk_blocks == (3, 4, 6)                 # ResNet-50: the paper's trunk
+    cfg = get_preset("bench").model
+    back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.trunk_blocks == (1, 1, 1)
+    net = DSANet(cfg, 5, "dsa")
+    assert [len(getattr(net.mf.backbone, f"layer{i}")) for i in (1, 2, 3)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="trunk_blocks"):
+        ModelConfig(trunk_blocks=(3, 0, 6))
