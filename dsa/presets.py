@@ -155,15 +155,6 @@ PRESETS: dict[str, Preset] = {
         Recipe(epochs=30, warmup_epochs=3, lr_start=3.5e-5, lr_peak=3.5e-3, lr_decay_step=10,
                batch_p=8, batch_k=4),
         "CPU demo: 128x64 input, ResNet-50 layout at 1/4 width, narrow heads"),
-    "bench": Preset(
-        "bench",
-        ModelConfig(height=64, width=32, base_width=16, trunk_blocks=(1, 1, 1), global_dim=128, part_dim=16,
-                    global_blocks=1, part_blocks=1, dsag_conv1=4, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
-                    dsag_conv5_g=128, dsag_conv5_l=16, dsag_blocks=1, dsap_size=16, classifier_dim=64),
-        Recipe(epochs=20, warmup_epochs=2, lr_start=1e-4, lr_peak=1e-2, lr_decay_step=13,
-               lr_decay_gamma=0.2, batch_p=8, batch_k=4),
-        "the gain benchmark (issue 14): 64x32 input, S=16 DSAP, a shallow 1/4-width trunk (one bottleneck "
-        "per stage); minutes per run on 1 CPU thread"),
     "tiny": Preset(
         "tiny",
         ModelConfig(height=64, width=32, base_width=4, global_dim=32, part_dim=8,
@@ -173,6 +164,15 @@ PRESETS: dict[str, Preset] = {
         Recipe(epochs=2, warmup_epochs=1, lr_start=1e-4, lr_peak=1e-3, lr_decay_step=1,
                batch_p=4, batch_k=2),
         "unit tests: seconds on a CPU"),
+    "bench": Preset(
+        "bench",
+        ModelConfig(height=64, width=32, base_width=16, trunk_blocks=(1, 1, 1), global_dim=128, part_dim=16,
+                    global_blocks=1, part_blocks=1, dsag_conv1=4, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
+                    dsag_conv5_g=128, dsag_conv5_l=16, dsag_blocks=1, dsap_size=16, classifier_dim=64),
+        Recipe(epochs=20, warmup_epochs=2, lr_start=1e-4, lr_peak=1e-2, lr_decay_step=13,
+               lr_decay_gamma=0.2, batch_p=8, batch_k=4),
+        "the gain benchmark (issue 14): 64x32 input, S=16 DSAP, a shallow 1/4-width trunk (one bottleneck "
+        "per stage); minutes per run on 1 CPU thread"),
 }
 
 
