@@ -383,7 +383,7 @@ def combine(paths: list[str], args) -> None:
 
 def write_entry(args, entry: dict, split: str) -> None:
     out = Path(args.results_dir) / f"{args.out or ('reid_gain' if split == 'test' else 'reid_gain_val')}.json"
-    out.parent.mkdir(exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.dataset_key] = entry
     out.write_text(json.dumps(data, indent=1))
