@@ -35,11 +35,14 @@ ARGS       ?=
 GPU_PY     := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 OUT        ?= bench/results/gpu
 
-# The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors)
-# -> train DSA-reID and the two-branch baseline on the same budget -> evaluate both.
+# The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors, S=16)
+# -> bench/bench_reid_gain.py's regime (preset `bench`): DSA-reID and the two-branch baseline from the same
+# initialisation and batches, DEMO_SEEDS seeds, evaluated on MF-Stream features (issue 14).
 DEMO_ERRORS ?= -o miss=0.05 -o drop_part=0.1 -o label_noise=0.05 -o uv_jitter=0.02
-DEMO_EPOCHS ?= 20
-DEMO_PRESET ?= small
+DEMO_EPOCHS ?=
+DEMO_SEEDS  ?= 0 1
+DEMO_CONFIGS ?= two-branch dsa
+DEMO_TAG    ?= bench16
 
 TAG_ARG    := $(if $(TAG),--tag $(TAG))
 EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
@@ -146,20 +149,17 @@ bench-gpu:  ## the GPU benchmark, ≤ 8 min on one H100/H200, no install (OUT=fo
 bench-%: $(STAMP)  ## run one benchmark, e.g. make bench-warp (ARGS=--quick)
 	$(PY) bench/bench_$*.py $(ARGS)
 
-demo: $(STAMP)  ## the whole pipeline on the synthetic default dataset (about 11 minutes on 2 cores)
+demo: $(STAMP)  ## the gain benchmark's regime on the synthetic set: DSA vs two-branch, DEMO_SEEDS paired seeds, one verdict line
 	@set -e; start=$$(date +%s); \
 	$(PY) -m data synth --root $(ROOT); \
 	$(PY) -m data stats --dataset synthetic --root $(ROOT); \
-	$(PY) -m precompute run --dataset synthetic --root $(ROOT) --estimator synthetic --tag demo $(DEMO_ERRORS); \
-	$(PY) -m precompute inspect --dataset synthetic --root $(ROOT) --estimator synthetic --tag demo \
-	  --montage-random 2 --out runs/demo-dsa/inspect; \
-	for v in dsa two-branch; do \
-	  $(PY) -m train --dataset synthetic --root $(ROOT) --estimator synthetic --tag demo --preset $(DEMO_PRESET) \
-	    --run demo-$$v --variant $$v --seed $(SEED) --epochs $(DEMO_EPOCHS); \
-	  $(PY) -m evaluate run --run demo-$$v --dataset synthetic --root $(ROOT); \
-	done; \
-	$(PY) -m evaluate compare demo-two-branch demo-dsa --dataset synthetic; \
-	echo "demo finished in $$(( $$(date +%s) - start )) s; outputs in runs/demo-dsa and runs/demo-two-branch"
+	$(PY) -m precompute run --dataset synthetic --root $(ROOT) --estimator synthetic --tag $(DEMO_TAG) \
+	  --size 16 $(DEMO_ERRORS); \
+	$(PY) -m precompute inspect --dataset synthetic --root $(ROOT) --estimator synthetic --tag $(DEMO_TAG) \
+	  --montage-random 2 --out runs/demo/inspect; \
+	$(PY) bench/bench_reid_gain.py --root $(ROOT) --tag $(DEMO_TAG) --split test --seeds $(DEMO_SEEDS) \
+	  --configs $(DEMO_CONFIGS) $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) --results-dir runs/demo --out demo; \
+	echo "demo finished in $$(( $$(date +%s) - start )) s; results in runs/demo/demo.json, montages in runs/demo/inspect"
 
 clean:  ## remove the virtual environment and caches (not datasets or runs)
 	rm -rf $(VENV) *.egg-info .pytest_cache

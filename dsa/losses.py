@@ -12,6 +12,17 @@ the start (8 x ln(num_classes)); "sum" is available.  Variants without the DSAG-
 fused features: the triplet terms go on f_G / f_L, and the fused ID weight is added to the MF ID
 weight (ID on f weighs w_id_mf + w_id_fused), which keeps the paper's ID : triplet balance.
 Variants without a global (part) branch simply have no global (part) terms.
+
+Switches beyond the paper (``Recipe`` fields, all off in the paper's recipe; issue 14), for the fused
+variants only:
+
+- ``w_triplet_mf`` x (Tri(f_G) + Tri(f_L)): direct triplet supervision of the kept features;
+- ``w_distill`` x (SP(f_G, d_G) + SP(f_L, d_L)): similarity-preserving distillation (Tung & Mori,
+  ICCV 2019): the mean squared difference of the batch's cosine-similarity matrices of f and of d,
+  d detached, so d's view of which images are alike is taught to f and d is not pulled towards f;
+- ``drop_d`` / ``dsag_first_epochs``: which stream is left out of z = f + d in a step
+  (:func:`fusion_drop`; the model's ``drop`` argument). In the DSAG-first epochs z = d and the
+  f-only terms (ID on f; the triplet on f and the distillation when switched on) still train f.
 """
 from __future__ import annotations
 
@@ -69,6 +80,30 @@ class TripletBatchHard(nn.Module):
         return F.relu(d_ap[valid] - d_an[valid] + self.margin).mean()
 
 
+def similarity_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the [B, B] cosine-similarity matrices of ``student`` and the
+    detached ``teacher`` (both flattened to [B, D]); 0 when their similarity structures agree."""
+    s = F.normalize(student.float().flatten(1), dim=1)
+    t = F.normalize(teacher.detach().float().flatten(1), dim=1)
+    return ((s @ s.t() - t @ t.t()) ** 2).mean()
+
+
+def fusion_drop(recipe: Recipe, epoch: int, step: int, seed: int = 0) -> str | None:
+    """Which stream is left out of the fusion at (0-based) ``epoch`` / global ``step``: ``"f"`` in the
+    DSAG-first epochs, ``"d"`` in a ``drop_d`` fraction of the other steps, else None (the paper).
+
+    The choice is a pure function of (seed, step), so a resumed run makes the same choices and two
+    runs with the same seed drop d in the same steps."""
+    if epoch < recipe.dsag_first_epochs:
+        return "f"
+    if recipe.drop_d <= 0.0:
+        return None
+    import numpy as np
+
+    u = np.random.default_rng([int(seed) % 2**32, int(step), 14]).random()
+    return "d" if u < recipe.drop_d else None
+
+
 class DSALoss(nn.Module):
     """The weighted DSA loss for a ``DSANet`` output dict; see the module docstring.
 
@@ -77,14 +112,24 @@ class DSALoss(nn.Module):
     unweighted value as a Python float, so a trainer can log each one and name a NaN term.
     """
 
-    def __init__(self, recipe: Recipe, variant: str = "dsa") -> None:
+    def __init__(self, recipe: Recipe, variant: str = "dsa", seed: int = 0) -> None:
         super().__init__()
         use_g, use_l, self.fused, _ = check_variant(variant)
         self.use_global, self.use_parts = use_g, use_l
-        self.recipe, self.variant = recipe, variant
+        self.recipe, self.variant, self.seed = recipe, variant, seed
         self.id_loss = CrossEntropyLabelSmooth(recipe.label_smoothing)
         self.triplet = TripletBatchHard(recipe.margin)
         self.w_id_f = recipe.w_id_mf + (0.0 if self.fused else recipe.w_id_fused)
+        #: (name, weight, unweighted term tensor) of the last call, for gradient diagnostics
+        self.last_terms: list[tuple[str, float, torch.Tensor]] = []
+
+    def step_kwargs(self, epoch: int, step: int) -> dict:
+        """Extra model arguments for the training step at ``epoch`` / ``step`` (``drop``; empty for
+        the paper's recipe and for variants without fusion)."""
+        if not self.fused:
+            return {}
+        drop = fusion_drop(self.recipe, epoch, step, self.seed)
+        return {} if drop is None else {"drop": drop}
 
     def forward(self, out: dict, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         r = self.recipe
@@ -105,6 +150,16 @@ class DSALoss(nn.Module):
             named.append(("id_zG", r.w_id_fused, self.id_loss(out["logits_zG"], targets)))
         if self.fused and self.use_parts:
             named.append(("id_zL", r.w_id_fused, self.id_loss(out["logits_zL"], targets)))
+        if self.fused and r.w_triplet_mf > 0:
+            for key, name in (("f_G", "tri_fG"), ("f_L", "tri_fL")):
+                if key in out:
+                    named.append((name, r.w_triplet_mf, self.triplet(out[key], targets)))
+        if self.fused and r.w_distill > 0:
+            for br in ("G", "L"):
+                if f"f_{br}" in out and f"d_{br}" in out:
+                    named.append((f"distill_{br}", r.w_distill,
+                                  similarity_distillation(out[f"f_{br}"], out[f"d_{br}"])))
+        self.last_terms = named
         values = torch.stack([v for _, _, v in named])
         weights = torch.tensor([w for _, w, _ in named], dtype=values.dtype, device=values.device)
         total = (weights * values).sum()

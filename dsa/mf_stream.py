@@ -34,7 +34,7 @@ class MFStream(nn.Module):
             raise ValueError("the MF-Stream needs the global branch, the part branches, or both")
         self.cfg = cfg
         mobilenet = cfg.backbone == "mobilenet_v2"
-        self.backbone = MobileNetTrunk(cfg.frozen_blocks) if mobilenet else ResNetTrunk(cfg.base_width)
+        self.backbone = MobileNetTrunk(cfg.frozen_blocks) if mobilenet else ResNetTrunk(cfg.base_width, tuple(cfg.trunk_blocks))
         c = self.backbone.out_channels
         self.global_branch = None
         self.part_branch = None

@@ -78,7 +78,12 @@ class DSANet(nn.Module):
         self.fuse_G = ConcatFusion(cfg.global_dim) if concat and use_g else None
         self.fuse_L = ConcatFusion(n * cfg.part_dim) if concat and use_l else None
 
-    def forward(self, images: torch.Tensor, dsap: torch.Tensor | None = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, dsap: torch.Tensor | None = None,
+                drop: str | None = None) -> dict[str, Any]:
+        """``drop`` (training switches beyond the paper, ``dsa.losses.fusion_drop``): ``"d"`` fuses
+        z = f (the DSAG-Stream still runs, d is left out), ``"f"`` fuses z = d; None is the paper's."""
+        if drop not in (None, "d", "f"):
+            raise ValueError(f"drop must be None, 'd' or 'f', not {drop!r}")
         out: dict[str, Any] = dict(self.mf(images))
         if self.cls_fG is not None:
             out["logits_fG"] = self.cls_fG(out["f_G"])
@@ -88,17 +93,28 @@ class DSANet(nn.Module):
             return out
         out.update(self.dsag(dsap))
         if self.use_global:
-            f, d = out["f_G"], out["d_G"]
+            f, d = self._dropped(out["f_G"], out["d_G"], drop)
             out["z_G"] = self.fuse_G(f, d) if self.fuse_G is not None else f + d
             out["logits_zG"] = self.cls_zG(out["z_G"])
         if self.use_parts:
-            f, d = out["f_L"], out["d_L"]
+            f, d = self._dropped(out["f_L"], out["d_L"], drop)
             b = f.shape[0]
             z = (self.fuse_L(f.reshape(b, -1), d.reshape(b, -1)).reshape(f.shape)
                  if self.fuse_L is not None else f + d)
             out["z_L"] = z
             out["logits_zL"] = self.cls_zL(z.reshape(b, -1))
         return out
+
+
+    @staticmethod
+    def _dropped(f: torch.Tensor, d: torch.Tensor, drop: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f, d) with the dropped one zeroed; multiplied by 0, not removed, so that every parameter
+        stays in the graph (DistributedDataParallel needs that) and the result is exactly f or d."""
+        if drop == "d":
+            return f, d * 0.0
+        if drop == "f":
+            return f * 0.0, d
+        return f, d
 
 
 class InferenceModel(nn.Module):

@@ -37,6 +37,8 @@ class ModelConfig:
     width: int = 128
     #: ResNet-50 stem width: layer1..layer3 output 4b, 8b, 16b channels (b = 64 in ResNet-50).
     base_width: int = 64
+    #: bottlenecks in layer1..layer3 of the MF trunk (ResNet-50: 3, 4, 6; ImageNet weights need those)
+    trunk_blocks: tuple[int, int, int] = (3, 4, 6)
     global_dim: int = 2048          # f_G / d_G / z_G size (conv5_x output)
     part_dim: int = 256             # f_L,i / d_L,i size (1/8 of conv5_x)
     num_parts: int = 8              # merged body-part groups (dsa.parts.NUM_GROUPS)
@@ -69,6 +71,8 @@ class ModelConfig:
             raise ValueError(
                 f"DSAG head widths ({self.dsag_conv5_g}, {self.dsag_conv5_l}) must equal the MF feature "
                 f"sizes ({self.global_dim}, {self.part_dim}) for element-wise fusion")
+        if len(self.trunk_blocks) != 3 or min(self.trunk_blocks) < 1:
+            raise ValueError(f"trunk_blocks must be three positive block counts, not {self.trunk_blocks}")
         if self.num_parts != 8:
             raise ValueError("num_parts is fixed at 8 by the two-level merge (dsa.parts)")
         if self.height % 16 or self.width % 16:
@@ -77,7 +81,10 @@ class ModelConfig:
             raise ValueError(f"dsap_size {self.dsap_size} must be a multiple of 4 (two stride-2 stages)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-native values (``trunk_blocks`` a list), so that config.json and a checkpoint's copy compare equal."""
+        d = dataclasses.asdict(self)
+        d["trunk_blocks"] = list(self.trunk_blocks)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
@@ -86,6 +93,8 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown model config fields {unknown}; known: {sorted(names)}")
+        if "trunk_blocks" in d:                       # JSON gives a list
+            d = {**d, "trunk_blocks": tuple(int(x) for x in d["trunk_blocks"])}
         return cls(**d)
 
 
@@ -98,6 +107,13 @@ class Recipe:
     epochs ..., then decayed by 0.5 every 40 epochs"; the trainer owns the exact milestones).
     Loss: ``w_id_mf`` x (ID on f_G + ID on the parts f_L,i, combined by ``part_id_reduction``)
     + ``w_triplet`` x (triplet on z_G + z_L) + ``w_id_fused`` x (ID on z_G + z_L).
+
+    Switches beyond the paper (issue 14; inference stays MF-only; the defaults are the paper's recipe):
+    ``w_triplet_mf`` adds a triplet on f_G / f_L beside the fused one; ``drop_d`` is the fraction of
+    steps in which d is left out of the fusion (z = f, so f alone must carry the fused losses);
+    ``w_distill`` weighs a similarity-preserving distillation of d into f (the batch's cosine
+    similarity matrix of f pulled towards d's, d detached); ``dsag_first_epochs`` trains the
+    DSAG-Stream first: in those epochs z = d and f gets only its own ID terms.
     """
 
     epochs: int = 320
@@ -119,10 +135,19 @@ class Recipe:
     random_erasing: float = 0.5     # probability; 0 disables
     pad: int = 10                   # padding before the random crop
     flip: float = 0.5               # horizontal flip probability
+    # beyond the paper (issue 14); 0 = off, the paper's recipe
+    w_triplet_mf: float = 0.0       # triplet on f_G / f_L in the fused variants
+    drop_d: float = 0.0             # fraction of steps with z = f (d dropped from the fusion)
+    w_distill: float = 0.0          # similarity-preserving distillation of d (detached) into f
+    dsag_first_epochs: int = 0      # first epochs: z = d, f trained by its own ID terms only
 
     def __post_init__(self) -> None:
         if self.part_id_reduction not in ("mean", "sum"):
             raise ValueError(f"part_id_reduction must be 'mean' or 'sum', not {self.part_id_reduction!r}")
+        if not 0.0 <= self.drop_d <= 1.0:
+            raise ValueError(f"drop_d is a fraction of steps in [0, 1], not {self.drop_d}")
+        if self.w_triplet_mf < 0 or self.w_distill < 0 or self.dsag_first_epochs < 0:
+            raise ValueError("w_triplet_mf, w_distill and dsag_first_epochs must not be negative")
 
     @property
     def batch_size(self) -> int:
@@ -180,6 +205,15 @@ PRESETS: dict[str, Preset] = {
                batch_p=8, batch_k=4),
         "real images on a CPU: MobileNetV2 from ImageNet (--pretrained imagenet), 128x64, "
         "features[0:7] frozen, small DSAG-Stream, 3 epochs"),
+    "bench": Preset(
+        "bench",
+        ModelConfig(height=64, width=32, base_width=16, trunk_blocks=(1, 1, 1), global_dim=128, part_dim=16,
+                    global_blocks=1, part_blocks=1, dsag_conv1=4, dsag_conv2=8, dsag_conv3=8, dsag_conv4=16,
+                    dsag_conv5_g=128, dsag_conv5_l=16, dsag_blocks=1, dsap_size=16, classifier_dim=64),
+        Recipe(epochs=20, warmup_epochs=2, lr_start=1e-4, lr_peak=1e-2, lr_decay_step=13,
+               lr_decay_gamma=0.2, batch_p=8, batch_k=4),
+        "the gain benchmark (issue 14): 64x32 input, S=16 DSAP, a shallow 1/4-width trunk (one bottleneck "
+        "per stage); minutes per run on 1 CPU thread"),
 }
 
 

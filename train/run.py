@@ -174,7 +174,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             config["init_source"] = init_from(model, opts.init, opts.runs_dir)
         elif saved is not None and saved.get("init_source") is not None:
             config["init_source"] = saved["init_source"]
-        loss_fn = DSALoss(recipe, opts.variant)
+        loss_fn = DSALoss(recipe, opts.variant, seed=opts.seed)
         try:
             sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=opts.seed,
                                 rank=info.rank, world_size=info.world_size)

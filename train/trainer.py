@@ -305,7 +305,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            outputs = self.model(images, dsap)
+            # a loss may ask for per-step model arguments (the recipe's fusion switches, dsa.losses)
+            step_kwargs = getattr(self.loss_fn, "step_kwargs", None)
+            extra = step_kwargs(self.epoch, self.step) if step_kwargs is not None else {}
+            outputs = self.model(images, dsap, **extra)
             total, terms = self.loss_fn(outputs, pids)
         names = [*terms, "loss"]  # terms first: a NaN is named by the term that produced it
         values = torch.tensor([*(float(torch.as_tensor(t).detach()) for t in terms.values()),
