@@ -89,9 +89,9 @@ def validation_split(ds, num_val_ids: int, seed: int = 14):
     held = set(rng.permutation(pids)[-num_val_ids:].tolist())
     keep = sorted(set(pids) - held)
     relabel = {p: i for i, p in enumerate(keep)}
-    train = [Item(it.path, relabel[it.pid], it.camid) for it in ds.train if it.pid in relabel]
+    train = [Item(it.key, relabel[it.pid], it.camid) for it in ds.train if it.pid in relabel]
     query, gallery, seen = [], [], set()
-    for it in sorted((it for it in ds.train if it.pid in held), key=lambda it: it.path):
+    for it in sorted((it for it in ds.train if it.pid in held), key=lambda it: it.key):
         (gallery if (it.pid, it.camid) in seen else query).append(it)
         seen.add((it.pid, it.camid))
     return train, query, gallery, len(keep)
@@ -124,9 +124,9 @@ def train_batch(cache: Cache, items, indices, transform, use_dsap: bool):
         it = items[index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            images.append(transform(cache.image(it.path)))
+            images.append(transform(cache.image(it.key)))
         if use_dsap:
-            dsap.append(torch.from_numpy(cache.parts(it.path)))
+            dsap.append(torch.from_numpy(cache.parts(it.key)))
         pids.append(it.pid)
     x = normalise(torch.stack(images))
     d = normalise_dsap(torch.stack(dsap)) if use_dsap else None
@@ -141,8 +141,8 @@ def features(net: DSANet, cache: Cache, items, size, batch: int = 128) -> dict[s
     out: dict[str, list[np.ndarray]] = {"mf": [], "d": [], "z": []}
     for s in range(0, len(items), batch):
         chunk = items[s:s + batch]
-        x = normalise(torch.stack([tf(cache.image(it.path)) for it in chunk]))
-        dsap = (normalise_dsap(torch.stack([torch.from_numpy(cache.parts(it.path)) for it in chunk]))
+        x = normalise(torch.stack([tf(cache.image(it.key)) for it in chunk]))
+        dsap = (normalise_dsap(torch.stack([torch.from_numpy(cache.parts(it.key)) for it in chunk]))
                 if net.dsag is not None else None)
         o = net(x, dsap)
         for key, names in (("mf", ("f_G", "f_L")), ("d", ("d_G", "d_L")), ("z", ("z_G", "z_L"))):
@@ -167,8 +167,8 @@ def colour_histogram(cache: Cache, query, gallery) -> dict[str, float]:
     """Whole-crop HSV histograms of 4 stripes (``bench_synthetic.py``'s baseline) on this split."""
     from bench_synthetic import _histogram
 
-    q = np.stack([_histogram(cache.root, i.path, False) for i in query])
-    g = np.stack([_histogram(cache.root, i.path, False) for i in gallery])
+    q = np.stack([_histogram(cache.root, i.key, False) for i in query])
+    g = np.stack([_histogram(cache.root, i.key, False) for i in gallery])
     m = evaluate_features(q, g, [i.pid for i in query], [i.pid for i in gallery],
                           [i.camid for i in query], [i.camid for i in gallery], metric="euclidean")
     return {"rank1": m.cmc[1], "mAP": m.mAP}
