@@ -152,7 +152,7 @@ class InferenceModel(nn.Module):
         return torch.cat(feats, dim=1) if len(feats) > 1 else feats[0]
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop DistributedDataParallel / torch.compile wrappers' key prefixes."""
     out = {}
     for k, v in state.items():
@@ -173,7 +173,7 @@ def build_dsanet(model_cfg: ModelConfig, num_classes: int, variant: str,
         net = DSANet(model_cfg, int(num_classes), variant=str(variant))
     except (TypeError, ValueError) as e:
         raise ModelError(f"the model configuration cannot build a network ({e})") from None
-    state = _strip_prefixes(state_dict)
+    state = strip_prefixes(state_dict)
     own = net.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)

@@ -21,6 +21,7 @@ from torch import nn
 
 from data.io import file_sha256
 from data.runs import open_checkpoint
+from dsa.model import strip_prefixes
 
 from .trainer import TrainingError
 
@@ -29,15 +30,6 @@ log = logging.getLogger(__name__)
 #: parameter-name prefixes by part of the network
 STRICT = ("mf.",)
 WHERE_SHAPES_FIT = ("dsag.", "fuse_G.", "fuse_L.")
-
-
-def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state.items():
-        for p in ("module.", "_orig_mod."):
-            k = k.removeprefix(p)
-        out[k] = v
-    return out
 
 
 def first_mismatch(own: dict[str, torch.Tensor], src: dict[str, torch.Tensor], prefix: str) -> str | None:
@@ -60,7 +52,7 @@ def init_from(net: nn.Module, source: str | os.PathLike, runs_dir: str | os.Path
     """Copy ``source``'s weights into ``net`` as the module docstring says; returns the record that goes into
     ``config.json`` (checkpoint path, sha256, source dataset/preset/variant/step, parts copied and kept new)."""
     ckpt = open_checkpoint(source, runs_dir)
-    src = _strip(ckpt.model_state)
+    src = strip_prefixes(ckpt.model_state)
     own = net.state_dict()
     problem = first_mismatch(own, src, STRICT[0])
     if problem is not None:
