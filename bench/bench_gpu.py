@@ -56,16 +56,11 @@ def train_step(what: str, preset: str, batch: int, dev: torch.device, dtype: str
                channels_last: bool, warmup: int, steps: int) -> dict:
     """Median ms of one training step (forward, loss, backward, Adam) on random inputs."""
     from dsa.losses import DSALoss
+    from bench_train import random_batch
     from dsa.model import DSANet
-    from dsa.presets import get_preset
 
-    torch.manual_seed(0)
-    p = get_preset(preset)
-    cfg, k = p.model, p.recipe.batch_k
-    b = batch - batch % k
-    images = torch.randn(b, 3, cfg.height, cfg.width, device=dev)
-    dsap = torch.randn(b, 24, 3, cfg.dsap_size, cfg.dsap_size, device=dev)
-    pids = torch.arange(b, device=dev) // k
+    p, b, k, images, dsap, pids = random_batch(preset, batch, dev)
+    cfg = p.model
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     if what in ("dsa", "two-branch"):

@@ -33,20 +33,30 @@ from data.io import atomic_write_json  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 
 
+def random_batch(preset: str, batch: int, dev: torch.device):
+    """Seeded random inputs of one training step of ``preset``: (preset, batch size rounded down to
+    whole identities, K, images, DSAP images, pids); also used by bench_gpu.py."""
+    from dsa.presets import get_preset
+
+    torch.manual_seed(0)
+    p = get_preset(preset)
+    k = p.recipe.batch_k
+    b = batch - batch % k
+    cfg = p.model
+    images = torch.randn(b, 3, cfg.height, cfg.width, device=dev)
+    dsap = torch.randn(b, 24, 3, cfg.dsap_size, cfg.dsap_size, device=dev)
+    pids = torch.arange(b, device=dev) // k
+    return p, b, k, images, dsap, pids
+
+
 def measure(what: str, preset: str, batch: int, device: str, amp: bool, warmup: int, steps: int) -> dict:
     """Images/s and peak memory of one kind of step (runs inside the subprocess)."""
     from dsa.losses import DSALoss
     from dsa.model import DSANet
-    from dsa.presets import get_preset
 
-    torch.manual_seed(0)
     dev = torch.device(device)
-    p = get_preset(preset)
-    cfg, k = p.model, p.recipe.batch_k
-    b = batch - batch % k
-    images = torch.randn(b, 3, cfg.height, cfg.width, device=dev)
-    dsap = torch.randn(b, 24, 3, cfg.dsap_size, cfg.dsap_size, device=dev)
-    pids = torch.arange(b, device=dev) // k
+    p, b, k, images, dsap, pids = random_batch(preset, batch, dev)
+    cfg = p.model
     cuda = dev.type == "cuda"
     if cuda:
         images = images.contiguous(memory_format=torch.channels_last)

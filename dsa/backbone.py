@@ -205,18 +205,23 @@ def resolve_pretrained(source: str | os.PathLike | None) -> dict[str, torch.Tens
         return None
     if str(source).lower() == "imagenet":
         return imagenet_state_dict()
-    path = Path(source)
+    return read_state_dict_file(Path(source))
+
+
+def read_state_dict_file(path: Path, error: type[PretrainedWeightsError] = PretrainedWeightsError,
+                         what: str = "pretrained weights", hint: str = "") -> dict[str, torch.Tensor]:
+    """A state dict from a file (``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` wrapper and
+    DDP's ``module.`` prefixes are undone); a missing, unreadable or non-state-dict file is ``error``."""
     if not path.is_file():
-        raise PretrainedWeightsError(
-            f"pretrained weights file {path} does not exist; pass 'imagenet', 'none' or a file path")
+        raise error(f"pretrained weights file {path} does not exist; pass 'imagenet', 'none' or a file path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise PretrainedWeightsError(f"cannot read pretrained weights {path} ({_reason(e)})") from e
+        raise error(f"cannot read {what} {path} ({_reason(e)}){hint}") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise PretrainedWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+        raise error(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

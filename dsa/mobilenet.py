@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from .backbone import PretrainedWeightsError, _reason
+from .backbone import PretrainedWeightsError, read_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,8 @@ def mobilenet_state_dict(source: str | os.PathLike | None) -> dict[str, torch.Te
     if source is None or str(source).lower() in ("", "none"):
         return None
     path = deepsort_weights_path() if str(source).lower() == "imagenet" else Path(source)
-    if not path.is_file():
-        raise MobileNetWeightsError(
-            f"pretrained weights file {path} does not exist; pass 'imagenet', 'none' or a file path")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise MobileNetWeightsError(f"cannot read MobileNetV2 weights {path} ({_reason(e)}); "
-                                    f"pass a MobileNetV2 state dict file or 'imagenet'") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MobileNetWeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return map_deepsort_keys({k.removeprefix("module."): v for k, v in state.items()})
+    return map_deepsort_keys(read_state_dict_file(path, MobileNetWeightsError, "MobileNetV2 weights",
+                                                  "; pass a MobileNetV2 state dict file or 'imagenet'"))
 
 
 class MobileNetTrunk(nn.Module):
