@@ -1,12 +1,14 @@
-"""Benchmark: DataLoader feeding rate, images only vs. images + DSAP (lzf and uncompressed stores), in one run.
+"""Benchmark: DataLoader feeding rate, images only vs. images + DSAP (lz4, lzf and uncompressed stores), in one run.
 
 A synthetic Market-like dataset is written to a scratch folder: ``--images`` JPEGs at Market's 128x64,
-and their DSAP store (24 x 3 x 32 x 32 uint8 per image: resized crops of the image with about 40% of
-the cells left empty, as an estimator leaves them) twice, lzf-compressed and uncompressed.  The loader
+and their DSAP store (24 x 3 x 32 x 32 uint8 per image: resized crops of the image; about 40% of the
+parts left empty and, in the others, the cells outside one random rectangle, as an estimator leaves
+them in contiguous regions) three times: LZ4 (the default), lzf and uncompressed.  The loader
 is the training one: ``data.joint.JointDataset`` with the ``paper`` preset's augmentation at 256x128
 (resize, pad + random crop, flip, random erasing), ``data.runtime.worker_threads`` in each worker,
 batches of 64.  Each setting is timed with ``--workers`` workers (default 1: samples/s *per worker*),
-in ``--rounds`` interleaved rounds (the best kept: the machine is shared).
+in ``--rounds`` interleaved rounds (the machine is shared: a rate is the median over rounds, and the
+cost of DSAP the median of the per-round ratios to images only).
 
 Targets (issue 12): DSAP adds <= 10% to the time of a sample, and >= 300 samples/s per worker.
 
@@ -33,10 +35,31 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SETTINGS = ("images", "images+dsap lzf", "images+dsap none")
+COMPRESSIONS = ("lz4", "lzf", "none")
+#: "transfer only": a DSAP array per sample from memory, no store read -- what moving 73 KB per sample
+#: through the DataLoader (worker-side collate into shared memory) costs by itself
+SETTINGS = ("images",) + tuple(f"images+dsap {c}" for c in COMPRESSIONS) + ("images+dsap transfer only",)
 
 
-def make_dataset(folder: Path, n: int, ids: int = 751, compressions=("lzf", None), seed: int = 0,
+class InMemoryDSAP:
+    """A stand-in store: the same zero DSAP array (a fresh copy, as a store read returns) for every key."""
+
+    def __init__(self, size: int = 32) -> None:
+        from dsa.parts import NUM_PARTS
+
+        self.array = np.zeros((NUM_PARTS, 3, size, size), np.uint8)
+
+    def check_covers(self, keys) -> None:
+        pass
+
+    def get(self, key: str) -> np.ndarray:
+        return self.array.copy()
+
+    def close(self) -> None:
+        pass
+
+
+def make_dataset(folder: Path, n: int, ids: int = 751, compressions=("lz4", "lzf", None), seed: int = 0,
                  shard_size: int = 500):
     """Write ``n`` JPEG images (128x64) and their DSAP stores; returns (items, {compression: store folder})."""
     from data.datasets.base import Item
@@ -56,7 +79,11 @@ def make_dataset(folder: Path, n: int, ids: int = 751, compressions=("lzf", None
         items.append(Item(key, pid, i % 6))
         crops = cv2.resize(img, (32 * 4, 32 * 6), interpolation=cv2.INTER_AREA).reshape(6, 32, 4, 32, 3)
         parts = crops.transpose(0, 2, 4, 1, 3).reshape(NUM_PARTS, 3, 32, 32)
-        mask = rng.random((NUM_PARTS, 32, 32)) < 0.6
+        mask = np.zeros((NUM_PARTS, 32, 32), bool)
+        for part in np.flatnonzero(rng.random(NUM_PARTS) < 0.6):
+            y0, x0 = rng.integers(0, 12, 2)
+            y1, x1 = rng.integers(20, 33, 2)
+            mask[part, y0:y1, x0:x1] = True
         dsaps[i] = parts * mask[:, None]
         written[i] = mask
     keys = [it.key for it in items]
@@ -74,7 +101,7 @@ def make_dataset(folder: Path, n: int, ids: int = 751, compressions=("lzf", None
     return items, stores
 
 
-def loader_rate(items, folder: Path, store_folder: Path | None, workers: int, samples: int,
+def loader_rate(items, folder: Path, store_folder: Path | InMemoryDSAP | None, workers: int, samples: int,
                 batch: int = 64, height: int = 256, width: int = 128) -> float:
     """Samples/s of the training DataLoader over ``samples`` items (the first batch, worker start-up
     included, is not timed)."""
@@ -85,7 +112,8 @@ def loader_rate(items, folder: Path, store_folder: Path | None, workers: int, sa
     from data.store import DSAPStore
     from data.transforms import build_train_transform
 
-    store = DSAPStore(store_folder) if store_folder is not None else None
+    store = (store_folder if isinstance(store_folder, InMemoryDSAP)
+             else DSAPStore(store_folder) if store_folder is not None else None)
     ds = JointDataset(items, folder, store, build_train_transform(height, width), use_dsap=store is not None)
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
     order = (order * (samples // len(order) + 2))[: samples + batch]
@@ -103,13 +131,37 @@ def loader_rate(items, folder: Path, store_folder: Path | None, workers: int, sa
     return rate
 
 
+def collate_costs(batch: int = 64, repeat: int = 30) -> dict[str, dict[str, float]]:
+    """Microseconds per sample of stacking a batch as a DataLoader worker does (into fresh shared memory,
+    ``default_collate``'s path inside a worker) and as the main process does (plain ``torch.stack``)."""
+    from dsa.parts import NUM_PARTS
+
+    def shared_stack(samples):
+        elem = samples[0]
+        storage = elem._typed_storage()._new_shared(sum(x.numel() for x in samples), device=elem.device)
+        return torch.stack(samples, 0, out=elem.new(storage).resize_(len(samples), *elem.shape))
+
+    out = {}
+    for name, shape in (("image 3x256x128", (3, 256, 128)), ("dsap 24x3x32x32", (NUM_PARTS, 3, 32, 32))):
+        samples = [torch.zeros(shape, dtype=torch.uint8) for _ in range(batch)]
+        times = {}
+        for label, fn in (("shared_us", shared_stack), ("plain_us", torch.stack)):
+            fn(samples)
+            t = time.perf_counter()
+            for _ in range(repeat):
+                fn(samples)
+            times[label] = (time.perf_counter() - t) / repeat / batch * 1e6
+        out[name] = times
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few hundred samples (seconds)")
     ap.add_argument("--images", type=int, default=None, help="images in the synthetic dataset (default 2000; quick 256)")
     ap.add_argument("--samples", type=int, default=None, help="samples timed per setting (default 1536; quick 256)")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (1: the per-worker rate)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds, best kept (default 3; quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds, medians kept (default 7; quick 2)")
     ap.add_argument("--threads", type=int, default=0, help="main-process threads (0: the thread policy)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "loader.json"))
     args = ap.parse_args()
@@ -119,34 +171,45 @@ def main() -> None:
     apply_threads(args.threads, args.workers)
     n = args.images or (256 if args.quick else 2000)
     samples = args.samples or (256 if args.quick else 1536)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 7)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         items, stores = make_dataset(Path(tmp), n)
         setup_s = time.perf_counter() - t
         sizes = {c: sum(p.stat().st_size for p in f.glob("*.h5")) / 2**20 for c, f in stores.items()}
-        best: dict[str, float] = {}
-        for _ in range(rounds):
-            for name in SETTINGS:
-                sf = None if name == "images" else stores[name.rsplit(" ", 1)[1]]
-                r = loader_rate(items, Path(tmp), sf, args.workers, samples)
-                best[name] = max(best.get(name, 0.0), r)
-                print(f"  {name:18} {r:8.1f} samples/s", flush=True)
-    per_worker = {k: v / max(1, args.workers) for k, v in best.items()}
-    rows = [{"setting": k, "samples_per_s": best[k], "samples_per_s_per_worker": per_worker[k],
-             "time_over_images_only": best["images"] / best[k]} for k in SETTINGS]
+        rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
+        for rnd in range(rounds):  # each round runs every setting, in a rotated order
+            for name in SETTINGS[rnd % len(SETTINGS):] + SETTINGS[: rnd % len(SETTINGS)]:
+                sf = (None if name == "images" else InMemoryDSAP() if name.endswith("transfer only")
+                      else stores[name.rsplit(" ", 1)[1]])
+                rates[name].append(loader_rate(items, Path(tmp), sf, args.workers, samples))
+            print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()) + " samples/s",
+                  flush=True)
+    # The machine is shared: a setting's rate is the median over rounds, and its cost against images only is
+    # the median of the per-round ratios (each taken within one round, so slow spells cancel).
+    rows = []
+    for k in SETTINGS:
+        ratios = [a / b for a, b in zip(rates["images"], rates[k])]
+        rows.append({"setting": k, "samples_per_s": float(np.median(rates[k])),
+                     "samples_per_s_per_worker": float(np.median(rates[k])) / max(1, args.workers),
+                     "time_over_images_only": float(np.median(ratios)),
+                     "time_over_images_only_range": [min(ratios), max(ratios)], "rounds": rates[k]})
     print(f"\nloader, paper preset 256x128 + augmentation, batch 64, {args.workers} worker(s), {samples} samples, "
-          f"best of {rounds}; {available_cores()} cores, load average {load_before[0]:.2f} at start")
-    print(f"  {'setting':18} {'samples/s':>10} {'per worker':>10} {'time vs images':>15}")
+          f"median of {rounds} interleaved rounds; {available_cores()} cores, load average {load_before[0]:.2f} at start")
+    print(f"  {'setting':26} {'samples/s':>10} {'per worker':>10} {'time vs images':>15}")
     for r in rows:
-        print(f"  {r['setting']:18} {r['samples_per_s']:10.1f} {r['samples_per_s_per_worker']:10.1f} "
-              f"{r['time_over_images_only']:14.2f}x")
-    print(f"  store sizes: lzf {sizes['lzf']:.1f} MiB, none {sizes['none']:.1f} MiB for {n} images "
+        lo, hi = r["time_over_images_only_range"]
+        print(f"  {r['setting']:26} {r['samples_per_s']:10.1f} {r['samples_per_s_per_worker']:10.1f} "
+              f"{r['time_over_images_only']:14.2f}x  (rounds {lo:.2f}-{hi:.2f})")
+    collate = collate_costs()
+    print("  batch stacking per sample: " + "; ".join(
+        f"{k} {v['shared_us']:.0f} us into shared memory (a worker), {v['plain_us']:.0f} us plain" for k, v in collate.items()))
+    print(f"  store sizes: " + ", ".join(f"{c} {sizes[c]:.1f} MiB" for c in COMPRESSIONS) + f" for {n} images "
           f"(dataset written in {setup_s:.1f} s); targets: DSAP <= 1.10x, >= 300 samples/s per worker")
     result = {"benchmark": "loader", "quick": args.quick, "images": n, "samples": samples, "workers": args.workers,
               "rounds": rounds, "batch": 64, "size": [256, 128], "cores": available_cores(),
-              "store_mib": sizes, "rows": rows, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "store_mib": sizes, "rows": rows, "collate_us_per_sample": collate, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,12 @@ Evaluation (quiet, then under ``--load`` busy processes the benchmark starts its
 CMC/mAP/mINP (``evaluate_distances``) against the classic per-query loop (``evaluate_reference``, timed on
 ``--ref-queries`` queries and extrapolated: labelled so), at the default thread policy
 (``data.runtime``: ``OMP_WAIT_POLICY=PASSIVE`` set before torch starts, threads = available cores).
-torchreid's Cython evaluator is not measured: no registry package ships it compiled (torchreid 0.2.5's
-sdist has no ``rank_cylib/*.pyx``), so its ratio is a note in the README, not a figure of this run.
+With ``--cython``, torchreid's Cython evaluator is timed in the same run on the same distances: no registry
+package ships it compiled, and torchreid's own sdists (0.2.2-0.2.5) leave ``rank_cylib/rank_cy.pyx`` out,
+but fast-reid's PyPI wheel (``fastreid==1.4.0``) carries its port of it (``fastreid/evaluation/rank_cylib/
+rank_cy.pyx``, "credits: torchreid"; the same argsort + per-query Cython loop).  The benchmark downloads that
+wheel, compiles ``rank_cy`` with Cython into ``bench/.cache/`` (bench-only: nothing is installed into the
+environment; needs the package index and a C compiler) and checks its CMC and mAP against ours.
 
 Re-ranking (``--rerank``): k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3, euclidean) at N = 10,000
 (Market's query/gallery proportion) with 512/2048/4096-d features and at Market size (3368 + 19732) with
@@ -20,7 +24,7 @@ Python/torch baseline and the features) is its own:
   ``rerank.py`` (e.g. from ``pip download --no-deps torchreid==0.2.5``; bench-only, never installed
   here); at N = 10,000 only (its dense N x N arrays need > 8 GiB at Market size).
 
-    python bench/bench_metrics.py [--quick] [--rerank] [--torchreid PATH/rerank.py] [--out FILE]
+    python bench/bench_metrics.py [--quick] [--cython] [--rerank] [--torchreid PATH/rerank.py] [--out FILE]
 """
 from __future__ import annotations
 
@@ -65,6 +69,39 @@ def problem(q: int, g: int, dim: int, ids: int, cams: int, seed: int = 0):
     return qf, gf, qp, gp, rng.integers(0, cams, q), rng.integers(0, cams, g)
 
 
+FASTREID = "fastreid==1.4.0"
+RANK_CY_PYX = "fastreid/evaluation/rank_cylib/rank_cy.pyx"
+
+
+def build_rank_cy(cache: Path):
+    """torchreid's Cython evaluator (fast-reid's port, from its PyPI wheel) compiled into ``cache``; the module."""
+    import glob
+    import importlib
+    import zipfile
+
+    cache.mkdir(parents=True, exist_ok=True)
+    if not glob.glob(str(cache / "rank_cy*.so")):
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        wheels = glob.glob(str(cache / "fastreid-*.whl"))
+        if not wheels:
+            subprocess.run(pip + ["download", "--no-deps", FASTREID, "-d", str(cache)], check=True)
+            wheels = glob.glob(str(cache / "fastreid-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as z:
+            (cache / "rank_cy.pyx").write_bytes(z.read(RANK_CY_PYX))
+        env = dict(os.environ)
+        try:
+            import Cython  # noqa: F401
+        except ImportError:
+            subprocess.run(pip + ["install", "--target", str(cache / "cython"), "cython"], check=True)
+            env["PYTHONPATH"] = os.pathsep.join([str(cache / "cython"), env.get("PYTHONPATH", "")])
+        build = ("from setuptools import setup, Extension; from Cython.Build import cythonize; import numpy as np; "
+                 "setup(script_args=['build_ext', '--inplace'], ext_modules=cythonize([Extension('rank_cy', "
+                 "['rank_cy.pyx'], include_dirs=[np.get_include()], extra_compile_args=['-O3'])], quiet=True))")
+        subprocess.run([sys.executable, "-c", build], cwd=cache, env=env, check=True, capture_output=True)
+    sys.path.insert(0, str(cache))
+    return importlib.import_module("rank_cy")
+
+
 def timed(fn, repeat: int = 1):
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -93,6 +130,16 @@ def bench_evaluation(args) -> dict:
     sub = evaluate_distances(dist[:n_ref], qp[:n_ref], gp, qc[:n_ref], gc)
     ref = evaluate_reference(dist, qp, gp, qc, gc, queries=range(n_ref))
     assert abs(sub.mAP - ref.mAP) < 1e-12 and sub.cmc_curve == ref.cmc_curve
+    rank_cy = build_rank_cy(ROOT / "bench" / ".cache" / "rank_cy") if args.cython else None
+    dist_np = np.ascontiguousarray(dist.numpy() if isinstance(dist, torch.Tensor) else dist, dtype=np.float32)
+    agreement = None
+    if rank_cy is not None:
+        full = evaluate_distances(dist, qp, gp, qc, gc, max_rank=50)
+        cy = rank_cy.evaluate_cy(dist_np, qp, gp, qc, gc, 50)
+        cy_cmc, cy_map = np.asarray(cy[0], dtype=np.float64), float(np.mean(cy[1]))
+        agreement = {"mAP_abs_diff": abs(cy_map - full.mAP),
+                     "cmc_max_abs_diff": float(np.max(np.abs(cy_cmc - np.asarray(full.cmc_curve[:50]))))}
+        assert agreement["mAP_abs_diff"] < 1e-5 and agreement["cmc_max_abs_diff"] < 1e-5, agreement
     rows = []
     for load in (0, args.load):
         procs = load_processes(load)
@@ -100,6 +147,8 @@ def bench_evaluation(args) -> dict:
             time.sleep(1.0 if load else 0.0)
             t_vec, m = timed(lambda: evaluate_distances(dist, qp, gp, qc, gc), repeat=3)
             t_sub, _ = timed(lambda: evaluate_reference(dist, qp, gp, qc, gc, queries=range(n_ref)))
+            t_cy = (timed(lambda: rank_cy.evaluate_cy(dist_np, qp, gp, qc, gc, 50), repeat=2)[0]
+                    if rank_cy is not None else None)
             la = os.getloadavg()[0]
         finally:
             stop(procs)
@@ -107,9 +156,12 @@ def bench_evaluation(args) -> dict:
         rows.append({"load": f"{load} busy" if load else "quiet", "loadavg_1min": la,
                      "metrics_vectorised_s": t_vec, "metrics_reference_s_extrapolated": t_ref,
                      "reference_measured_queries": n_ref, "speedup_vs_reference": t_ref / t_vec,
+                     "metrics_torchreid_cython_s": t_cy, "speedup_vs_cython": t_cy / t_vec if t_cy else None,
                      "mAP": m.mAP})
     res = {"problem": {"queries": q, "gallery": g, "ids": ids, "cameras": 6},
            "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "cython": {"source": f"{FASTREID} wheel, {RANK_CY_PYX} (torchreid's evaluator, ported)",
+                      "agreement": agreement} if rank_cy is not None else None,
            "rows": rows}
     if torch.cuda.is_available():
         dcu = dist.cuda()
@@ -119,10 +171,12 @@ def bench_evaluation(args) -> dict:
         res["metrics_vectorised_gpu_s"] = t_gpu
     print(f"evaluation, {q} x {g}, {ids} ids, 6 cameras, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"  {'load':8} {'loadavg':>7} {'vectorised s':>12} {'per-query s':>12} {'ratio':>6}")
+    print(f"  {'load':8} {'loadavg':>7} {'vectorised s':>12} {'Cython s':>9} {'ratio':>6} {'per-query s':>12} {'ratio':>6}")
     for r in rows:
-        print(f"  {r['load']:8} {r['loadavg_1min']:7.2f} {r['metrics_vectorised_s']:12.3f} "
-              f"{r['metrics_reference_s_extrapolated']:12.3f} {r['speedup_vs_reference']:6.1f}x"
+        cy = (f"{r['metrics_torchreid_cython_s']:9.3f} {r['speedup_vs_cython']:5.1f}x" if r["speedup_vs_cython"]
+              else f"{'-':>9} {'-':>6}")
+        print(f"  {r['load']:8} {r['loadavg_1min']:7.2f} {r['metrics_vectorised_s']:12.3f} {cy} "
+              f"{r['metrics_reference_s_extrapolated']:12.3f} {r['speedup_vs_reference']:5.1f}x"
               f"   (per-query extrapolated from {n_ref} queries)")
     return res
 
@@ -221,31 +275,39 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small problems (seconds)")
     ap.add_argument("--rerank", action="store_true", help="also the re-ranking table (minutes)")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation table")
+    ap.add_argument("--cython", action="store_true",
+                    help="also time torchreid's Cython evaluator (fast-reid's port, built from its PyPI wheel)")
     ap.add_argument("--torchreid", default=None, help="torchreid's utils/rerank.py for the re-ranking reference")
     ap.add_argument("--previous-max-gib", type=float, default=5.0,
                     help="run the previous re-ranking only where its gathered blocks fit in this")
     ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded evaluation row")
     ap.add_argument("--ref-queries", type=int, default=300, help="queries timed for the per-query loop")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the thread policy)")
-    ap.add_argument("--out", default=None, help="results file (default bench/results/metrics[-quick].json)")
+    ap.add_argument("--out", default=None, help="evaluation results (default bench/results/metrics[-quick].json)")
+    ap.add_argument("--rerank-out", default=None, help="re-ranking results (default bench/results/rerank[-quick].json)")
     ap.add_argument("--rerank-one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     apply_threads(args.threads)
     if args.rerank_one:
         print(json.dumps(rerank_one(json.loads(args.rerank_one))))
         return
-    res: dict = {"benchmark": "metrics", "quick": args.quick, "torch": torch.__version__,
-                 "loadavg_before": os.getloadavg()}
+    suffix = "-quick" if args.quick else ""
+    tables = []
     if not args.no_eval:
-        res["evaluation"] = bench_evaluation(args)
+        tables.append(("metrics", bench_evaluation, args.out or ROOT / "bench" / "results" / f"metrics{suffix}.json"))
     if args.rerank:
-        res["rerank"] = bench_rerank(args)
-    res["loadavg_after"] = os.getloadavg()
-    res["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("metrics-quick.json" if args.quick else "metrics.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, res)
-    print(f"wrote {out}")
+        tables.append(("rerank", bench_rerank, args.rerank_out or ROOT / "bench" / "results" / f"rerank{suffix}.json"))
+    for name, run, out in tables:  # one JSON per table, each with the load it ran under
+        res: dict = {"benchmark": name, "quick": args.quick, "torch": torch.__version__,
+                     "command": "python bench/bench_metrics.py " + " ".join(sys.argv[1:]),
+                     "loadavg_before": os.getloadavg()}
+        res["evaluation" if name == "metrics" else "rerank"] = run(args)
+        res["loadavg_after"] = os.getloadavg()
+        res["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, res)
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DSAP store throughput: shard writing and random reads by key, without vs with compression.
 
-Writes the same DSAP arrays as a multi-shard store three times (no compression, lzf, gzip), then
+Writes the same DSAP arrays as a multi-shard store four times (no compression, lz4 -- the default --, lzf,
+gzip), then
 reads random keys one by one (``DSAPStore.get``, and ``get`` + ``get_written`` as a training loader
 does).  Target: >= 2000 random reads/s in one process.  The arrays look like real DSAP images: mean
 fill with a fraction of cells written with textured colour (so compression ratios are realistic).
@@ -91,7 +92,7 @@ def main() -> None:
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="bench_store_"))
     try:
-        for comp in (None, "lzf", "gzip"):
+        for comp in (None, "lz4", "lzf", "gzip"):
             rows.append(bench(tmp / (comp or "none"), keys, arrays, shard_size, comp, reads))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -102,8 +103,13 @@ def main() -> None:
               f"{r['reads_with_mask_per_s']:>9} {str(r['roundtrip_ok']):>4}")
     out = ROOT / "bench" / "results" / "store.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    import os
+    import subprocess
+
     atomic_write_json(out, {"benchmark": "store", "quick": args.quick, "size": args.size, "target_reads_per_s": 2000,
-                            "rows": rows})
+                            "command": "python bench/bench_store.py " + " ".join(sys.argv[1:]),
+                            "loadavg": os.getloadavg(), "rows": rows,
+                            "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()})
     print(f"-> {out}")
 
 

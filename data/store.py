@@ -55,11 +55,43 @@ LOCK_NAME = ".lock"
 #: DensePose side files an estimator may read beside an image: part of what a store key depends on
 SIDE_FILE_SUFFIXES = ("_IUV.png", "_INDS.png")
 KINDS = ("dsap", "csa")
-COMPRESSIONS = (None, "lzf", "gzip")
+COMPRESSIONS = (None, "lz4", "lzf", "gzip")
+#: what ``precompute run`` writes: LZ4 (HDF5 filter 32004, from ``hdf5plugin``) is as small as lzf on real
+#: DSAP images and reads as fast as uncompressed ones (``bench/bench_loader.py``, ``bench/bench_store.py``)
+DEFAULT_COMPRESSION = "lz4"
+#: HDF5 filter ids the ``hdf5plugin`` package provides and this store may use
+PLUGIN_FILTERS = {32004: "lz4"}
 
 
 class StoreError(UserError):
     """A DSAP store problem a user can fix (missing, incomplete, mismatched or not covering)."""
+
+
+def load_filter_plugins() -> None:
+    """Register the HDF5 compression filters of ``hdf5plugin`` (LZ4) with h5py; a sentence when it is missing."""
+    try:
+        import hdf5plugin  # noqa: F401  (importing it registers the filters)
+    except ImportError:
+        raise StoreError("LZ4-compressed DSAP stores need the hdf5plugin package: `pip install hdf5plugin` "
+                         "(`make install` installs it), or write the store with `--compression lzf`") from None
+
+
+def compression_options(compression: str | None) -> dict[str, Any]:
+    """``h5py.create_dataset`` keyword arguments of one of :data:`COMPRESSIONS`."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+    if compression == "lz4":
+        load_filter_plugins()
+        import hdf5plugin
+
+        return dict(hdf5plugin.LZ4())
+    return {"compression": compression} if compression else {}
+
+
+def _needs_plugins(ds: h5py.Dataset) -> bool:
+    plist = ds.id.get_create_plist()
+    ids = {plist.get_filter(i)[0] for i in range(plist.get_nfilters())}
+    return any(i in PLUGIN_FILTERS and not h5py.h5z.filter_avail(i) for i in ids)
 
 
 def store_dir(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None) -> Path:
@@ -171,8 +203,7 @@ class StoreWriter:
             raise ValueError(f"kind must be one of {KINDS}, not {settings.kind!r}")
         if settings.size % 8:
             raise ValueError(f"the DSAP size must be a multiple of 8, not {settings.size}")
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+        self.comp_options = compression_options(compression)
         self.folder = Path(folder)
         self.settings = settings
         self.compression = compression
@@ -214,7 +245,7 @@ class StoreWriter:
         final = self.shard_path(index)
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
         self.remove_stale_tmp(index)
-        comp = {"compression": self.compression} if self.compression else {}
+        comp = self.comp_options
         buffer = io.BytesIO()
         with h5py.File(buffer, "w", libver="latest") as f:
             f.create_dataset("keys", data=np.array(list(keys), dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -484,7 +515,10 @@ class DSAPStore:
                 if self.check_reads:
                     self._check_shard(shard)
                 f = self._files[shard] = h5py.File(self._shard_paths[shard], "r")
-            ds = self._datasets[(shard, name)] = f[name]
+            ds = f[name]
+            if _needs_plugins(ds):
+                load_filter_plugins()
+            self._datasets[(shard, name)] = ds
         return ds
 
     def close(self) -> None:
@@ -562,6 +596,8 @@ class DSAPStore:
                         for name in ("dsap", "found", "written", "coverage"):
                             if f[name].shape[0] != n:
                                 problems.append(f"{shard['name']}: {name} has {f[name].shape[0]} rows, expected {n}")
+                        if _needs_plugins(f["dsap"]):
+                            load_filter_plugins()
                         for row in range(n):  # chunk by chunk, so a damaged chunk is found
                             f["dsap"][row]
                             f["written"][row]

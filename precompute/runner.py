@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from data.io import file_sha256, hold_lock, release_lock
 from data.store import (
+    DEFAULT_COMPRESSION,
     LOCK_NAME,
     MANIFEST_NAME,
     StoreError,
@@ -81,7 +82,7 @@ class PrecomputeConfig:
     batch_size: int | None = None
     tag: str | None = None
     force: bool = False
-    compression: str | None = "lzf"
+    compression: str | None = DEFAULT_COMPRESSION
 
 
 def plan_shards(keys: Sequence[str], shard_size: int) -> list[list[str]]:

@@ -55,7 +55,7 @@ def test_store_dir_layout(tmp_path):
     assert store_dir(tmp_path, "market1501", "iuv", tag="v2") == tmp_path / "dsap" / "market1501" / "iuv-v2"
 
 
-@pytest.mark.parametrize("compression", [None, "lzf", "gzip"])
+@pytest.mark.parametrize("compression", [None, "lz4", "lzf", "gzip"])
 def test_roundtrip_by_key(tmp_path, compression):
     dsap, written, found = make_store(tmp_path, KEYS, compression=compression)
     store = DSAPStore(tmp_path)
@@ -72,6 +72,39 @@ def test_roundtrip_by_key(tmp_path, compression):
         store.get("nope.jpg")
     np.testing.assert_allclose(store.table("coverage"), written.reshape(10, 24, -1).mean(-1), rtol=1e-6)
     assert store.table("found").tolist() == found.tolist()
+
+
+def test_lz4_without_hdf5plugin_is_a_sentence(tmp_path):
+    """An LZ4 store read (or written) where hdf5plugin is missing: a StoreError naming the package."""
+    import subprocess
+    import sys
+    from pathlib import Path as P
+
+    make_store(tmp_path, KEYS, compression="lz4")
+    with h5py.File(tmp_path / "shard-00000.h5") as f:
+        plist = f["dsap"].id.get_create_plist()
+        assert plist.get_filter(0)[0] == 32004  # the registered LZ4 filter id
+    code = (
+        "import sys; sys.modules['hdf5plugin'] = None\n"
+        "from data.store import DSAPStore, StoreError, StoreWriter, StoreSettings\n"
+        "s = DSAPStore(sys.argv[1])\n"
+        "for call in (lambda: s.get(s.keys[0]), lambda: StoreWriter(sys.argv[1] + '/w', StoreSettings('x', {}, 8, 'dsap'), 'lz4')):\n"
+        "    try:\n        call(); print('no error')\n"
+        "    except StoreError as e:\n        print('StoreError:', e)\n")
+    root = P(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout + out.stderr
+    assert all(line.startswith("StoreError:") and "hdf5plugin" in line for line in lines), lines
+
+
+def test_default_compression_is_lz4(tmp_path):
+    from data.store import DEFAULT_COMPRESSION
+    from precompute.runner import PrecomputeConfig
+
+    assert DEFAULT_COMPRESSION == "lz4"
+    assert PrecomputeConfig.__dataclass_fields__["compression"].default == "lz4"
 
 
 def test_manifest_contents(tmp_path):

@@ -191,6 +191,47 @@ def test_resume_after_max_steps_is_exact(tmp_path: Path, data, deterministic) ->
     assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
 
 
+def test_compiled_training_keeps_the_modules_names_and_values(tmp_path: Path, data, deterministic, monkeypatch) -> None:
+    """--compile: the step runs through torch.compile (here its eager backend, which needs no C compiler
+    and computes the same values), and checkpoints carry the network's own parameter names."""
+    calls = []
+    real = torch.compile
+
+    def eager_compile(model, **kw):
+        calls.append(type(model).__name__)
+        return real(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    plain = make_trainer(tmp_path / "a", data, max_steps=3)
+    plain.fit()
+    items, store = data
+    seed_everything(0)
+    model = StandIn(NUM_IDS)
+    dataset = JointDataset(items, Path(store.folder).parent, store, build_train_transform(32, 16, pad=2))
+    sampler = PKSampler(dataset.pids, RECIPE.batch_p, RECIPE.batch_k, seed=0)
+    optimizer = build_optimizer(model.parameters(), RECIPE)
+    compiled = Trainer(model=model, loss_fn=Loss(), dataset=dataset, sampler=sampler, optimizer=optimizer,
+                       scheduler=build_scheduler(optimizer, RECIPE), run=RunFolder(tmp_path / "b"), info=DistInfo(),
+                       epochs=RECIPE.epochs, max_steps=3, config=STAND_IN_CONFIG, progress=False, compile=True)
+    assert calls == ["StandIn"] and compiled.model is not compiled.bare_model
+    compiled.fit()
+    saved = raw_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert not any("_orig_mod" in k for k in saved)
+    assert_same(weights(plain), weights(compiled))
+
+
+def test_autocast_settings() -> None:
+    from train.trainer import autocast_settings
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert autocast_settings(cuda, True, "float16") == (True, torch.float16, True)
+    assert autocast_settings(cuda, True, "bfloat16") == (True, torch.bfloat16, False)  # no loss scaling
+    assert autocast_settings(cuda, False, "bfloat16") == (False, torch.bfloat16, False)
+    assert autocast_settings(cpu, True, "float16") == (False, torch.float16, False)  # CUDA only
+    with pytest.raises(ValueError, match="amp_dtype"):
+        autocast_settings(cuda, True, "float8")
+
+
 def test_sigterm_saves_and_resume_is_exact_with_workers(tmp_path: Path, data, deterministic) -> None:
     straight = make_trainer(tmp_path / "a", data, workers=1)
     straight.fit()

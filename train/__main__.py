@@ -56,6 +56,11 @@ log = logging.getLogger("train")
 @click.option("--threads", default=0, type=click.IntRange(min=0),
               help="Intra-op CPU threads (0: the available cores minus --workers, at least 1).")
 @click.option("--amp/--no-amp", default=True, help="Mixed precision (CUDA only).")
+@click.option("--amp-dtype", default="float16", show_default=True, type=click.Choice(["float16", "bfloat16"]),
+              help="Autocast dtype: float16 with loss scaling, or bfloat16 (Ampere and later GPUs, no scaling).")
+@click.option("--compile/--no-compile", "compile", default=False, show_default=True,
+              help="torch.compile the network for training (first steps slower while it compiles; "
+                   "checkpoints are the same).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bitwise-reproducible, slower).")
 @click.option("--runs-dir", default="runs", type=click.Path(file_okay=False))
 @click.option("--no-random-erasing", is_flag=True, help="Train without random erasing (Table 3 baselines).")

@@ -58,6 +58,8 @@ class RunOptions:
     threads: int = 0                # intra-op CPU threads (0: data.runtime's thread policy)
     device: str = "auto"
     amp: bool = True
+    amp_dtype: str = "float16"      # float16 (with loss scaling) or bfloat16 (Ampere and later)
+    compile: bool = False           # torch.compile the training step's model
     deterministic: bool = False
     runs_dir: str = "runs"
     no_random_erasing: bool = False
@@ -159,7 +161,9 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             "epochs": recipe.epochs, "max_steps": opts.max_steps, "batch_p": recipe.batch_p,
             "batch_k": recipe.batch_k, "random_erasing": recipe.random_erasing,
             "label_smoothing": recipe.label_smoothing, "workers": workers, "device": str(info.device),
-            "amp": opts.amp and info.device.type == "cuda", "deterministic": opts.deterministic,
+            "amp": opts.amp and info.device.type == "cuda",
+            "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,
+            "compile": opts.compile, "deterministic": opts.deterministic,
             "world_size": info.world_size, "num_classes": dataset.num_train_pids,
             "num_train_images": len(dataset.train), "model": model_cfg.to_dict(), "recipe": recipe.to_dict(),
         }
@@ -190,7 +194,8 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
                           scheduler=scheduler, run=run, info=info, epochs=recipe.epochs,
                           max_steps=opts.max_steps, amp=opts.amp, workers=workers,
                           log_every=opts.log_every, config=config, tensorboard=opts.tensorboard,
-                          progress=opts.progress, find_unused_parameters=False)
+                          progress=opts.progress, find_unused_parameters=False, amp_dtype=opts.amp_dtype,
+                          compile=opts.compile)
         if ckpt is None and info.is_main:  # records of an earlier start killed before its first checkpoint
             run.trim_log(0)
         if ckpt is not None:

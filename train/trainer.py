@@ -108,6 +108,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def autocast_settings(device: torch.device, amp: bool, amp_dtype: str) -> tuple[bool, torch.dtype, bool]:
+    """(autocast on, its dtype, loss scaling on): mixed precision on CUDA only; float16 needs the
+    GradScaler, bfloat16 (float32's exponent range) does not."""
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, not {amp_dtype!r}")
+    on = amp and device.type == "cuda"
+    dtype = AMP_DTYPES[amp_dtype]
+    return on, dtype, on and dtype == torch.float16
+
+
 def default_prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """uint8 images and DSAP from the loader → normalised float on ``device`` (never in place)."""
     from dsa.dsap import normalise_dsap
@@ -140,25 +153,27 @@ class Trainer:
                  run: RunFolder, info: DistInfo, epochs: int, max_steps: int | None = None,
                  amp: bool = False, workers: int = 0, log_every: int = 10, prepare: Prepare = default_prepare,
                  config: dict[str, Any] | None = None, tensorboard: bool = False, progress: bool = True,
-                 find_unused_parameters: bool = False) -> None:
+                 find_unused_parameters: bool = False, amp_dtype: str = "float16", compile: bool = False) -> None:
         self.info = info
         self.device = info.device
-        self.amp = amp and self.device.type == "cuda"
+        self.amp, self.amp_dtype, use_scaler = autocast_settings(self.device, amp, amp_dtype)
         self.channels_last = self.device.type == "cuda"
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model = self._bare = model
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(model, device_ids=ids,
                                                  find_unused_parameters=find_unused_parameters)
+        if compile:  # the step's forward graph; checkpoints keep the module's own parameter names
+            self.model = torch.compile(self.model)
         self.loss_fn = loss_fn
         self.dataset, self.sampler = dataset, sampler
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.run = run
         self.run_dir = run.path
         self.epochs, self.max_steps = epochs, max_steps
@@ -186,7 +201,8 @@ class Trainer:
 
     @property
     def bare_model(self) -> torch.nn.Module:
-        return self.model.module if hasattr(self.model, "module") else self.model
+        """The network itself, without the DDP and ``torch.compile`` wrappers (its state-dict names)."""
+        return self._bare
 
     def training_state(self) -> dict[str, Any]:
         """What resuming needs besides the weights: optimizer, schedule, scaler, position, RNG."""
@@ -304,7 +320,7 @@ class Trainer:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             # a loss may ask for per-step model arguments (the recipe's fusion switches, dsa.losses)
             step_kwargs = getattr(self.loss_fn, "step_kwargs", None)
             extra = step_kwargs(self.epoch, self.step) if step_kwargs is not None else {}
