@@ -153,8 +153,10 @@ def loader(images: int, workers: int, samples: int) -> dict:
         t = time.perf_counter()
         items, stores = make_dataset(Path(tmp), images, compressions=(comp,))
         setup = time.perf_counter() - t
-        rate = loader_rate(items, Path(tmp), stores[comp], workers, samples)
+        main_s: list[float] = []  # training's path: workers send indices, the main process reads the DSAP
+        rate = loader_rate(items, Path(tmp), stores[comp], workers, samples, dsap_reader="main", main_seconds=main_s)
     return {"images": images, "workers": workers, "samples": samples, "samples_per_s": rate, "compression": comp,
+            "main_reads_us_per_sample": main_s[0] * 1e6,
             "per_worker": rate / max(1, workers), "dataset_setup_s": setup}
 
 

@@ -3,7 +3,8 @@
 A synthetic Market-like dataset is written to a scratch folder: ``--images`` JPEGs at Market's 128x64,
 and their DSAP store (24 x 3 x 32 x 32 uint8 per image: resized crops of the image; about 40% of the
 parts left empty and, in the others, the cells outside one random rectangle, as an estimator leaves
-them in contiguous regions) three times: LZ4 (the default), lzf and uncompressed.  The loader
+them in contiguous regions) three times: LZ4 (the default), lzf and uncompressed.  DSAP is read in the
+workers (``dsap_reader="worker"``), or, as training does, by the consuming process ("main reads").  The loader
 is the training one: ``data.joint.JointDataset`` with the ``paper`` preset's augmentation at 256x128
 (resize, pad + random crop, flip, random erasing), ``data.runtime.worker_threads`` in each worker,
 batches of 64.  Each setting is timed with ``--workers`` workers (default 1: samples/s *per worker*),
@@ -38,7 +39,10 @@ import torch  # noqa: E402
 COMPRESSIONS = ("lz4", "lzf", "none")
 #: "transfer only": a DSAP array per sample from memory, no store read -- what moving 73 KB per sample
 #: through the DataLoader (worker-side collate into shared memory) costs by itself
-SETTINGS = ("images",) + tuple(f"images+dsap {c}" for c in COMPRESSIONS) + ("images+dsap transfer only",)
+#: "lz4, main reads": what training does -- the workers send indices and the consuming process reads the
+#: batch's DSAP (``JointDataset(dsap_reader="main")``); its time is inside the timed loop
+SETTINGS = (("images",) + tuple(f"images+dsap {c}" for c in COMPRESSIONS)
+            + ("images+dsap transfer only", "images+dsap lz4, main reads"))
 
 
 class InMemoryDSAP:
@@ -102,9 +106,11 @@ def make_dataset(folder: Path, n: int, ids: int = 751, compressions=("lz4", "lzf
 
 
 def loader_rate(items, folder: Path, store_folder: Path | InMemoryDSAP | None, workers: int, samples: int,
-                batch: int = 64, height: int = 256, width: int = 128) -> float:
+                batch: int = 64, height: int = 256, width: int = 128, dsap_reader: str = "worker",
+                main_seconds: list | None = None) -> float:
     """Samples/s of the training DataLoader over ``samples`` items (the first batch, worker start-up
-    included, is not timed)."""
+    included, is not timed); with ``dsap_reader="main"`` the consumer reads each batch's DSAP in the
+    timed loop (its seconds are appended to ``main_seconds``)."""
     from torch.utils.data import DataLoader
 
     from data.joint import JointDataset
@@ -114,17 +120,24 @@ def loader_rate(items, folder: Path, store_folder: Path | InMemoryDSAP | None, w
 
     store = (store_folder if isinstance(store_folder, InMemoryDSAP)
              else DSAPStore(store_folder) if store_folder is not None else None)
-    ds = JointDataset(items, folder, store, build_train_transform(height, width), use_dsap=store is not None)
+    ds = JointDataset(items, folder, store, build_train_transform(height, width), use_dsap=store is not None,
+                      dsap_reader=dsap_reader)
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(0)).tolist()
     order = (order * (samples // len(order) + 2))[: samples + batch]
     loader = DataLoader(ds, batch_size=batch, sampler=order, num_workers=workers, worker_init_fn=worker_threads,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     it = iter(loader)
     next(it)
-    start, count = time.perf_counter(), 0
-    for images, *_ in it:
-        count += images.shape[0]
+    start, count, in_main = time.perf_counter(), 0, 0.0
+    for b in it:
+        if dsap_reader == "main":
+            t = time.perf_counter()
+            b = ds.fill_dsap(b)
+            in_main += time.perf_counter() - t
+        count += b[0].shape[0]
     rate = count / (time.perf_counter() - start)
+    if main_seconds is not None:
+        main_seconds.append(in_main / count)
     del it, loader
     if store is not None:
         store.close()
@@ -179,37 +192,50 @@ def main() -> None:
         setup_s = time.perf_counter() - t
         sizes = {c: sum(p.stat().st_size for p in f.glob("*.h5")) / 2**20 for c, f in stores.items()}
         rates: dict[str, list[float]] = {name: [] for name in SETTINGS}
+        main_s: list[float] = []
         for rnd in range(rounds):  # each round runs every setting, in a rotated order
             for name in SETTINGS[rnd % len(SETTINGS):] + SETTINGS[: rnd % len(SETTINGS)]:
+                main = name.endswith("main reads")
                 sf = (None if name == "images" else InMemoryDSAP() if name.endswith("transfer only")
-                      else stores[name.rsplit(" ", 1)[1]])
-                rates[name].append(loader_rate(items, Path(tmp), sf, args.workers, samples))
+                      else stores["lz4"] if main else stores[name.rsplit(" ", 1)[1]])
+                rates[name].append(loader_rate(items, Path(tmp), sf, args.workers, samples,
+                                               dsap_reader="main" if main else "worker",
+                                               main_seconds=main_s if main else None))
             print(f"  round {rnd + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()) + " samples/s",
                   flush=True)
     # The machine is shared: a setting's rate is the median over rounds, and its cost against images only is
     # the median of the per-round ratios (each taken within one round, so slow spells cancel).
     rows = []
+    main_us = float(np.median(main_s)) * 1e6
+    image_us = 1e6 * max(1, args.workers) / float(np.median(rates["images"]))  # worker CPU time per sample
     for k in SETTINGS:
         ratios = [a / b for a, b in zip(rates["images"], rates[k])]
+        # CPU time per sample: the workers' (images only x the median per-round ratio) plus, for "main
+        # reads", the consumer's own reads
+        cpu_us = image_us * float(np.median(ratios)) + (main_us if k.endswith("main reads") else 0.0)
         rows.append({"setting": k, "samples_per_s": float(np.median(rates[k])),
                      "samples_per_s_per_worker": float(np.median(rates[k])) / max(1, args.workers),
                      "time_over_images_only": float(np.median(ratios)),
-                     "time_over_images_only_range": [min(ratios), max(ratios)], "rounds": rates[k]})
+                     "time_over_images_only_range": [min(ratios), max(ratios)],
+                     "cpu_us_per_sample": cpu_us, "cpu_over_images_only": cpu_us / image_us, "rounds": rates[k]})
     print(f"\nloader, paper preset 256x128 + augmentation, batch 64, {args.workers} worker(s), {samples} samples, "
           f"median of {rounds} interleaved rounds; {available_cores()} cores, load average {load_before[0]:.2f} at start")
-    print(f"  {'setting':26} {'samples/s':>10} {'per worker':>10} {'time vs images':>15}")
+    print(f"  {'setting':26} {'samples/s':>10} {'per worker':>10} {'time vs images':>15} {'':19} {'CPU us':>7} {'CPU vs images':>13}")
     for r in rows:
         lo, hi = r["time_over_images_only_range"]
         print(f"  {r['setting']:26} {r['samples_per_s']:10.1f} {r['samples_per_s_per_worker']:10.1f} "
-              f"{r['time_over_images_only']:14.2f}x  (rounds {lo:.2f}-{hi:.2f})")
+              f"{r['time_over_images_only']:14.2f}x  (rounds {lo:.2f}-{hi:.2f})  {r['cpu_us_per_sample']:7.0f} "
+              f"{r['cpu_over_images_only']:12.2f}x")
     collate = collate_costs()
+    print(f"  'main reads': the consuming process spent {main_us:.0f} us per sample reading DSAP (median over rounds)")
     print("  batch stacking per sample: " + "; ".join(
         f"{k} {v['shared_us']:.0f} us into shared memory (a worker), {v['plain_us']:.0f} us plain" for k, v in collate.items()))
     print(f"  store sizes: " + ", ".join(f"{c} {sizes[c]:.1f} MiB" for c in COMPRESSIONS) + f" for {n} images "
           f"(dataset written in {setup_s:.1f} s); targets: DSAP <= 1.10x, >= 300 samples/s per worker")
     result = {"benchmark": "loader", "quick": args.quick, "images": n, "samples": samples, "workers": args.workers,
               "rounds": rounds, "batch": 64, "size": [256, 128], "cores": available_cores(),
-              "store_mib": sizes, "rows": rows, "collate_us_per_sample": collate, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+              "store_mib": sizes, "rows": rows, "collate_us_per_sample": collate,
+              "main_reads_us_per_sample": main_us, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
               "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -149,3 +149,22 @@ def test_joint_dataset_with_real_store_holds_no_open_handle(tmp_path: Path, imag
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
     got = torch.cat([b[1] for b in loader])
     assert torch.equal(got, torch.from_numpy(dsap))
+
+
+def test_dsap_read_by_the_consumer_equals_the_workers(tmp_path: Path, images: list[Item]) -> None:
+    """dsap_reader="main" (training's path): workers send indices, fill_dsap reads the batch; same batches."""
+    from torch.utils.data import DataLoader
+
+    store = DictStore({it.key: np.full((24, 3, 8, 8), i, np.uint8) for i, it in enumerate(images)})
+    batches = {}
+    for reader in ("worker", "main"):
+        ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16), dsap_reader=reader)
+        loader = DataLoader(ds, batch_size=3, sampler=[3, 0, 2, 1], num_workers=1)
+        batches[reader] = [ds.fill_dsap(b) for b in loader]
+    for a, b in zip(batches["worker"], batches["main"]):
+        assert b[1].dtype == torch.uint8 and b[1].shape == a[1].shape
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    assert batches["main"][0][1][:, 0, 0, 0, 0].tolist() == [3, 0, 2]
+    with pytest.raises(ValueError, match="dsap_reader"):
+        JointDataset(images, tmp_path, store, build_test_transform(32, 16), dsap_reader="gpu")

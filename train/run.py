@@ -151,7 +151,7 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             check_store_fits(store, dataset)
         transform = build_train_transform(model_cfg.height, model_cfg.width, pad=recipe.pad,
                                           flip_p=recipe.flip, erasing_p=recipe.random_erasing)
-        joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=use_dsap)
+        joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=use_dsap, dsap_reader="main")
 
         config = {
             "dataset": opts.dataset, "root": str(opts.root), "estimator": opts.estimator, "tag": opts.tag,

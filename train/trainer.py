@@ -316,6 +316,9 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def _train_step(self, batch: Batch) -> dict[str, float]:
+        fill = getattr(self.dataset, "fill_dsap", None)  # DSAP read here rather than in the workers
+        if fill is not None:
+            batch = fill(batch, pin_memory=self.device.type == "cuda")
         images, dsap, pids = self.prepare(batch, self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
