@@ -41,7 +41,7 @@ OUT        ?= bench/results/gpu
 DEMO_ERRORS ?= -o miss=0.05 -o drop_part=0.1 -o label_noise=0.05 -o uv_jitter=0.02
 DEMO_EPOCHS ?=
 DEMO_SEEDS  ?= 0 1
-DEMO_CONFIGS ?= two-branch dsa
+DEMO_CONFIGS ?= two-branch dsa dsa-drop-d
 DEMO_TAG    ?= bench16
 
 TAG_ARG    := $(if $(TAG),--tag $(TAG))

@@ -214,6 +214,12 @@ PRESETS: dict[str, Preset] = {
                lr_decay_gamma=0.2, batch_p=8, batch_k=4),
         "the gain benchmark (issue 14): 64x32 input, S=16 DSAP, a shallow 1/4-width trunk (one bottleneck "
         "per stage); minutes per run on 1 CPU thread"),
+    # Beyond the paper (issue 14): the paper's network and recipe with d left out of the fusion in half of
+    # the steps (Recipe.drop_d), the one switch whose kept MF features beat the two-branch baseline on the
+    # synthetic gain benchmark (20 paired seeds); inference is MF-only as with `paper`.
+    "paper-drop-d": Preset(
+        "paper-drop-d", ModelConfig(), Recipe(drop_d=0.5),
+        "beyond the paper: `paper` with d dropped from the fusion in half of the steps (drop_d=0.5)"),
 }
 
 

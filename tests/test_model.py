@@ -214,7 +214,7 @@ def test_unknown_variant_and_preset():
         ModelConfig(dsag_conv5_g=1024)
     with pytest.raises(ValueError, match="unknown model config"):
         ModelConfig.from_dict({**TINY.to_dict(), "depth": 3})
-    assert set(PRESETS) == {"paper", "small", "tiny", "mobilenet", "mobilenet-cpu", "bench"}
+    assert set(PRESETS) == {"paper", "small", "tiny", "mobilenet", "mobilenet-cpu", "bench", "paper-drop-d"}
 
 
 def test_paper_recipe():

@@ -28,8 +28,13 @@ def _net_and_inputs(variant: str = "dsa", seed: int = 0):
     return net, images, dsap, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
 
+def test_paper_drop_d_is_the_paper_with_drop_d_only():
+    a, b = get_preset("paper"), get_preset("paper-drop-d")
+    assert b.model == a.model and b.recipe == a.recipe.replace(drop_d=0.5)
+
+
 def test_paper_recipe_has_every_switch_off():
-    for r in (Recipe(), PAPER, *(p.recipe for p in PRESETS.values())):
+    for r in (Recipe(), PAPER, *(p.recipe for p in PRESETS.values() if p.name != "paper-drop-d")):
         assert (r.w_triplet_mf, r.drop_d, r.w_distill, r.dsag_first_epochs) == (0.0, 0.0, 0.0, 0)
     loss = DSALoss(PAPER, "dsa", seed=3)
     assert all(loss.step_kwargs(e, s) == {} for e in (0, 5, 300) for s in (0, 1, 17, 9999))
