@@ -335,7 +335,9 @@ def summarise(runs: dict[str, list[dict]], reference: str, split: str, hist: dic
             beats = dm["mean"] > spread and dm["n"] > 1
             verdicts.append(f"{name}: MF features {'BEAT' if beats else 'do NOT beat'} {reference} by more "
                             f"than the seed spread (mAP {100 * dm['mean']:+.1f} vs spread ±{100 * spread:.1f}; "
-                            f"95% interval [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}], {dm['n']} seeds)")
+                            f"95% interval [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}], {dm['n']} seeds)"
+                            + ("; the interval still contains 0: not shown at this number of seeds"
+                               if beats and dm["ci95"][0] <= 0 else ""))
     for line in verdicts:
         print(line)
     return variants, diffs, verdicts
