@@ -112,7 +112,7 @@ def raw_checkpoint(path: Path) -> dict:
 
 def make_trainer(run_dir: Path, data: tuple[list[Item], DSAPStore], *, info: DistInfo | None = None,
                  max_steps: int | None = None, workers: int = 0, loss: Loss | None = None,
-                 log_every: int = 1, epochs: int = RECIPE.epochs) -> Trainer:
+                 log_every: int = 1, epochs: int = RECIPE.epochs, compile: bool = False) -> Trainer:
     items, store = data
     info = info or DistInfo()
     seed_everything(0)
@@ -124,7 +124,7 @@ def make_trainer(run_dir: Path, data: tuple[list[Item], DSAPStore], *, info: Dis
     return Trainer(model=model, loss_fn=loss or Loss(), dataset=dataset, sampler=sampler, optimizer=optimizer,
                    scheduler=build_scheduler(optimizer, RECIPE), run=RunFolder(run_dir), info=info,
                    epochs=epochs, max_steps=max_steps, workers=workers, log_every=log_every,
-                   config=STAND_IN_CONFIG, progress=False)
+                   config=STAND_IN_CONFIG, progress=False, compile=compile)
 
 
 @pytest.fixture(scope="module")
@@ -204,15 +204,7 @@ def test_compiled_training_keeps_the_modules_names_and_values(tmp_path: Path, da
     monkeypatch.setattr(torch, "compile", eager_compile)
     plain = make_trainer(tmp_path / "a", data, max_steps=3)
     plain.fit()
-    items, store = data
-    seed_everything(0)
-    model = StandIn(NUM_IDS)
-    dataset = JointDataset(items, Path(store.folder).parent, store, build_train_transform(32, 16, pad=2))
-    sampler = PKSampler(dataset.pids, RECIPE.batch_p, RECIPE.batch_k, seed=0)
-    optimizer = build_optimizer(model.parameters(), RECIPE)
-    compiled = Trainer(model=model, loss_fn=Loss(), dataset=dataset, sampler=sampler, optimizer=optimizer,
-                       scheduler=build_scheduler(optimizer, RECIPE), run=RunFolder(tmp_path / "b"), info=DistInfo(),
-                       epochs=RECIPE.epochs, max_steps=3, config=STAND_IN_CONFIG, progress=False, compile=True)
+    compiled = make_trainer(tmp_path / "b", data, max_steps=3, compile=True)
     assert calls == ["StandIn"] and compiled.model is not compiled.bare_model
     compiled.fit()
     saved = raw_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
