@@ -23,8 +23,17 @@ From ImageNet on a CPU (issue 14): the MobileNetV2 preset, with the paired compa
 ``paired_diff.mAP.ci95``, DSA minus two-branch, Student-t over the seeds)::
 
     python bench/bench_reid.py --dataset market1501 --root /tmp/cuhk --estimator pose \
-        --preset mobilenet-cpu --pretrained imagenet --epochs 4 --seeds 0 1 2 --name cuhk03_p1_mobilenet \
-        --gain-json reid_gain_cuhk03 --dataset-key cuhk03-p1
+        --preset mobilenet-cpu --pretrained imagenet --epochs 12 --seeds 0 1 2 --name cuhk03_p1_e12 \
+        --gain-json reid_gain --dataset-key cuhk03-p1
+
+A recipe switch is its own configuration: ``--label`` names it in the rows (the runs are still trained as
+``--variants``).  ``--combine`` merges result files of the same dataset, preset and budget (for example one
+per seed, or the baseline and a switch run separately) and writes the paired comparison, pairing by seed::
+
+    python bench/bench_reid.py ... --variants dsa --train-args "--set recipe.drop_d=0.5" \
+        --label dsa-drop-d --name cuhk03_p1_e12_dropd
+    python bench/bench_reid.py --combine bench/results/cuhk03_p1_e12*.json \
+        --gain-json reid_gain --dataset-key cuhk03-p1
 """
 from __future__ import annotations
 
@@ -40,6 +49,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from paired import interval_text, paired_by_seed  # noqa: E402
 
 
 def sh(args: list[str]) -> None:
@@ -52,20 +64,6 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def paired(a: list[float], b: list[float]) -> dict:
-    """Paired difference a - b over seeds: mean, std and the Student-t 95% interval of the mean."""
-    from scipy import stats
-
-    diff = [x - y for x, y in zip(a, b)]
-    n = len(diff)
-    m = sum(diff) / n
-    if n < 2:  # no spread from one seed: no interval (null in the JSON, never NaN)
-        return {"per_seed": [round(d, 5) for d in diff], "mean": m, "std": None, "ci95": None, "n": n}
-    s = math.sqrt(sum((d - m) ** 2 for d in diff) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n))
-    return {"per_seed": [round(d, 5) for d in diff], "mean": m, "std": s, "ci95": [m - half, m + half], "n": n}
 
 
 def main() -> None:
@@ -87,8 +85,19 @@ def main() -> None:
     ap.add_argument("--gain-json", default=None,
                     help="also write bench/results/<this>.json in the reid_gain schema (two-branch vs dsa)")
     ap.add_argument("--dataset-key", default=None, help="entry of the --gain-json file (default: --name)")
+    ap.add_argument("--label", default=None,
+                    help="configuration name in the rows (default: the variant; one variant only)")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="train nothing: merge these result files and write --gain-json from them")
     ap.add_argument("--quick", action="store_true", help="1 epoch, 1 seed: checks the plumbing")
     args = ap.parse_args()
+    if args.combine:
+        if not args.gain_json:
+            ap.error("--combine needs --gain-json")
+        combine([Path(f) for f in args.combine], args.gain_json, args.dataset_key, HERE / "results")
+        return
+    if args.label and len(args.variants) != 1:
+        ap.error("--label names one configuration: give one --variants")
     if args.quick:
         args.epochs, args.seeds = 1, args.seeds[:1]
     name = args.name or args.dataset
@@ -131,7 +140,8 @@ def main() -> None:
             times_file.write_text(json.dumps(times))
             train_s, eval_s = times.get("train_s", 0.0), times.get("eval_s")
             m = json.loads((Path(args.runs_dir) / run / "eval" / args.dataset / "metrics.json").read_text())
-            rows.append({"variant": variant, "seed": seed, "run": run, "rank1": m["rank1"],
+            rows.append({"variant": args.label or variant, "train_variant": variant, "seed": seed, "run": run,
+                         "rank1": m["rank1"],
                          "rank5": m["rank5"], "rank10": m["rank10"], "mAP": m["mAP"], "mINP": m.get("mINP"),
                          "train_s": round(train_s, 1), "eval_s": None if eval_s is None else round(eval_s, 1)})
 
@@ -142,7 +152,7 @@ def main() -> None:
         print(f"{r['variant']:<12}{r['seed']:>5}{100 * r['rank1']:>8.1f}{100 * r['rank5']:>8.1f}"
               f"{100 * r['rank10']:>8.1f}{100 * r['mAP']:>8.1f}{r['train_s']:>10.0f}")
     summary = {}
-    for v in args.variants:
+    for v in dict.fromkeys(r["variant"] for r in rows):
         sel = [r for r in rows if r["variant"] == v]
         summary[v] = {k: sum(r[k] for r in sel) / len(sel) for k in ("rank1", "rank5", "rank10", "mAP")}
         s = summary[v]
@@ -154,7 +164,7 @@ def main() -> None:
     out.write_text(json.dumps({
         "benchmark": "reid", "name": name, "dataset": args.dataset, "estimator": args.estimator,
         "preset": args.preset, "pretrained": args.pretrained, "train_args": args.train_args,
-        "epochs": args.epochs, "seeds": args.seeds, "device": args.device,
+        "label": args.label, "epochs": args.epochs, "seeds": args.seeds, "device": args.device,
         "uptime_before": load_before, "uptime_after": uptime(),
         "machine": platform.platform(), "processor": platform.processor(),
         "precompute_s": round(precompute_s, 1), "rows": rows, "mean": summary,
@@ -165,38 +175,72 @@ def main() -> None:
         write_gain(args, rows, name, load_before, round(precompute_s, 1))
 
 
-def write_gain(args: argparse.Namespace, rows: list[dict], name: str, load_before: str, precompute_s: float) -> None:
-    """The paired comparison in the reid_gain schema (bench/results/reid_gain.json, issue 14)."""
+SAME_BUDGET = ("dataset", "estimator", "preset", "pretrained", "epochs")
+
+
+def gain_entry(rows: list[dict], setup: dict, reference: str = "two-branch") -> dict:
+    """The paired comparison in the reid_gain schema (bench/results/reid_gain.json, issue 14).
+
+    Per configuration: seeds, MF Rank-1 and mAP over seeds, times and runs.  Every other configuration is
+    paired with ``reference`` on the seeds both have (a seed fixes the shared initialisation and the
+    batch order), DSA (or the switch) minus the reference."""
     variants = {}
-    for v in args.variants:
+    for v in dict.fromkeys(r["variant"] for r in rows):
         sel = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["seed"])
-        variants[v] = {"variant": v, "seeds": [r["seed"] for r in sel], "mf_rank1": [r["rank1"] for r in sel],
+        seeds = [r["seed"] for r in sel]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"configuration {v!r} has seed(s) twice: {seeds}")
+        variants[v] = {"variant": v, "seeds": seeds, "mf_rank1": [r["rank1"] for r in sel],
                        "mf_mAP": [r["mAP"] for r in sel], "train_s": [r["train_s"] for r in sel],
                        "eval_s": [r["eval_s"] for r in sel], "runs": [r["run"] for r in sel]}
-    diffs = {}
-    if "two-branch" in variants:
-        ref = variants["two-branch"]
-        for v, d in variants.items():
-            if v != "two-branch" and len(d["seeds"]) == len(ref["seeds"]):
-                diffs[v] = {"rank1": paired(d["mf_rank1"], ref["mf_rank1"]), "mAP": paired(d["mf_mAP"], ref["mf_mAP"])}
-    entry = {
-        "benchmark": "reid_gain", "split": "test", "dataset": args.dataset, "estimator": args.estimator,
-        "preset": args.preset, "pretrained": args.pretrained, "train_args": args.train_args, "epochs": args.epochs,
-        "seeds": args.seeds, "threads": "OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")),
-        "variants": variants, "reference": "two-branch", "paired_diffs": diffs, "paired_diff": diffs.get("dsa"),
-        "precompute_s": precompute_s, "uptime_before": load_before, "uptime_after": uptime(),
-        "machine": platform.platform(), "command": "python bench/bench_reid.py " + " ".join(sys.argv[1:]),
-    }
-    out = HERE / "results" / f"{args.gain_json}.json"
+    diffs = paired_by_seed(variants, reference, {"rank1": "mf_rank1", "mAP": "mf_mAP"})
+    return {"benchmark": "reid_gain", "split": "test", **setup,
+            "seeds": sorted({s for v in variants.values() for s in v["seeds"]}),
+            "variants": variants, "reference": reference, "paired_diffs": diffs, "paired_diff": diffs.get("dsa")}
+
+
+def save_gain(entry: dict, gain_json: str, key: str, results: Path) -> None:
+    out = results / f"{gain_json}.json"
     data = json.loads(out.read_text()) if out.is_file() else {}
-    data[args.dataset_key or name] = entry
+    data[key] = entry
     out.write_text(json.dumps(data, indent=1))
-    if "dsa" in diffs:
-        dm = diffs["dsa"]["mAP"]
-        ci = (f"[{100 * dm['ci95'][0]:+.2f}, {100 * dm['ci95'][1]:+.2f}] (95% CI, {dm['n']} seeds)"
-              if dm["ci95"] else "(1 seed: no interval)")
-        print(f"DSA - two-branch, MF mAP: {100 * dm['mean']:+.2f} {ci}")
-    print(f"wrote {out} [{args.dataset_key or name}]")
+    for v, d in entry["paired_diffs"].items():
+        dm = d["mAP"]
+        ci = interval_text(dm, 2) + (f" (95% CI, {dm['n']} seeds)" if dm["ci95"] else "")
+        print(f"{v} - {entry['reference']}, MF mAP: {100 * dm['mean']:+.2f} {ci}")
+    print(f"wrote {out} [{key}]")
+
+
+def write_gain(args: argparse.Namespace, rows: list[dict], name: str, load_before: str, precompute_s: float) -> None:
+    setup = {"dataset": args.dataset, "estimator": args.estimator, "preset": args.preset,
+             "pretrained": args.pretrained, "train_args": args.train_args, "epochs": args.epochs,
+             "threads": "OMP_NUM_THREADS=" + str(os.environ.get("OMP_NUM_THREADS")),
+             "precompute_s": precompute_s, "uptime_before": load_before, "uptime_after": uptime(),
+             "machine": platform.platform(), "command": "python bench/bench_reid.py " + " ".join(sys.argv[1:])}
+    save_gain(gain_entry(rows, setup), args.gain_json, args.dataset_key or name, HERE / "results")
+
+
+def combine(files: list[Path], gain_json: str, key: str | None, results: Path) -> dict:
+    """Merge result files of one dataset, preset and budget into one reid_gain entry (pairs by seed)."""
+    docs = [json.loads(f.read_text()) for f in files]
+    first = docs[0]
+    for f, d in zip(files, docs):
+        differ = [k for k in SAME_BUDGET if d.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"error: {f} differs from {files[0]} in {', '.join(differ)}: "
+                             "only runs of the same dataset, preset and budget are compared")
+    rows = [r for d in docs for r in d["rows"]]
+    setup = {**{k: first.get(k) for k in SAME_BUDGET},
+             "train_args": {d["name"]: d.get("train_args", "") for d in docs},
+             "machine": first.get("machine"),
+             "load": {d["name"]: [d.get("uptime_before"), d.get("uptime_after")] for d in docs},
+             "command": [d["command"] for d in docs] + ["python bench/bench_reid.py --combine "
+                                                       + " ".join(str(f) for f in files)
+                                                       + f" --gain-json {gain_json}"
+                                                       + (f" --dataset-key {key}" if key else "")]}
+    entry = gain_entry(rows, setup)
+    save_gain(entry, gain_json, key or first["name"], results)
+    return entry
 
 
 if __name__ == "__main__":

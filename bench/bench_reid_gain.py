@@ -42,12 +42,14 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from data.datasets import Item, build_dataset  # noqa: E402
 from data.io import read_image  # noqa: E402
 from data.sampler import PKSampler, SeededBatches  # noqa: E402
 from data.store import DSAPStore, store_dir  # noqa: E402
 from data.transforms import build_test_transform, build_train_transform  # noqa: E402
+from paired import interval_text, paired_by_seed  # noqa: E402
 from dsa.dsap import normalise_dsap  # noqa: E402
 from dsa.losses import DSALoss  # noqa: E402
 from dsa.model import DSANet  # noqa: E402
@@ -269,17 +271,6 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def paired(a: list[float], b: list[float]) -> dict:
-    """a - b per seed: mean, std and the 95% t-interval over seeds."""
-    from scipy import stats
-
-    diff = np.asarray(a, float) - np.asarray(b, float)
-    m, s = mean_std(diff.tolist())
-    n = len(diff)
-    half = float(stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)) if n > 1 else float("nan")
-    return {"per_seed": diff.round(5).tolist(), "mean": m, "std": s, "ci95": [m - half, m + half], "n": n}
-
-
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
@@ -302,16 +293,7 @@ def summarise(runs: dict[str, list[dict]], reference: str, split: str, hist: dic
                 v[f"{feat}_mAP"] = [r["metrics"][feat]["mAP"] for r in rs]
         variants[name] = v
     ref = variants.get(reference)
-    diffs: dict[str, dict] = {}
-    if ref is not None:
-        for name, v in variants.items():
-            common = [s for s in v["seeds"] if s in ref["seeds"]]
-            if name == reference or len(common) < 1:
-                continue
-            pick = lambda vv, key: [vv[key][vv["seeds"].index(s)] for s in common]  # noqa: E731
-            diffs[name] = {"seeds": common,
-                           "rank1": paired(pick(v, "mf_rank1"), pick(ref, "mf_rank1")),
-                           "mAP": paired(pick(v, "mf_mAP"), pick(ref, "mf_mAP"))}
+    diffs = paired_by_seed(variants, reference, {"rank1": "mf_rank1", "mAP": "mf_mAP"})
     n_seeds = max((len(v["seeds"]) for v in variants.values()), default=0)
     print(f"\n{split} split, MF features (kept at inference), {n_seeds} seeds, "
           f"mean ± std; Δ = paired difference vs {reference} with its 95% interval")
@@ -322,7 +304,7 @@ def summarise(runs: dict[str, list[dict]], reference: str, split: str, hist: dic
         dtxt = ""
         if name in diffs:
             dm = diffs[name]["mAP"]
-            dtxt = f"{100 * dm['mean']:+.1f} [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}]"
+            dtxt = f"{100 * dm['mean']:+.1f} " + (interval_text(dm) if dm["ci95"] else "(1 seed)")
         dr1 = f"{100 * np.mean(v['d_rank1']):.1f}" if "d_rank1" in v else "–"
         zr1 = f"{100 * np.mean(v['z_rank1']):.1f}" if "z_rank1" in v else "–"
         print(f"{name:<22}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<3.1f}{100 * mp[0]:>7.1f} ± {100 * mp[1]:<3.1f}"
@@ -335,7 +317,8 @@ def summarise(runs: dict[str, list[dict]], reference: str, split: str, hist: dic
             beats = dm["mean"] > spread and dm["n"] > 1
             verdicts.append(f"{name}: MF features {'BEAT' if beats else 'do NOT beat'} {reference} by more "
                             f"than the seed spread (mAP {100 * dm['mean']:+.1f} vs spread ±{100 * spread:.1f}; "
-                            f"95% interval [{100 * dm['ci95'][0]:+.1f}, {100 * dm['ci95'][1]:+.1f}], {dm['n']} seeds)"
+                            + (f"95% interval {interval_text(dm)}, {dm['n']} seeds)" if dm["ci95"]
+                               else "1 seed: no interval)")
                             + ("; the interval still contains 0: not shown at this number of seeds"
                                if beats and dm["ci95"][0] <= 0 else ""))
     for line in verdicts:

@@ -1,0 +1,69 @@
+"""bench/bench_reid.py --combine: result files merged into the reid_gain schema, paired by seed."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+bench_reid = pytest.importorskip("bench_reid")
+
+BUDGET = {"dataset": "market1501", "estimator": "pose", "preset": "mobilenet-cpu", "pretrained": "imagenet",
+          "epochs": 12}
+
+
+def results(path: Path, name: str, rows: list[tuple[str, int, float]], **over) -> Path:
+    doc = {**BUDGET, "benchmark": "reid", "name": name, "train_args": "", "command": f"bench_reid.py --name {name}",
+           "uptime_before": "load 1", "uptime_after": "load 2", "machine": "test",
+           "rows": [{"variant": v, "seed": s, "run": f"{name}-{v}-s{s}", "rank1": m + 0.1, "mAP": m,
+                     "train_s": 1.0, "eval_s": 1.0} for v, s, m in rows], **over}
+    f = path / f"{name}.json"
+    f.write_text(json.dumps(doc))
+    return f
+
+
+def test_combine_pairs_each_configuration_with_the_baseline_by_seed(tmp_path):
+    base = results(tmp_path, "base", [("two-branch", 0, 0.30), ("two-branch", 1, 0.20), ("two-branch", 2, 0.25)])
+    # seeds out of order, one seed the baseline lacks: pairing must follow the seed, not the position
+    switch = results(tmp_path, "switch", [("dsa-drop-d", 2, 0.27), ("dsa-drop-d", 0, 0.31), ("dsa-drop-d", 9, 0.9)])
+    dsa = results(tmp_path, "dsa", [("dsa", 1, 0.18), ("dsa", 0, 0.33)])
+    entry = bench_reid.combine([base, switch, dsa], "gain", "cuhk", tmp_path)
+
+    drop = entry["paired_diffs"]["dsa-drop-d"]
+    assert drop["seeds"] == [0, 2]
+    assert drop["mAP"]["per_seed"] == pytest.approx([0.01, 0.02])
+    assert entry["paired_diff"]["seeds"] == [0, 1]
+    assert entry["paired_diff"]["mAP"]["per_seed"] == pytest.approx([0.03, -0.02])
+    assert entry["paired_diff"]["mAP"]["ci95"][0] < 0 < entry["paired_diff"]["mAP"]["ci95"][1]
+    assert entry["variants"]["dsa-drop-d"]["seeds"] == [0, 2, 9]
+    assert entry["variants"]["two-branch"]["mf_mAP"] == [0.30, 0.20, 0.25]
+    assert entry["seeds"] == [0, 1, 2, 9] and entry["epochs"] == 12
+    written = json.loads((tmp_path / "gain.json").read_text())
+    assert written["cuhk"]["paired_diffs"] == json.loads(json.dumps(entry["paired_diffs"]))
+
+
+def test_combine_refuses_runs_of_another_budget(tmp_path):
+    base = results(tmp_path, "base", [("two-branch", 0, 0.30)])
+    other = results(tmp_path, "short", [("dsa", 0, 0.31)], epochs=3)
+    with pytest.raises(SystemExit, match="differs .* in epochs"):
+        bench_reid.combine([base, other], "gain", "cuhk", tmp_path)
+    assert not (tmp_path / "gain.json").exists()
+
+
+def test_a_seed_given_twice_for_one_configuration_is_refused(tmp_path):
+    a = results(tmp_path, "a", [("two-branch", 0, 0.30)])
+    b = results(tmp_path, "b", [("two-branch", 0, 0.31)])
+    with pytest.raises(ValueError, match="seed"):
+        bench_reid.combine([a, b], "gain", "cuhk", tmp_path)
+
+
+def _refuse(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "bench" / "results").glob("*.json")),
+                         ids=lambda p: p.name)
+def test_committed_results_are_strict_json(path):
+    json.loads(path.read_text(), parse_constant=_refuse)  # NaN / Infinity: unreadable by strict parsers (jq, JS)
