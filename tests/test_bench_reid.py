@@ -67,3 +67,37 @@ def _refuse(name: str):
                          ids=lambda p: p.name)
 def test_committed_results_are_strict_json(path):
     json.loads(path.read_text(), parse_constant=_refuse)  # NaN / Infinity: unreadable by strict parsers (jq, JS)
+
+
+def _run(tmp_path: Path, name: str, variant: str, overrides: dict, losses: list[float]):
+    from data.runs import RunFolder
+
+    run = RunFolder(tmp_path / name)
+    run.path.mkdir()
+    run.write_config({"variant": variant, "overrides": overrides})
+    for epoch, loss in enumerate(losses):
+        run.append_log({"step": 10 * epoch + 5, "epoch": epoch, "loss": 99.0, "id_fG": 99.0})  # a step record
+        run.append_log({"step": 10 * epoch + 10, "epoch": epoch, "event": "epoch_end", "loss": loss,
+                        "id_fG": loss / 2})
+    return run
+
+
+def test_training_curves_take_the_epoch_means_and_name_each_configuration(tmp_path, monkeypatch, capsys):
+    curves = pytest.importorskip("plot_train_curves")
+    a = _run(tmp_path, "a", "two-branch", {}, [6.0, 5.0, 4.5])
+    b = _run(tmp_path, "b", "dsa", {"recipe.drop_d": 0.5}, [7.0, 5.5])
+    assert curves.epoch_means(a) == {"loss": [(1, 6.0), (2, 5.0), (3, 4.5)], "id_fG": [(1, 3.0), (2, 2.5), (3, 2.25)]}
+    assert curves.configuration(b) == "dsa (recipe.drop_d=0.5)"
+    out = tmp_path / "curves.png"
+    monkeypatch.setattr(sys, "argv", ["plot_train_curves.py", str(a.path), str(b.path), "--out", str(out)])
+    curves.main()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "2 runs, 2 configurations" in capsys.readouterr().out
+
+
+def test_training_curves_of_runs_without_an_epoch_end_say_so(tmp_path, monkeypatch):
+    curves = pytest.importorskip("plot_train_curves")
+    empty = _run(tmp_path, "empty", "dsa", {}, [])
+    monkeypatch.setattr(sys, "argv", ["plot_train_curves.py", str(empty.path), "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="no.*epoch_end|none of these runs"):
+        curves.main()

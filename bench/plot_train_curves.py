@@ -1,0 +1,77 @@
+"""Training curves of finished runs (their ``log.jsonl`` epoch means) in one PNG: has training flattened?
+
+One line per run, coloured by configuration (the run's variant and recipe overrides from its
+``config.json``), one panel per loss term that any of the runs logged, plus the total::
+
+    python bench/plot_train_curves.py /tmp/cuhk/runs/cuhk03_p1_e12*-s[012] --out docs/cuhk03_p1_e12_curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data.runs import RunFolder  # noqa: E402
+
+TERMS = ("loss", "id_fG", "id_fL", "tri_fG", "tri_fL", "id_zG", "id_zL", "tri_zG", "tri_zL")
+
+
+def configuration(run: RunFolder) -> str:
+    cfg = run.read_config()
+    extra = ",".join(f"{k}={v}" for k, v in sorted((cfg.get("overrides") or {}).items()))
+    return cfg["variant"] + (f" ({extra})" if extra else "")
+
+
+def epoch_means(run: RunFolder) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for rec in run.read_log():
+        if rec.get("event") == "epoch_end":
+            for term in TERMS:
+                if term in rec:
+                    out.setdefault(term, []).append((rec["epoch"] + 1, rec[term]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="run folders")
+    ap.add_argument("--out", required=True, help="PNG to write")
+    ap.add_argument("--title", default="training curves (epoch means)")
+    args = ap.parse_args()
+    runs = [RunFolder(p) for p in args.runs]
+    curves = {r.name: (configuration(r), epoch_means(r)) for r in runs}
+    terms = [t for t in TERMS if any(t in c for _, c in curves.values())]
+    if not terms:
+        raise SystemExit("error: none of these runs has an epoch_end record in its log.jsonl")
+    configs = list(dict.fromkeys(cfg for cfg, _ in curves.values()))
+    colours = {c: f"C{i}" for i, c in enumerate(configs)}
+    cols = min(3, len(terms))
+    rows = -(-len(terms) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, term in zip(axes.flat, terms):
+        for name, (cfg, c) in curves.items():
+            if term in c:
+                x, y = zip(*c[term])
+                ax.plot(x, y, color=colours[cfg], alpha=0.8, marker="o", markersize=2)
+        ax.set_title(term, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(terms):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[c], label=c) for c in configs]
+    fig.legend(handles=handles, loc="lower center", ncol=len(configs), fontsize=8)
+    fig.suptitle(args.title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out} ({len(runs)} runs, {len(configs)} configurations)")
+
+
+if __name__ == "__main__":
+    main()
