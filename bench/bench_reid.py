@@ -66,6 +66,16 @@ def uptime() -> str:
         return "unknown"
 
 
+def reusable_metrics(metrics_file: Path, ckpt: Path) -> bool:
+    """An earlier evaluation counts only when it is newer than the checkpoint and was made with this
+    benchmark's settings: MF-Stream features, no flip, no re-ranking (a user's ``--feature-set fused``
+    evaluation of the run writes the same file)."""
+    if not (metrics_file.is_file() and metrics_file.stat().st_mtime > ckpt.stat().st_mtime):
+        return False
+    m = json.loads(metrics_file.read_text())
+    return m.get("feature_set", "mf") == "mf" and not m.get("flip") and not m.get("rerank")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="synthetic")
@@ -132,8 +142,8 @@ def main() -> None:
             if ckpt.stat().st_mtime != before:  # it trained (a complete run's call is not counted)
                 times["train_s"] = times.get("train_s", 0.0) + time.time() - t
             metrics_file = run_dir / "eval" / args.dataset / "metrics.json"
-            if not (metrics_file.is_file() and metrics_file.stat().st_mtime > ckpt.stat().st_mtime):
-                t = time.time()  # evaluated afresh unless the metrics are newer than the checkpoint
+            if not reusable_metrics(metrics_file, ckpt):
+                t = time.time()  # evaluated afresh unless the MF metrics are newer than the checkpoint
                 sh([py, "-m", "evaluate", "run", "--run", run, "--dataset", args.dataset, "--root", args.root,
                     "--runs-dir", args.runs_dir, "--device", args.device, "--queries", "4"])
                 times["eval_s"] = time.time() - t

@@ -101,3 +101,22 @@ def test_training_curves_of_runs_without_an_epoch_end_say_so(tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["plot_train_curves.py", str(empty.path), "--out", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit, match="no.*epoch_end|none of these runs"):
         curves.main()
+
+
+@pytest.mark.parametrize("settings, reused", [
+    ({"feature_set": "mf", "flip": False, "rerank": False}, True),
+    ({"feature_set": "fused", "flip": False, "rerank": False}, False),
+    ({"feature_set": "mf", "flip": True, "rerank": False}, False),
+    ({"feature_set": "mf", "flip": False, "rerank": True}, False),
+])
+def test_an_earlier_evaluation_is_reused_only_with_the_benchmarks_settings(tmp_path, settings, reused):
+    import os
+
+    ckpt, metrics = tmp_path / "checkpoint.pt", tmp_path / "metrics.json"
+    ckpt.write_bytes(b"x")
+    metrics.write_text(json.dumps({"rank1": 0.5, "mAP": 0.4, **settings}))
+    os.utime(ckpt, (1_000, 1_000))
+    assert bench_reid.reusable_metrics(metrics, ckpt) is reused
+    os.utime(ckpt, None)  # the checkpoint is now newer than the metrics: evaluate afresh
+    os.utime(metrics, (1_000, 1_000))
+    assert bench_reid.reusable_metrics(metrics, ckpt) is False
