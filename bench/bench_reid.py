@@ -65,14 +65,14 @@ def uptime() -> str:
         return "unknown"
 
 
-def reusable_metrics(metrics_file: Path, ckpt: Path) -> bool:
-    """An earlier evaluation counts only when it is newer than the checkpoint and was made with this
-    benchmark's settings: MF-Stream features, no flip, no re-ranking (a user's ``--feature-set fused``
-    evaluation of the run writes the same file)."""
+def earlier_metrics(metrics_file: Path, ckpt: Path) -> dict | None:
+    """An earlier evaluation's metrics, when it is newer than the checkpoint and was made with this
+    benchmark's settings: MF-Stream features, no flip, no re-ranking (``evaluate run`` keeps the latest
+    evaluation of a run, whatever its settings, and its metrics.json names them)."""
     if not (metrics_file.is_file() and metrics_file.stat().st_mtime > ckpt.stat().st_mtime):
-        return False
+        return None
     m = json.loads(metrics_file.read_text())
-    return m.get("feature_set", "mf") == "mf" and not m.get("flip") and not m.get("rerank")
+    return m if m.get("feature_set", "mf") == "mf" and not m.get("flip") and not m.get("rerank") else None
 
 
 def main() -> None:
@@ -141,14 +141,15 @@ def main() -> None:
             if ckpt.stat().st_mtime != before:  # it trained (a complete run's call is not counted)
                 times["train_s"] = times.get("train_s", 0.0) + time.time() - t
             metrics_file = run_dir / "eval" / args.dataset / "metrics.json"
-            if not reusable_metrics(metrics_file, ckpt):
+            m = earlier_metrics(metrics_file, ckpt)
+            if m is None:
                 t = time.time()  # evaluated afresh unless the MF metrics are newer than the checkpoint
                 sh([py, "-m", "evaluate", "run", "--run", run, "--dataset", args.dataset, "--root", args.root,
                     "--runs-dir", args.runs_dir, "--device", args.device, "--queries", "4"])
                 times["eval_s"] = time.time() - t
+                m = json.loads(metrics_file.read_text())
             times_file.write_text(json.dumps(times))
             train_s, eval_s = times.get("train_s", 0.0), times.get("eval_s")
-            m = json.loads((Path(args.runs_dir) / run / "eval" / args.dataset / "metrics.json").read_text())
             rows.append({"variant": args.label or variant, "train_variant": variant, "seed": seed, "run": run,
                          "rank1": m["rank1"],
                          "rank5": m["rank5"], "rank10": m["rank10"], "mAP": m["mAP"], "mINP": m.get("mINP"),

@@ -303,7 +303,7 @@ def summarise(runs: dict[str, list[dict]], reference: str, split: str, hist: dic
         dtxt = ""
         if name in diffs:
             dm = diffs[name]["mAP"]
-            dtxt = f"{100 * dm['mean']:+.1f} " + (interval_text(dm) if dm["ci95"] else "(1 seed)")
+            dtxt = f"{100 * dm['mean']:+.1f} {interval_text(dm)}"
         dr1 = f"{100 * np.mean(v['d_rank1']):.1f}" if "d_rank1" in v else "–"
         zr1 = f"{100 * np.mean(v['z_rank1']):.1f}" if "z_rank1" in v else "–"
         print(f"{name:<22}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<3.1f}{100 * mp[0]:>7.1f} ± {100 * mp[1]:<3.1f}"

@@ -1,7 +1,8 @@
 """Training curves of finished runs (their ``log.jsonl`` epoch means) in one PNG: has training flattened?
 
 One line per run, coloured by configuration (the run's variant and recipe overrides from its
-``config.json``), one panel per loss term that any of the runs logged, plus the total::
+``config.json``), one panel per loss term that any of the runs logged, the total first and the learning
+rate last::
 
     python bench/plot_train_curves.py /tmp/cuhk/runs/cuhk03_p1_e12*-s[012] --out docs/cuhk03_p1_e12_curves.png
 """
@@ -19,7 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data.runs import RunFolder  # noqa: E402
 
-TERMS = ("loss", "id_fG", "id_fL", "tri_fG", "tri_fL", "id_zG", "id_zL", "tri_zG", "tri_zL")
+#: fields of an epoch record that are bookkeeping, not curves; every other number is plotted (the loss
+#: terms are whatever the run's loss logged: dsa.losses names them per variant and recipe switch)
+NOT_CURVES = {"step", "epoch", "images_per_s", "memory_mb"}
 
 
 def configuration(run: RunFolder) -> str:
@@ -32,9 +35,9 @@ def epoch_means(run: RunFolder) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
     for rec in run.read_log():
         if rec.get("event") == "epoch_end":
-            for term in TERMS:
-                if term in rec:
-                    out.setdefault(term, []).append((rec["epoch"] + 1, rec[term]))
+            for term, value in rec.items():
+                if term not in NOT_CURVES and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out.setdefault(term, []).append((rec["epoch"] + 1, value))
     return out
 
 
@@ -46,7 +49,8 @@ def main() -> None:
     args = ap.parse_args()
     runs = [RunFolder(p) for p in args.runs]
     curves = {r.name: (configuration(r), epoch_means(r)) for r in runs}
-    terms = [t for t in TERMS if any(t in c for _, c in curves.values())]
+    found = list(dict.fromkeys(t for _, c in curves.values() for t in c))
+    terms = sorted(found, key=lambda t: (t != "loss", t == "lr"))  # the total first, the learning rate last
     if not terms:
         raise SystemExit("error: none of these runs has an epoch_end record in its log.jsonl")
     configs = list(dict.fromkeys(cfg for cfg, _ in curves.values()))

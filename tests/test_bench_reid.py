@@ -78,7 +78,7 @@ def _run(tmp_path: Path, name: str, variant: str, overrides: dict, losses: list[
     for epoch, loss in enumerate(losses):
         run.append_log({"step": 10 * epoch + 5, "epoch": epoch, "loss": 99.0, "id_fG": 99.0})  # a step record
         run.append_log({"step": 10 * epoch + 10, "epoch": epoch, "event": "epoch_end", "loss": loss,
-                        "id_fG": loss / 2})
+                        "id_fG": loss / 2, "distill_G": 0.1, "images_per_s": 50.0, "memory_mb": 900.0})
     return run
 
 
@@ -86,7 +86,8 @@ def test_training_curves_take_the_epoch_means_and_name_each_configuration(tmp_pa
     curves = pytest.importorskip("plot_train_curves")
     a = _run(tmp_path, "a", "two-branch", {}, [6.0, 5.0, 4.5])
     b = _run(tmp_path, "b", "dsa", {"recipe.drop_d": 0.5}, [7.0, 5.5])
-    assert curves.epoch_means(a) == {"loss": [(1, 6.0), (2, 5.0), (3, 4.5)], "id_fG": [(1, 3.0), (2, 2.5), (3, 2.25)]}
+    assert curves.epoch_means(a) == {"loss": [(1, 6.0), (2, 5.0), (3, 4.5)], "id_fG": [(1, 3.0), (2, 2.5), (3, 2.25)],
+                                     "distill_G": [(1, 0.1), (2, 0.1), (3, 0.1)]}  # a term no list names
     assert curves.configuration(b) == "dsa (recipe.drop_d=0.5)"
     out = tmp_path / "curves.png"
     monkeypatch.setattr(sys, "argv", ["plot_train_curves.py", str(a.path), str(b.path), "--out", str(out)])
@@ -116,7 +117,10 @@ def test_an_earlier_evaluation_is_reused_only_with_the_benchmarks_settings(tmp_p
     ckpt.write_bytes(b"x")
     metrics.write_text(json.dumps({"rank1": 0.5, "mAP": 0.4, **settings}))
     os.utime(ckpt, (1_000, 1_000))
-    assert bench_reid.reusable_metrics(metrics, ckpt) is reused
+    earlier = bench_reid.earlier_metrics(metrics, ckpt)
+    assert (earlier is not None) is reused
+    if reused:
+        assert earlier["mAP"] == 0.4
     os.utime(ckpt, None)  # the checkpoint is now newer than the metrics: evaluate afresh
     os.utime(metrics, (1_000, 1_000))
-    assert bench_reid.reusable_metrics(metrics, ckpt) is False
+    assert bench_reid.earlier_metrics(metrics, ckpt) is None
