@@ -141,13 +141,13 @@ complexity: $(STAMP)  ## parameter counts and FLOPs of PRESET
 	$(PY) -m dsa.complexity --preset $(PRESET) $(ARGS)
 
 bench: $(STAMP)  ## run every CPU benchmark in bench/ (ARGS=--quick for a fast pass; results in bench/results/)
-	@for b in bench/bench_*.py; do [ $$b = bench/bench_gpu.py ] && continue; echo "== $$b"; $(PY) $$b $(ARGS) || exit 1; done
+	@for b in bench/bench_*.py; do n=$$(basename $$b .py); [ $$n = bench_gpu ] && continue; echo "== $$n"; $(PY) -m bench.$$n $(ARGS) || exit 1; done
 
 bench-gpu:  ## the GPU benchmark, ≤ 8 min on one H100/H200, no install (OUT=folder for its JSON + table)
-	$(GPU_PY) bench/bench_gpu.py --out $(OUT) $(ARGS)
+	$(GPU_PY) -m bench.bench_gpu --out $(OUT) $(ARGS)
 
 bench-%: $(STAMP)  ## run one benchmark, e.g. make bench-warp (ARGS=--quick)
-	$(PY) bench/bench_$*.py $(ARGS)
+	$(PY) -m bench.bench_$* $(ARGS)
 
 demo: $(STAMP)  ## the gain benchmark's regime on the synthetic set: DSA vs two-branch, DEMO_SEEDS paired seeds, one verdict line
 	@set -e; start=$$(date +%s); \

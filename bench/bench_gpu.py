@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,9 +35,6 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from data.runtime import quiet_openmp  # noqa: E402
 
@@ -54,51 +52,17 @@ def _sync(dev: torch.device) -> None:
 
 def train_step(what: str, preset: str, batch: int, dev: torch.device, dtype: str, compile_: bool,
                channels_last: bool, warmup: int, steps: int) -> dict:
-    """Median ms of one training step (forward, loss, backward, Adam) on random inputs."""
-    from dsa.losses import DSALoss
-    from bench_train import random_batch
-    from dsa.model import DSANet
+    """Median ms of the trainer's own step (``Trainer.run_step``: forward, loss, backward, Adam) on random
+    inputs; channels_last is what the trainer uses on CUDA."""
+    from bench.steps import training_step
 
-    p, b, k, images, dsap, pids = random_batch(preset, batch, dev)
-    cfg = p.model
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    if what in ("dsa", "two-branch"):
-        model = DSANet(cfg, b // k, variant=what).to(dev)
-        loss_fn = DSALoss(p.recipe, what)
-
-        def forward() -> torch.Tensor:
-            return loss_fn(model(images, dsap if what == "dsa" else None), pids)[0]
-    else:
-        from dsa.dsag_stream import DSAGStream
-
-        model = DSAGStream(cfg).to(dev)
-        if what == "dsag-loop":
-            model = model.to_per_branch()
-
-        def forward() -> torch.Tensor:
-            out = model(dsap)
-            return out["d_G"].float().square().mean() + out["d_L"].float().square().mean()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    fwd = torch.compile(forward) if compile_ else forward
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
-    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == "fp16" and dev.type == "cuda")
-
-    def step() -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = fwd()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return loss
-
+    amp_dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(dtype)
+    trainer, data = training_step(what, preset, batch, dev, amp=amp_dtype is not None,
+                                  amp_dtype=amp_dtype or "float16", compile=compile_)
+    b = int(data["image"].shape[0])
     t0 = time.perf_counter()
     for _ in range(warmup):
-        loss = step()
+        last = trainer.run_step(data)
     _sync(dev)
     warm_s = time.perf_counter() - t0
     if dev.type == "cuda":
@@ -106,13 +70,13 @@ def train_step(what: str, preset: str, batch: int, dev: torch.device, dtype: str
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        loss = step()
+        last = trainer.run_step(data)
         _sync(dev)
         times.append(time.perf_counter() - t)
     ms = 1000 * statistics.median(times)
     return {"what": what, "preset": preset, "batch": b, "dtype": dtype, "compile": compile_,
-            "channels_last": channels_last, "step_ms": ms, "images_per_s": b / ms * 1000,
-            "warmup_s": warm_s, "loss_finite": bool(torch.isfinite(loss.detach().float()).item()),
+            "channels_last": trainer.channels_last, "step_ms": ms, "images_per_s": b / ms * 1000,
+            "warmup_s": warm_s, "loss_finite": bool(all(map(math.isfinite, last.values()))),
             "peak_memory_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None}
 
 
@@ -142,7 +106,7 @@ def evaluation(dev: torch.device, q: int, g: int, dim: int) -> dict:
 
 
 def loader(images: int, workers: int, samples: int) -> dict:
-    from bench_loader import loader_rate, make_dataset
+    from bench.bench_loader import loader_rate, make_dataset
 
     try:  # the store's default codec (lz4) needs hdf5plugin, which a bare CUDA machine may lack
         import hdf5plugin  # noqa: F401

@@ -26,15 +26,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from data.runtime import quiet_openmp  # noqa: E402
+from data.runtime import quiet_openmp
 
 quiet_openmp()
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import cv2
+import numpy as np
+import torch
 
 COMPRESSIONS = ("lz4", "lzf", "none")
 #: "transfer only": a DSAP array per sample from memory, no store read -- what moving 73 KB per sample
@@ -132,9 +131,9 @@ def loader_rate(items, folder: Path, store_folder: Path | InMemoryDSAP | None, w
     for b in it:
         if dsap_reader == "main":
             t = time.perf_counter()
-            b = ds.fill_dsap(b)
+            b = ds.read_dsap(b)
             in_main += time.perf_counter() - t
-        count += b[0].shape[0]
+        count += b["image"].shape[0]
     rate = count / (time.perf_counter() - start)
     if main_seconds is not None:
         main_seconds.append(in_main / count)

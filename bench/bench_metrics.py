@@ -39,18 +39,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from data.runtime import quiet_openmp  # noqa: E402
+from data.runtime import quiet_openmp
 
 quiet_openmp()  # before torch starts (the entry-point rule)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from data.io import atomic_write_json  # noqa: E402
-from data.runtime import apply_threads  # noqa: E402
-from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance  # noqa: E402
+from data.io import atomic_write_json
+from data.runtime import apply_threads
+from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance
 
 MARKET = (3368, 19732)
 

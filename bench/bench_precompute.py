@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from data.io import atomic_write_json  # noqa: E402
-from data.store import DSAPStore, store_dir  # noqa: E402
-from precompute.runner import PrecomputeConfig, run_precompute  # noqa: E402
+from data.io import atomic_write_json
+from data.store import DSAPStore, store_dir
+from precompute.runner import PrecomputeConfig, run_precompute
 
 
 def same_arrays(a: Path, b: Path) -> bool:

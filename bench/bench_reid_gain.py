@@ -52,7 +52,7 @@ from paired import interval_text, paired_by_seed  # noqa: E402
 from dsa.dsap import normalise_dsap  # noqa: E402
 from dsa.losses import DSALoss  # noqa: E402
 from dsa.model import DSANet  # noqa: E402
-from dsa.presets import get_preset  # noqa: E402
+from dsa.config import get_preset  # noqa: E402
 from dsa.transforms import normalise  # noqa: E402
 from evaluate.metrics import evaluate_features  # noqa: E402
 from train.schedule import build_optimizer, build_scheduler  # noqa: E402

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from data.io import atomic_write_json  # noqa: E402
-from data.store import DSAPStore, StoreSettings, StoreWriter  # noqa: E402
+from data.io import atomic_write_json
+from data.store import DSAPStore, StoreSettings, StoreWriter
 
 
 def fake_dsap(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

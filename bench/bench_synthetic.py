@@ -18,14 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
-from data.datasets import build_dataset  # noqa: E402
-from data.io import atomic_write_json, read_image, read_iuv_png  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+from data.datasets import build_dataset
+from data.io import atomic_write_json, read_image, read_iuv_png
+from data.synthetic import generate
 
 
 def _digest(folder: Path) -> str:

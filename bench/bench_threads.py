@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 WORKS = ("train", "features", "metrics")
 SETTINGS = ("torch-default", "policy", "policy-spin")
@@ -56,7 +55,7 @@ class _Images:
         rng = np.random.default_rng(i)
         image = rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)
         dsap = torch.from_numpy(rng.integers(0, 256, (24, 3, self.s, self.s), dtype=np.uint8))
-        return self.transform(image), dsap, i % 4
+        return {"image": self.transform(image), "dsap": dsap, "pid": i % 4, "camid": 0, "index": i}
 
 
 def _timed(fn, warmup: int, repeat: int, budget_s: float) -> list[float]:
@@ -99,7 +98,7 @@ def work(name: str, setting: str, quick: bool) -> dict:
         unit, per = "s / evaluation", 1
     elif name == "features":
         from dsa.model import DSANet
-        from dsa.presets import get_preset
+        from dsa.config import get_preset
 
         cfg = get_preset("small").model
         model = DSANet(cfg, 10, variant="two-branch").eval()
@@ -114,26 +113,19 @@ def work(name: str, setting: str, quick: bool) -> dict:
     else:
         from torch.utils.data import DataLoader
 
-        from dsa.losses import DSALoss
-        from dsa.model import DSANet
-        from dsa.presets import get_preset
+        from bench.steps import training_step
+        from dsa.config import get_preset
 
-        p = get_preset("tiny")
-        cfg, b = p.model, 8
-        model = DSANet(cfg, 4, variant="dsa").train()
-        loss_fn = DSALoss(p.recipe, "dsa")
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        trainer, _ = training_step("dsa", "tiny", 8)
+        cfg = get_preset("tiny").model
+        b = 8
         steps = 12 if not quick else 4
         loader = DataLoader(_Images(b * (steps + 4), cfg.height, cfg.width, cfg.dsap_size), batch_size=b,
                             num_workers=workers, worker_init_fn=init, persistent_workers=False)
         it = iter(loader)
 
-        def step() -> None:
-            images, dsap, pids = next(it)
-            loss = loss_fn(model(images.float() / 255, dsap.float() / 255), pids)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def step() -> None:  # the trainer's own step on the loader's next batch
+            trainer.run_step(next(it))
 
         times = _timed(step, 1, steps, 8.0)
         unit, per = "s / step (batch 8)", 8
@@ -146,7 +138,7 @@ def work(name: str, setting: str, quick: bool) -> dict:
 def run_one(name: str, setting: str, quick: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, __file__, "--one", json.dumps([name, setting, quick])]
+    cmd = [sys.executable, "-m", "bench.bench_threads", "--one", json.dumps([name, setting, quick])]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{name}/{setting} failed:\n{out.stderr[-3000:]}")

@@ -1,8 +1,9 @@
 """Benchmark: the training step, two-stream (``dsa``) vs. MF-only (``two-branch``), and the batched
 DSAG-Stream vs. its per-branch Python loop (``DSAGStream.to_per_branch()``), in one run.
 
-A step is what the trainer does per batch: forward, the recipe's loss, backward, Adam step (AMP and
-channels_last on CUDA), on random inputs of the preset's size (data loading is not timed).  Each
+A step is the trainer's own step (``train.trainer.Trainer.run_step``, built by ``bench.steps``):
+normalisation, forward, the recipe's loss, backward, Adam step (AMP and channels_last on CUDA), on random
+inputs of the preset's size (data loading is not timed).  Each
 measurement runs in a fresh subprocess so that its peak memory is its own: CUDA max allocated, or the
 process's peak resident set size on CPU (which includes the Python/torch baseline of a few hundred MiB).
 The time of a step is the median over its timed steps; each kind is measured ``--rounds`` times,
@@ -26,79 +27,28 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.io import atomic_write_json  # noqa: E402
+from data.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 
 
-def random_batch(preset: str, batch: int, dev: torch.device):
-    """Seeded random inputs of one training step of ``preset``: (preset, batch size rounded down to
-    whole identities, K, images, DSAP images, pids); also used by bench_gpu.py."""
-    from dsa.presets import get_preset
-
-    torch.manual_seed(0)
-    p = get_preset(preset)
-    k = p.recipe.batch_k
-    b = batch - batch % k
-    cfg = p.model
-    images = torch.randn(b, 3, cfg.height, cfg.width, device=dev)
-    dsap = torch.randn(b, 24, 3, cfg.dsap_size, cfg.dsap_size, device=dev)
-    pids = torch.arange(b, device=dev) // k
-    return p, b, k, images, dsap, pids
-
-
 def measure(what: str, preset: str, batch: int, device: str, amp: bool, warmup: int, steps: int) -> dict:
     """Images/s and peak memory of one kind of step (runs inside the subprocess)."""
-    from dsa.losses import DSALoss
-    from dsa.model import DSANet
+    from bench.steps import training_step
 
     dev = torch.device(device)
-    p, b, k, images, dsap, pids = random_batch(preset, batch, dev)
-    cfg = p.model
     cuda = dev.type == "cuda"
-    if cuda:
-        images = images.contiguous(memory_format=torch.channels_last)
-    if what in ("dsa", "two-branch"):
-        model = DSANet(cfg, b // k, variant=what).to(dev)
-        if cuda:
-            model = model.to(memory_format=torch.channels_last)
-        loss_fn = DSALoss(p.recipe, what)
-
-        def forward() -> torch.Tensor:
-            return loss_fn(model(images, dsap if what == "dsa" else None), pids)[0]
-    else:  # the DSAG-Stream alone: batched, or the per-branch loop with the same weights
-        from dsa.dsag_stream import DSAGStream
-
-        model = DSAGStream(cfg).to(dev)
-        if what == "dsag-loop":
-            model = model.to_per_branch()
-
-        def forward() -> torch.Tensor:
-            out = model(dsap)
-            return out["d_G"].square().mean() + out["d_L"].square().mean()
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=amp and cuda):
-            loss = forward()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
+    trainer, data = training_step(what, preset, batch, dev, amp=amp)
+    b = int(data["image"].shape[0])
     for _ in range(warmup):
-        step()
+        trainer.run_step(data)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        step()
+        trainer.run_step(data)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -110,7 +60,7 @@ def measure(what: str, preset: str, batch: int, device: str, amp: bool, warmup: 
 
 def run_one(threads: int | None = None, **kwargs) -> dict:
     """``measure`` in a fresh Python process (its own peak memory)."""
-    cmd = [sys.executable, __file__, "--one", json.dumps(kwargs)]
+    cmd = [sys.executable, "-m", "bench.bench_train", "--one", json.dumps(kwargs)]
     if threads:
         cmd += ["--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)

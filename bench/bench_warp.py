@@ -20,10 +20,9 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.io import atomic_write_json, read_image, read_iuv_png  # noqa: E402
-from dsa.dsap import warp_dsap, warp_dsap_reference, warp_dsap_torch  # noqa: E402
+from data.io import atomic_write_json, read_image, read_iuv_png
+from dsa.dsap import warp_dsap, warp_dsap_reference, warp_dsap_torch
 
 DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "densepose-demo"
 H, W = 256, 128

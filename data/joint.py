@@ -1,4 +1,4 @@
-"""The joint image + DSAP training dataset.
+"""The joint image + DSAP training data: a named batch per step.
 
 Each item is joined to its DSAP images by *key* (the image path relative to the dataset root), never by
 position, and the store is checked to cover every key when the dataset is built, so a missing key is a
@@ -7,29 +7,40 @@ sentence at start-up rather than an error in a worker mid-epoch.
 Nothing here holds a file open: images are read per item, and the store opens its HDF5 files lazily
 in each process (h5py handles do not survive ``fork``), so DataLoader workers start clean.
 
+A batch is a dict with named keys (:data:`BATCH_KEYS`): ``image`` uint8 [B, 3, H, W], ``dsap`` uint8
+[B, 24, 3, S, S] (empty for the MF-only variants), ``pid``, ``camid`` and ``index`` int64 [B].
+
 Where the DSAP images are read (``dsap_reader``):
 
 - ``"worker"``: in ``__getitem__``, inside the DataLoader workers, like the image;
-- ``"main"`` (what training uses): ``__getitem__`` returns the item's index in the DSAP slot and
-  :meth:`JointDataset.fill_dsap` reads the whole batch in the process that consumes it.  A worker
-  stacks every batch into fresh shared memory, which costs about 20x a plain copy (page faults of the
-  new pages; ``bench/bench_loader.py``): for 73 KB of DSAP per sample that transfer costs more than the
-  LZ4 read itself, so reading in the consumer takes less CPU time in all.
+- ``"main"`` (what training uses): the workers load images only, and :meth:`JointDataset.read_dsap`
+  reads the whole batch's DSAP images in the process that consumes it (:class:`TrainBatches` does this
+  for every batch).  A worker stacks every batch into fresh shared memory, which costs about 20x a plain
+  copy (page faults of the new pages; ``bench/bench_loader.py``): for 73 KB of DSAP per sample that
+  transfer costs more than the LZ4 read itself, so reading in the consumer takes less CPU time in all.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import random
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .io import read_image
+from .runtime import worker_threads
+from .sampler import PKSampler, SeededBatches
+
+#: the keys of a training batch
+BATCH_KEYS = ("image", "dsap", "pid", "camid", "index")
 
 
 class JointDataset(Dataset):
-    """``(image, dsap, pid, camid)`` per item.
+    """One named item per index: ``{"image", "dsap", "pid", "camid", "index"}``.
 
     Args:
         dataset_items: the items (``data.datasets.Item``: ``key``, ``pid``, ``camid``).
@@ -38,10 +49,8 @@ class JointDataset(Dataset):
         transform: applied to the RGB uint8 HxWx3 image; returns the image tensor (see
             ``data.transforms``: uint8 [3, H, W]).
         use_dsap: when False (MF-only baselines) the store is not read and ``dsap`` is an empty tensor.
-        dsap_reader: ``"worker"`` or ``"main"`` (see the module's docstring).
-
-    Returns per item: image tensor, DSAP uint8 tensor [24, 3, S, S] (unaugmented; with ``dsap_reader="main"``
-    the item's index until :meth:`fill_dsap`), pid, camid.
+        dsap_reader: ``"worker"`` or ``"main"`` (see the module's docstring); with ``"main"`` the item's
+            ``dsap`` is empty until :meth:`read_dsap` fills the batch.
     """
 
     def __init__(self, dataset_items: Sequence[Any], dataset_root: str | Path, store: Any,
@@ -65,7 +74,7 @@ class JointDataset(Dataset):
         """The pid of each index, for ``PKSampler``."""
         return [item.pid for item in self.items]
 
-    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         """Item ``index``; an ``(index, seed)`` pair (``data.sampler.SeededBatches``) runs the transform
         under its own seed, leaving the process's random state as it was."""
         seed = None
@@ -79,26 +88,64 @@ class JointDataset(Dataset):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 image = self.transform(image)
-        if not self.use_dsap:
-            dsap = torch.empty(0, dtype=torch.uint8)
-        elif self.dsap_reader == "main":
-            dsap = torch.tensor(index)
-        else:
+        if self.use_dsap and self.dsap_reader == "worker":
             dsap = torch.from_numpy(self.store.get(item.key))
-        return image, dsap, int(item.pid), int(item.camid)
+        else:
+            dsap = torch.empty(0, dtype=torch.uint8)
+        return {"image": image, "dsap": dsap, "pid": int(item.pid), "camid": int(item.camid), "index": int(index)}
 
-    def fill_dsap(self, batch: Sequence[Any], pin_memory: bool = False) -> list[Any]:
-        """A collated batch with its DSAP slot read here, when ``dsap_reader="main"`` put indices there
-        (uint8 [B, 24, 3, S, S], in page-locked memory with ``pin_memory``); other batches as they are."""
-        batch = list(batch)
-        if not (self.use_dsap and self.dsap_reader == "main"):
+    def needs_dsap_read(self) -> bool:
+        """Does a collated batch still lack its DSAP images (read in the consuming process)?"""
+        return self.use_dsap and self.dsap_reader == "main"
+
+    def read_dsap(self, batch: dict[str, Any], pin_memory: bool = False) -> dict[str, Any]:
+        """``batch`` with ``dsap`` read here for its ``index`` entries (uint8 [B, 24, 3, S, S], in page-locked
+        memory with ``pin_memory``); a batch that needs no read is returned as it is."""
+        if not self.needs_dsap_read():
             return batch
-        indices = batch[1].tolist()
+        indices = batch["index"].tolist()
         first = self.store.get(self.items[indices[0]].key)
         out = torch.empty((len(indices), *first.shape), dtype=torch.uint8, pin_memory=pin_memory)
         view = out.numpy()
         view[0] = first
         for j, i in enumerate(indices[1:], 1):
             view[j] = self.store.get(self.items[i].key)
-        batch[1] = out
-        return batch
+        return {**batch, "dsap": out}
+
+
+def worker_init(worker_id: int) -> None:
+    """DataLoader worker start: deterministic NumPy/Python seeds from the worker's torch seed (itself
+    derived from the loader's seeded generator), one thread (the thread policy), and SIGINT left to the
+    main process, which saves a checkpoint and shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_threads(worker_id)
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class TrainBatches:
+    """The training batches of one process: the sampler's P×K batches, each image augmented under its
+    own seed (``SeededBatches``), loaded by ``workers`` DataLoader processes, the DSAP images read here.
+
+    ``epoch(e)`` yields the complete named batches of epoch ``e`` from the sampler's position on; the
+    DataLoader of each epoch gets its own generator seeded from (seed, epoch, rank), so that making one
+    never draws from the global random state.
+    """
+
+    def __init__(self, dataset: JointDataset, sampler: PKSampler, *, workers: int = 0, pin_memory: bool = False) -> None:
+        self.dataset, self.sampler = dataset, sampler
+        self.workers, self.pin_memory = workers, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, Any]]:
+        s = self.sampler
+        s.set_epoch(epoch)
+        gen = torch.Generator()
+        gen.manual_seed(int(np.random.SeedSequence([s.seed, epoch, s.rank]).generate_state(1, dtype=np.uint64)[0] >> 1))
+        loader = DataLoader(self.dataset, batch_sampler=SeededBatches(s), num_workers=self.workers,
+                            worker_init_fn=worker_init, generator=gen, pin_memory=self.pin_memory)
+        for batch in loader:
+            yield self.dataset.read_dsap(batch, pin_memory=self.pin_memory)

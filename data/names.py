@@ -26,6 +26,20 @@ def check_name(name: str, what: str = "run name") -> str:
     return name
 
 
+#: dataset options that only choose a split of the same images (``data.datasets.holdout_split``): a store
+#: computed for the dataset serves every such split, so they are left out of the store's folder name
+SPLIT_OPTIONS = ("val_ids", "val_seed")
+
+
+def without_split_options(spec: str) -> str:
+    """``spec`` without the options of :data:`SPLIT_OPTIONS` (``synthetic:val_ids=50`` -> ``synthetic``)."""
+    name, sep, options = str(spec).partition(":")
+    if not sep:
+        return name
+    kept = [p for p in options.split(",") if p.strip() and p.partition("=")[0].strip() not in SPLIT_OPTIONS]
+    return f"{name}:{','.join(kept)}" if kept else name
+
+
 def dataset_dirname(spec: str) -> str:
     """The folder name of a dataset spec (``name`` or ``name:key=value,...``) in a store path or a run's
     ``eval/``: the name itself, checked to be a name; with options, the name and a digest of them

@@ -7,19 +7,22 @@ A run folder ``RUNS_DIR/<RUN>/`` holds::
     log.jsonl        one JSON object per logged step and per epoch end
     eval/<dataset>/  what ``evaluate`` writes
 
-``checkpoint.pt`` (format 2) is a plain dict of tensors and Python primitives::
+``checkpoint.pt`` (format 3) is a plain dict of tensors and Python primitives::
 
-    format_version  2
-    config          the run's configuration, the same record as config.json (model config, variant,
-                    preset, number of classes, dataset, estimator, store tag, recipe, ...)
+    format_version  3
+    config          the run's configuration, the same record as config.json: the resolved tree of
+                    ``dsa.config.TrainConfig`` (name, variant, pretrained, seed, data, model, recipe),
+                    then ``source`` (config file, overrides), ``runtime`` (device, workers, ...),
+                    ``num_classes``, ``num_train_images`` and, for a fine-tuned run, ``init_source``
     model           the network's state dict
     epoch, step     where training stands
     complete        True once training has finished
     training        what resuming needs: optimizer, scheduler, scaler, sampler, rng, epoch_log
 
-Format 1 (written before the run owner existed: the model configuration, variant, preset and number of
-classes at the top level, the training state beside them) is read and upgraded in memory; any other
-version is refused with a sentence naming it.  :class:`CheckpointInfo` is the typed record of what a
+Formats 1 and 2 are read and upgraded in memory (:func:`upgrade_config`): format 1 kept the model
+configuration, variant, preset and number of classes at the top level and the training state beside
+them; formats 1 and 2 kept the configuration as one flat record (``dataset``, ``estimator``, ``preset``,
+``variant``, ..., ``model``, ``recipe``).  Any other version is refused with a sentence naming it.  :class:`CheckpointInfo` is the typed record of what a
 checkpoint holds; ``dsa`` builds the network from it (``dsa.model.build_dsanet``) and knows nothing of
 files.
 """
@@ -35,13 +38,13 @@ from typing import Any
 
 import torch
 
-from dsa.presets import ModelConfig
+from dsa.config import ModelConfig
 
 from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock
 from .names import RUN_NAME, RunError, check_name, dataset_dirname  # noqa: F401 - re-exported
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
 LOG_NAME = "log.jsonl"
@@ -73,7 +76,8 @@ class CheckpointInfo:
     @classmethod
     def from_config(cls, config: dict[str, Any], *, epoch: int = -1, step: int = -1, complete: bool = False,
                     format_version: int = FORMAT_VERSION, where: str = "the checkpoint") -> "CheckpointInfo":
-        """The record from a run configuration (config.json or a checkpoint's ``config``)."""
+        """The record from a run configuration (config.json or a checkpoint's ``config``, any format)."""
+        config = upgrade_config(config)
         for key in ("model", "variant", "num_classes"):
             if key not in config:
                 raise RunError(f"{where} has no {key!r} in its configuration; it was not written by this program")
@@ -82,10 +86,11 @@ class CheckpointInfo:
             num_classes = int(config["num_classes"])
         except (TypeError, ValueError) as e:
             raise RunError(f"{where}'s model configuration is not usable ({e})") from None
+        data = config.get("data") or {}
         return cls(model=model, variant=str(config["variant"]), num_classes=num_classes,
-                   preset=str(config.get("preset", "")), dataset=str(config.get("dataset", "")),
-                   estimator=config.get("estimator"), tag=config.get("tag"),
-                   input_kind=str(config.get("input", "dsap")), epoch=int(epoch), step=int(step),
+                   preset=str(config.get("name", "")), dataset=str(data.get("dataset") or ""),
+                   estimator=data.get("estimator"), tag=data.get("tag"),
+                   input_kind=str(data.get("input") or "dsap"), epoch=int(epoch), step=int(step),
                    complete=bool(complete), format_version=int(format_version))
 
 
@@ -100,6 +105,38 @@ class Checkpoint:
     training: dict[str, Any] = field(default_factory=dict)
 
 
+#: the flat keys of a format-1/2 configuration that became the tree's ``data`` section
+_LEGACY_DATA = {"dataset": "dataset", "estimator": "estimator", "tag": "tag", "input": "input"}
+#: the flat keys that became ``runtime``
+_LEGACY_RUNTIME = ("root", "store", "workers", "device", "amp", "amp_dtype", "compile", "deterministic",
+                   "world_size", "max_steps")
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run configuration of any format as the format-3 tree (a new dict; a tree is returned as a copy).
+
+    Formats 1 and 2 kept one flat record; its entries move to ``data`` (dataset, estimator, tag, input),
+    ``runtime`` (root, store, workers, device, ...) and ``name`` (the preset); the shadow entries of the
+    recipe (``epochs``, ``batch_p``, ...) were copies of ``recipe`` and are dropped."""
+    config = dict(config)
+    if isinstance(config.get("data"), dict):
+        return config
+    out: dict[str, Any] = {"name": config.pop("preset", ""), "description": "",
+                           "variant": config.pop("variant", None), "pretrained": config.pop("pretrained", "none"),
+                           "seed": config.pop("seed", 0),
+                           "data": {new: config.pop(old, None) for old, new in _LEGACY_DATA.items()},
+                           "model": config.pop("model", None), "recipe": config.pop("recipe", None) or {}}
+    if out["data"]["input"] is None:
+        out["data"]["input"] = "dsap"
+    out["runtime"] = {k: config.pop(k) for k in _LEGACY_RUNTIME if k in config}
+    if "overrides" in config:
+        out["source"] = {"config": out["name"], "overrides": config.pop("overrides")}
+    for k in ("epochs", "batch_p", "batch_k", "random_erasing", "label_smoothing"):
+        config.pop(k, None)
+    out.update(config)  # num_classes, num_train_images, init, init_source
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     """A checkpoint dict of any readable format -> the format-2 layout (format 1 is upgraded in memory)."""
     version = raw.get("format_version", 1)
@@ -107,7 +144,7 @@ def _upgrade(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         raise RunError(f"{path} is a checkpoint of format version {version!r}; this version of the program reads "
                        f"formats {', '.join(map(str, READABLE_VERSIONS))}: evaluate or resume it with the version "
                        f"that wrote it, or retrain")
-    if version == 2:
+    if version >= 2:
         return raw
     config = dict(raw.get("config") or {})
     for key, old in (("model", "model_config"), ("variant", "variant"), ("num_classes", "num_classes"),

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from data.io import atomic_write_json, atomic_write_text, disk_full_error, file_sha256
-from data.names import check_name, dataset_dirname
+from data.names import check_name, dataset_dirname, without_split_options
 from dsa.errors import UserError
 from dsa.dsap import coverage
 from dsa.parts import NUM_PARTS
@@ -96,10 +96,12 @@ def _needs_plugins(ds: h5py.Dataset) -> bool:
 
 def store_dir(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None) -> Path:
     """The folder of the store for ``dataset`` and ``estimator``: ``ROOT/dsap/<dataset>/<estimator>[-<tag>]``
-    (names checked to be names; a dataset spec with options becomes ``<name>+<digest of the options>``)."""
+    (names checked to be names; a dataset spec with options becomes ``<name>+<digest of the options>``; the
+    options that only choose a split of the same images, such as ``val_ids``, are left out: one store
+    serves the dataset and its validation splits)."""
     check_name(estimator, "estimator name")
     name = f"{estimator}-{check_name(tag, 'store tag')}" if tag else estimator
-    return Path(root) / "dsap" / dataset_dirname(dataset) / name
+    return Path(root) / "dsap" / dataset_dirname(without_split_options(dataset)) / name
 
 
 def shard_name(index: int) -> str:

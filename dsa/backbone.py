@@ -259,3 +259,22 @@ def load_resnet50_weights(trunk: ResNetTrunk, conv5: nn.Sequential | None,
         module.load_state_dict(sd, strict=True)
     log.info("loaded ResNet-50 weights from %s (%d tensors%s)", source, len(targets),
              ", conv5_x initialised from layer4" if conv5 is not None else "")
+
+
+def build_resnet50(cfg, use_global: bool, pretrained: str | None):
+    """The paper's MF-Stream backbone (registered as ``resnet50``): ResNet-50 conv1..conv4_x at
+    ``cfg.base_width`` and ``cfg.trunk_blocks``, and a conv5_x global branch (last stride ``cfg.last_stride``);
+    ``pretrained`` (none, imagenet, a file) loads torchvision's resnet50 weights where the shapes are
+    ResNet-50's (conv5_x only when the global branch is the full 2048-d, 3-block stage)."""
+    from .mf_stream import Backbone
+
+    trunk = ResNetTrunk(cfg.base_width, tuple(cfg.trunk_blocks))
+    global_branch = None
+    if use_global:
+        global_branch = bottleneck_stage(trunk.out_channels, cfg.global_dim // 4, cfg.global_blocks, cfg.last_stride)
+        init_resnet(global_branch)
+    state = resolve_pretrained(pretrained)
+    if state is not None:
+        fits = global_branch is not None and cfg.global_dim == 2048 and cfg.global_blocks == 3
+        load_resnet50_weights(trunk, global_branch if fits else None, state, source=str(pretrained))
+    return Backbone(trunk, global_branch)

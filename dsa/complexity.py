@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .model import VARIANTS, DSANet, InferenceModel
-from .presets import PRESETS, get_preset
+from .config import load_config, preset_names
 
 
 def count_params(module: nn.Module | None) -> int:
@@ -30,8 +30,9 @@ def _flops(fn, *args) -> int:
 
 
 def complexity(preset: str, variant: str = "dsa", num_classes: int = 751) -> dict[str, Any]:
-    """Parameter counts per component and per-image forward FLOPs (training model, inference model)."""
-    cfg = get_preset(preset).model
+    """Parameter counts per component and per-image forward FLOPs (training model, inference model);
+    ``preset`` is a preset name or a config file."""
+    cfg = load_config(preset).model
     with torch.device("meta"):
         net = DSANet(cfg, num_classes, variant)
         inference = InferenceModel(net, "mf")
@@ -65,14 +66,20 @@ def complexity(preset: str, variant: str = "dsa", num_classes: int = 751) -> dic
 
 
 @click.command()
-@click.option("--preset", default="paper", show_default=True, type=click.Choice(list(PRESETS)))
+@click.option("--preset", "--config", "preset", default="paper", show_default=True,
+              help=f"a preset ({', '.join(preset_names())}) or a config file")
 @click.option("--variant", default="dsa", show_default=True, type=click.Choice(list(VARIANTS)))
 @click.option("--num-classes", default=751, show_default=True, type=click.IntRange(min=1),
               help="training identities (Market-1501: 751)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of the table")
 def main(preset: str, variant: str, num_classes: int, as_json: bool) -> None:
     """Print the parameter counts and FLOPs of a preset's network."""
-    r = complexity(preset, variant, num_classes)
+    from .errors import UserError
+
+    try:
+        r = complexity(preset, variant, num_classes)
+    except UserError as e:
+        raise click.ClickException(str(e)) from None
     if as_json:
         print(json.dumps(r, indent=2))
         return

@@ -20,7 +20,7 @@ from torchvision.models.resnet import BasicBlock
 
 from . import parts
 from .backbone import GroupedBasicBlock, copy_branch, grouped_stage, init_resnet
-from .presets import ModelConfig
+from .config import ModelConfig
 
 
 def _groups_index(groups: tuple[tuple[int, ...], ...], offset: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ The CSA ablation (paper Table 4) is :func:`crop_csa`: each part's bounding-box c
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import cv2
@@ -31,13 +30,13 @@ DEFAULT_SIZE = 32
 
 __all__ = [
     "DEFAULT_SIZE",
-    "warp_dsap", "warp_dsap_torch", "warp_dsap_reference", "crop_csa", "dsap_not_found",
+    "warp_dsap", "warp_dsap_torch", "crop_csa", "dsap_not_found",
     "image_mean", "normalise_dsap", "coverage", "merge_groups",
 ]
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _check_inputs(image: np.ndarray, I: np.ndarray, U: np.ndarray | None = None,
+def check_warp_inputs(image: np.ndarray, I: np.ndarray, U: np.ndarray | None = None,
                   V: np.ndarray | None = None, size: int = DEFAULT_SIZE) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 H×W×3 RGB, got {image.dtype} {image.shape}")
@@ -71,7 +70,7 @@ def warp_dsap(image: np.ndarray, I: np.ndarray, U: np.ndarray, V: np.ndarray,
 
     Returns ``dsap`` uint8 [24, 3, S, S] (RGB, channel-first) and ``written`` bool [24, S, S].
     """
-    _check_inputs(image, I, U, V, size)
+    check_warp_inputs(image, I, U, V, size)
     ss = size * size
     n_cells = NUM_PARTS * ss
     mean = image_mean(image)
@@ -106,47 +105,6 @@ def warp_dsap(image: np.ndarray, I: np.ndarray, U: np.ndarray, V: np.ndarray,
     written = np.zeros(n_cells, dtype=bool)
     written[hit] = True
     return dsap, written.reshape(NUM_PARTS, size, size)
-
-
-def warp_dsap_reference(image: np.ndarray, I: np.ndarray, U: np.ndarray, V: np.ndarray,
-                        size: int = DEFAULT_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The same warp as a plain per-pixel Python loop: slow, obviously correct, for tests and benchmarks."""
-    _check_inputs(image, I, U, V, size)
-    h, w = I.shape
-    n = h * w
-    mean = [0, 0, 0]
-    for y in range(h):
-        for x in range(w):
-            for ch in range(3):
-                mean[ch] += int(image[y, x, ch])
-    mean = [(2 * m + n) // (2 * n) if n else 0 for m in mean]
-    sums: dict[tuple[int, int, int], list[int]] = {}
-    s32 = np.float32(size)
-    for y in range(h):
-        for x in range(w):
-            part = int(I[y, x])
-            if part == 0 or part > NUM_PARTS:
-                continue
-            u, v = np.float32(U[y, x]), np.float32(V[y, x])
-            if not (math.isfinite(u) and math.isfinite(v)):
-                continue
-            u = min(max(u, np.float32(0)), np.float32(1))
-            v = min(max(v, np.float32(0)), np.float32(1))
-            row = min(math.floor(np.float32(u * s32)), size - 1)
-            col = min(math.floor(np.float32(v * s32)), size - 1)
-            acc = sums.setdefault((part - 1, row, col), [0, 0, 0, 0])
-            for ch in range(3):
-                acc[ch] += int(image[y, x, ch])
-            acc[3] += 1
-    dsap = np.empty((NUM_PARTS, 3, size, size), dtype=np.uint8)
-    for ch in range(3):
-        dsap[:, ch] = mean[ch]
-    written = np.zeros((NUM_PARTS, size, size), dtype=bool)
-    for (p, row, col), (r, g, b, c) in sums.items():
-        for ch, total in enumerate((r, g, b)):
-            dsap[p, ch, row, col] = (total + c // 2) // c
-        written[p, row, col] = True
-    return dsap, written
 
 
 # -------------------------------------------------------------------------------------- torch warp
@@ -209,7 +167,7 @@ def crop_csa(image: np.ndarray, I: np.ndarray, size: int = DEFAULT_SIZE) -> tupl
     """Coarsely aligned parts (paper Table 4): each part's bounding-box crop of the image resized to
     S×S (cv2 INTER_LINEAR).  Absent parts stay mean-filled with an all-False mask; present parts are
     all True.  Same shapes as :func:`warp_dsap`."""
-    _check_inputs(image, I, size=size)
+    check_warp_inputs(image, I, size=size)
     dsap, written = dsap_not_found(image, size)
     labels = I.astype(np.int64, copy=False)
     present = np.unique(labels)

@@ -21,8 +21,9 @@ variants only:
   ICCV 2019): the mean squared difference of the batch's cosine-similarity matrices of f and of d,
   d detached, so d's view of which images are alike is taught to f and d is not pulled towards f;
 - ``drop_d`` / ``dsag_first_epochs``: which stream is left out of z = f + d in a step
-  (:func:`fusion_drop`; the model's ``drop`` argument). In the DSAG-first epochs z = d and the
-  f-only terms (ID on f; the triplet on f and the distillation when switched on) still train f.
+  (:func:`fusion_drop`, applied by the trainer's fusion hook through the network's ``fusion_drop``
+  training mode). In the DSAG-first epochs z = d and the f-only terms (ID on f; the triplet on f and
+  the distillation when switched on) still train f.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import check_variant
-from .presets import Recipe
+from .config import Recipe
 
 
 class CrossEntropyLabelSmooth(nn.Module):
@@ -112,24 +113,16 @@ class DSALoss(nn.Module):
     unweighted value as a Python float, so a trainer can log each one and name a NaN term.
     """
 
-    def __init__(self, recipe: Recipe, variant: str = "dsa", seed: int = 0) -> None:
+    def __init__(self, recipe: Recipe, variant: str = "dsa") -> None:
         super().__init__()
         use_g, use_l, self.fused, _ = check_variant(variant)
         self.use_global, self.use_parts = use_g, use_l
-        self.recipe, self.variant, self.seed = recipe, variant, seed
+        self.recipe, self.variant = recipe, variant
         self.id_loss = CrossEntropyLabelSmooth(recipe.label_smoothing)
         self.triplet = TripletBatchHard(recipe.margin)
         self.w_id_f = recipe.w_id_mf + (0.0 if self.fused else recipe.w_id_fused)
         #: (name, weight, unweighted term tensor) of the last call, for gradient diagnostics
         self.last_terms: list[tuple[str, float, torch.Tensor]] = []
-
-    def step_kwargs(self, epoch: int, step: int) -> dict:
-        """Extra model arguments for the training step at ``epoch`` / ``step`` (``drop``; empty for
-        the paper's recipe and for variants without fusion)."""
-        if not self.fused:
-            return {}
-        drop = fusion_drop(self.recipe, epoch, step, self.seed)
-        return {} if drop is None else {"drop": drop}
 
     def forward(self, out: dict, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         r = self.recipe

@@ -180,3 +180,17 @@ def load_mobilenet_weights(trunk: MobileNetTrunk, tail: MobileNetGlobalTail | No
         module.load_state_dict(sd, strict=True)
     log.info("loaded MobileNetV2 ImageNet weights from %s (%d tensors)", source, len(targets))
     return len(targets)
+
+
+def build_mobilenet_v2(cfg, use_global: bool, pretrained: str | None):
+    """The MobileNetV2 MF-Stream backbone (registered as ``mobilenet_v2``): ``features[0:14]`` with the
+    first ``cfg.frozen_blocks`` fixed, and ``features[14:19]`` at stride ``cfg.last_stride`` reduced to
+    ``cfg.global_dim`` as the global branch; ``pretrained`` (none, imagenet, a file) loads ImageNet weights."""
+    from .mf_stream import Backbone
+
+    trunk = MobileNetTrunk(cfg.frozen_blocks)
+    global_branch = MobileNetGlobalTail(cfg.global_dim, cfg.last_stride) if use_global else None
+    state = mobilenet_state_dict(pretrained)
+    if state is not None:
+        load_mobilenet_weights(trunk, global_branch, state, source=str(pretrained))
+    return Backbone(trunk, global_branch)

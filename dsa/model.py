@@ -24,17 +24,8 @@ from .dsag_stream import DSAGStream
 from .errors import UserError
 from .heads import Classifier, ConcatFusion, MultiClassifier
 from .mf_stream import MFStream
-from .presets import ModelConfig
+from .config import VARIANTS, ModelConfig
 
-#: variant -> (global branch, part branches, DSAG-Stream, concatenation fusion)
-VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
-    "dsa": (True, True, True, False),
-    "dsa-concat": (True, True, True, True),
-    "dsa-global": (True, False, True, False),
-    "dsa-local": (False, True, True, False),
-    "two-branch": (True, True, False, False),
-    "baseline": (True, False, False, False),
-}
 FEATURE_SETS = ("mf", "global", "local")
 
 
@@ -68,22 +59,29 @@ class DSANet(nn.Module):
         cfg = model_cfg
         self.cfg, self.variant, self.num_classes = cfg, variant, num_classes
         self.use_global, self.use_parts, self.use_dsag = use_g, use_l, use_dsag
-        self.mf = MFStream(cfg, use_g, use_l, pretrained=pretrained)
-        self.dsag = DSAGStream(cfg, use_g, use_l) if use_dsag else None
         h, n = cfg.classifier_dim, cfg.num_parts
-        self.cls_fG = Classifier(cfg.global_dim, h, num_classes) if use_g else None
-        self.cls_fL = MultiClassifier(n, cfg.part_dim, h, num_classes) if use_l else None
+        # built in this order: the MF-Stream and its classifiers first, the DSAG-Stream and the fused heads
+        # after, so that under one seed the MF side starts from the same weights in every variant (paired
+        # comparisons); registered in the earlier order, so parameter order (and optimizer state) is unchanged
+        mf = MFStream(cfg, use_g, use_l, pretrained=pretrained)
+        cls_fG = Classifier(cfg.global_dim, h, num_classes) if use_g else None
+        cls_fL = MultiClassifier(n, cfg.part_dim, h, num_classes) if use_l else None
+        self.mf = mf
+        self.dsag = DSAGStream(cfg, use_g, use_l) if use_dsag else None
+        self.cls_fG, self.cls_fL = cls_fG, cls_fL
         self.cls_zG = Classifier(cfg.global_dim, h, num_classes) if use_g and use_dsag else None
         self.cls_zL = Classifier(n * cfg.part_dim, h, num_classes) if use_l and use_dsag else None
         self.fuse_G = ConcatFusion(cfg.global_dim) if concat and use_g else None
         self.fuse_L = ConcatFusion(n * cfg.part_dim) if concat and use_l else None
+        #: a training mode beyond the paper (set by the trainer's fusion hook, ``dsa.losses.fusion_drop``):
+        #: "d" fuses z = f (the DSAG-Stream still runs, d is left out), "f" fuses z = d; None is the paper's.
+        #: It acts only while the network trains; evaluation always fuses z = f + d.
+        self.fusion_drop: str | None = None
 
-    def forward(self, images: torch.Tensor, dsap: torch.Tensor | None = None,
-                drop: str | None = None) -> dict[str, Any]:
-        """``drop`` (training switches beyond the paper, ``dsa.losses.fusion_drop``): ``"d"`` fuses
-        z = f (the DSAG-Stream still runs, d is left out), ``"f"`` fuses z = d; None is the paper's."""
+    def forward(self, images: torch.Tensor, dsap: torch.Tensor | None = None) -> dict[str, Any]:
+        drop = self.fusion_drop if self.training else None
         if drop not in (None, "d", "f"):
-            raise ValueError(f"drop must be None, 'd' or 'f', not {drop!r}")
+            raise ValueError(f"fusion_drop must be None, 'd' or 'f', not {drop!r}")
         out: dict[str, Any] = dict(self.mf(images))
         if self.cls_fG is not None:
             out["logits_fG"] = self.cls_fG(out["f_G"])

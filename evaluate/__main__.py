@@ -15,7 +15,7 @@ from data.runtime import apply_threads, quiet_openmp
 
 quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
 
-from evaluate.features import FEATURE_SETS  # noqa: E402
+from evaluate.features import DSAP_FEATURE_SETS, FEATURE_SETS  # noqa: E402
 from evaluate.metrics import AP_DEFINITIONS, DISTANCES  # noqa: E402
 
 log = logging.getLogger("evaluate")
@@ -56,7 +56,8 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @root_option()
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--feature-set", "feature_set", type=click.Choice(FEATURE_SETS), default="mf", show_default=True,
-              help="mf = f_G + f_L (the paper's inference), global, local, or fused (needs the DSAP store)")
+              help="mf = f_G + f_L (the paper's inference), global, local; fused (z = f + d) or dsag (d alone) "
+                   "need the DSAP store; other settings than the defaults go to eval/DATASET/<settings>/")
 @click.option("--features", "old_feature_set", type=click.Choice(FEATURE_SETS), default=None, hidden=True)
 @_distance
 @_rerank
@@ -105,11 +106,13 @@ def features(path, distance, rerank, ap, threads, as_json) -> None:
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--plot", default=None, type=click.Path(dir_okay=False),
               help="CMC plot of the runs [default: RUNS_DIR/compare/DATASET/<run>_vs_<run>.png]")
-def compare(runs, dataset, runs_dir, plot) -> None:
+@click.option("--setting", default="", help="which evaluation of each run: its settings' folder name under "
+              "eval/DATASET/ (e.g. fused, mf-flip, mf-rerank) [default: the default settings]")
+def compare(runs, dataset, runs_dir, plot, setting) -> None:
     """Side-by-side table of the runs' metrics.json on DATASET and their CMC curves in one plot (mAP in the legend)."""
     from evaluate.report import compare_runs
 
-    table, path = compare_runs(runs, dataset, runs_dir=runs_dir, plot=plot)
+    table, path = compare_runs(runs, dataset, runs_dir=runs_dir, plot=plot, setting=setting)
     click.echo(table)
     click.echo(f"CMC curves: {path}")
 
@@ -122,7 +125,7 @@ def compare(runs, dataset, runs_dir, plot) -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="where ranking.csv, ranking.json and pictures/ go [default: RUNS_DIR/RUN/search/<gallery folder>]")
 @click.option("--runs-dir", default="runs", show_default=True)
-@click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f != "fused"]), default="mf")
+@click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f not in DSAP_FEATURE_SETS]), default="mf")
 @_distance
 @click.option("--flip", is_flag=True, help="average features with the mirrored image")
 @click.option("--no-cache", is_flag=True, help="recompute the gallery features (and do not cache them)")
@@ -153,7 +156,7 @@ def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip,
 @cli.command()
 @click.option("--run", required=True, help="run name under --runs-dir, a run folder or a checkpoint.pt")
 @click.option("--runs-dir", default="runs", show_default=True)
-@click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f != "fused"]), default="mf",
+@click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f not in DSAP_FEATURE_SETS]), default="mf",
               show_default=True)
 @click.option("--out", default=None, help="ONNX path (default runs/RUN/model-<feature set>.onnx)")
 @click.option("--opset", default=17, show_default=True)

@@ -40,8 +40,8 @@ class ReidModel:
                  runs_dir: str | os.PathLike = "runs", threads: int | None = None) -> "ReidModel":
         """From a run folder, a run name under ``runs_dir`` or a checkpoint.pt path; ``device`` ``auto`` is
         CUDA when PyTorch sees one, else the CPU."""
-        if feature_set == "fused":
-            raise ValueError("ReidModel extracts MF-Stream features; 'fused' needs DSAP images (use `evaluate run`).")
+        if feature_set in ("fused", "dsag"):
+            raise ValueError(f"ReidModel extracts MF-Stream features; {feature_set!r} needs DSAP images (use `evaluate run`).")
         ckpt = open_checkpoint(run_or_checkpoint, runs_dir)
         model, size = build_model(ckpt, feature_set)
         return cls(model, size, device, feature_set, str(ckpt.path), threads)

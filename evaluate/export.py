@@ -67,7 +67,7 @@ def export_onnx(run: str | os.PathLike, *, runs_dir: str | os.PathLike = "runs",
     """Write the ONNX model atomically and its input spec beside it (``<out>.json``); with ``check``,
     compare onnxruntime with PyTorch on random inputs of two batch sizes.  Returns the JSON's content
     (paths, input spec, feature size, max difference)."""
-    if feature_set == "fused":
+    if feature_set in ("fused", "dsag"):
         raise EvaluationError("Only the MF-Stream feature sets (mf, global, local) can be exported.")
     if input_kind not in INPUT_KINDS:
         raise EvaluationError(f"Unknown input kind {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}.")

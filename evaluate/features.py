@@ -12,8 +12,9 @@ A features file (HDF5) holds everything the metrics need, so evaluation runs off
 ``content_sha256`` is the sha256 of the arrays (:func:`content_digest`): reading a file checks it, so a
 file whose bits flipped is refused instead of changing the metrics silently.
 
-Feature sets: ``mf`` (f_G ⊕ f_L, default), ``global`` (f_G), ``local`` (f_L), and ``fused``
-(z_G ⊕ z_L with z = f + d: needs the DSAG-Stream and the run's DSAP store; the paper's ablation).
+Feature sets: ``mf`` (f_G ⊕ f_L, default), ``global`` (f_G), ``local`` (f_L), and two that need the
+DSAG-Stream and the run's DSAP store: ``fused`` (z_G ⊕ z_L with z = f + d; the paper's ablation) and
+``dsag`` (d_G ⊕ d_L, the guiding stream alone: a diagnostic of what the DSAP images carry).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from dsa.transforms import normalise
 
 log = logging.getLogger(__name__)
 
-FEATURE_SETS = ("mf", "global", "local", "fused")
+FEATURE_SETS = ("mf", "global", "local", "fused", "dsag")
+#: the feature sets computed from images and DSAP images (training-time streams, for diagnostics)
+DSAP_FEATURE_SETS = ("fused", "dsag")
 FORMAT_VERSION = 1
 
 
@@ -58,18 +61,20 @@ class EvaluationError(UserError):
 # models
 
 
-class FusedFeatures(nn.Module):
-    """z_G ⊕ flatten(z_L) from a full DSANet (images and DSAP images): the fused ablation."""
+class StreamFeatures(nn.Module):
+    """From a full DSANet (images and DSAP images): z_G ⊕ flatten(z_L) (``fused``, the paper's ablation)
+    or d_G ⊕ flatten(d_L) (``dsag``, the guiding stream alone)."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, feature_set: str = "fused"):
         super().__init__()
         if getattr(net, "dsag", None) is None:
-            raise EvaluationError("The 'fused' feature set needs a DSAG-Stream; this checkpoint's variant has none.")
-        self.net = net
+            raise EvaluationError(f"The {feature_set!r} feature set needs a DSAG-Stream; this checkpoint's variant has none.")
+        self.net, self.feature_set = net, feature_set
+        self.keys = ("z_G", "z_L") if feature_set == "fused" else ("d_G", "d_L")
 
     def forward(self, images: torch.Tensor, dsap: torch.Tensor) -> torch.Tensor:
         out = self.net(images, dsap)
-        parts = [out[k].flatten(1) for k in ("z_G", "z_L") if k in out]
+        parts = [out[k].flatten(1) for k in self.keys if k in out]
         return torch.cat(parts, 1)
 
 
@@ -79,7 +84,7 @@ def build_model(ckpt: Checkpoint, feature_set: str = "mf") -> tuple[nn.Module, t
         raise EvaluationError(f"Unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}.")
     info = ckpt.info
     net = build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state)
-    model = FusedFeatures(net) if feature_set == "fused" else InferenceModel(net, feature_set)
+    model = StreamFeatures(net, feature_set) if feature_set in DSAP_FEATURE_SETS else InferenceModel(net, feature_set)
     return model.eval(), info.input_size
 
 
@@ -131,7 +136,7 @@ def extract(
     """
     device = resolve_device(device)
     model = model.to(device).eval()
-    fused = isinstance(model, FusedFeatures)
+    fused = isinstance(model, StreamFeatures)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         worker_init_fn=worker_threads)
     out: list[np.ndarray] = []

@@ -1,8 +1,9 @@
 """Evaluation of a run or a features file: metrics.json, the printed table, CMC plot, ranked lists.
 
-Outputs of ``evaluate_run`` go to ``runs/<RUN>/eval/<dataset>/``: ``features.h5``,
-``metrics.json``, ``cmc.png`` and ``ranked/<query>.png``.  Each evaluation overwrites the
-previous one there; metrics.json names every setting it was made with.
+Outputs of ``evaluate_run`` go to ``runs/<RUN>/eval/<dataset>/`` for the default settings (MF features,
+no flip, no re-ranking) and to a sub-folder named after the settings otherwise (``fused/``, ``mf-flip/``;
+:func:`evaluation_name`): ``features.h5``, ``metrics.json``, ``cmc.png`` and ``ranked/<query>.png``.  An
+evaluation with other settings never overwrites another; metrics.json names every setting it was made with.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from data.runs import RunFolder, open_checkpoint
 from data.runtime import default_workers, resolve_device
 from data.store import open_store
 from evaluate.features import (
+    DSAP_FEATURE_SETS,
     EvaluationError,
     Features,
     ImageList,
@@ -182,8 +184,9 @@ def evaluate_run(
                     ckpt_path, info.epoch, info.step)
     model, size = build_model(ckpt, feature_set)
     ds = build_dataset(dataset, root)
-    store = _open_store(info, root, dataset, ds) if feature_set == "fused" else None
-    out_dir = RunFolder(ckpt_path.parent).eval_dir(dataset)
+    store = _open_store(info, root, dataset, ds, feature_set) if feature_set in DSAP_FEATURE_SETS else None
+    setting = evaluation_name(feature_set=feature_set, flip=flip, rerank=rerank, distance=distance, ap=ap)
+    out_dir = RunFolder(ckpt_path.parent).eval_dir(dataset) / setting
     splits = {}
     for split, items in (("query", ds.query), ("gallery", ds.gallery)):
         keys = [it.key for it in items]
@@ -203,7 +206,7 @@ def evaluate_run(
     save_features(out_dir / "features.h5", feats)
     dist = distances_for(feats, distance, rerank, progress)
     metrics = score(feats, dist, distance=distance, rerank=rerank, ap=ap)
-    metrics.update(run=str(run), features_file=str(out_dir / "features.h5"))
+    metrics.update(run=str(run), features_file=str(out_dir / "features.h5"), setting=setting or "default")
     plot_cmc({f"{Path(str(run)).name} ({feature_set})": metrics["cmc"]}, out_dir / "cmc.png",
              title=f"CMC: {dataset} ({ds.protocol})")
     picks = _pick_queries(feats.q_keys, num_pictures, query_keys)
@@ -214,21 +217,36 @@ def evaluate_run(
     return metrics
 
 
-def _open_store(info, root: str | os.PathLike, dataset: str, ds) -> Any:
-    """The DSAP store the run was trained with, for ``dataset`` under ``root`` (the fused feature set),
-    checked to cover query and gallery."""
+def evaluation_name(*, feature_set: str = "mf", flip: bool = False, rerank: bool = False, distance: str = "cosine",
+                    ap: str = "standard") -> str:
+    """The sub-folder of ``eval/<dataset>/`` that an evaluation with these settings writes: ``""`` for the
+    defaults (MF features, no flip, no re-ranking, cosine, standard AP), else the settings that differ
+    joined by ``-`` (``fused``, ``mf-flip``, ``mf-rerank-euclidean``): evaluations with other settings are
+    kept apart, never overwritten."""
+    parts = [] if (feature_set == "mf" and not (flip or rerank) and distance == "cosine" and ap == "standard") \
+        else [feature_set]
+    parts += (["flip"] if flip else []) + (["rerank"] if rerank else [])
+    parts += ([distance] if distance != "cosine" else []) + ([f"ap-{ap}"] if ap != "standard" else [])
+    return "-".join(parts)
+
+
+def _open_store(info, root: str | os.PathLike, dataset: str, ds, feature_set: str = "fused") -> Any:
+    """The DSAP store the run was trained with, for ``dataset`` under ``root`` (the fused and dsag feature
+    sets), checked to cover query and gallery."""
     if not info.estimator:
-        raise EvaluationError("The 'fused' feature set needs the run's DSAP store, but its checkpoint names no estimator.")
+        raise EvaluationError(f"The {feature_set!r} feature set needs the run's DSAP store, but its checkpoint names "
+                              f"no estimator.")
     store = open_store(root, dataset, info.estimator, info.tag, kind=info.input_kind, size=info.model.dsap_size)
     store.check_covers([it.key for it in (*ds.query, *ds.gallery)])
     return store
 
 
 def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLike = "runs",
-                 plot: str | os.PathLike | None = None) -> tuple[str, Path]:
-    """The side-by-side table of the runs' metrics on ``dataset`` and one plot of their CMC curves (mAP and
-    rank-1 in the legend); returns (table, plot path)."""
-    rows = {r: load_metrics(r, dataset, runs_dir) for r in runs}
+                 plot: str | os.PathLike | None = None, setting: str = "") -> tuple[str, Path]:
+    """The side-by-side table of the runs' metrics on ``dataset`` (the evaluations with ``setting``, see
+    :func:`evaluation_name`) and one plot of their CMC curves (mAP and rank-1 in the legend); returns
+    (table, plot path)."""
+    rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
     if plot is None:
         names = "_vs_".join(Path(str(r)).name for r in runs)
         plot = Path(runs_dir) / "compare" / dataset / f"{names[:180]}.png"
@@ -246,11 +264,18 @@ def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLi
     return format_table(rows), plot
 
 
-def load_metrics(run: str, dataset: str, runs_dir: str | os.PathLike = "runs") -> dict[str, Any]:
-    """runs/<RUN>/eval/<dataset>/metrics.json (a sentence when it is missing)."""
-    p = RunFolder(run).eval_dir(dataset) / "metrics.json"
+def metrics_path(run: str, dataset: str, runs_dir: str | os.PathLike = "runs", setting: str = "") -> Path:
+    """Where the metrics of ``run`` on ``dataset`` with ``setting`` are (a run folder or a name under
+    ``runs_dir``); a sentence when there are none."""
+    p = RunFolder(run).eval_dir(dataset) / setting / "metrics.json"
     if not p.is_file():
-        p = RunFolder(Path(runs_dir) / run).eval_dir(dataset) / "metrics.json"
+        p = RunFolder(Path(runs_dir) / run).eval_dir(dataset) / setting / "metrics.json"
     if not p.is_file():
-        raise EvaluationError(f"No metrics for run {run!r} on {dataset!r} ({p}); run `make eval RUN={run}` first.")
-    return json.loads(p.read_text(encoding="utf-8"))
+        what = f" with the settings {setting!r}" if setting else ""
+        raise EvaluationError(f"No metrics for run {run!r} on {dataset!r}{what} ({p}); run `make eval RUN={run}` first.")
+    return p
+
+
+def load_metrics(run: str, dataset: str, runs_dir: str | os.PathLike = "runs", setting: str = "") -> dict[str, Any]:
+    """runs/<RUN>/eval/<dataset>/[<setting>/]metrics.json (a sentence when it is missing)."""
+    return json.loads(metrics_path(run, dataset, runs_dir, setting).read_text(encoding="utf-8"))

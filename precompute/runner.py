@@ -419,8 +419,9 @@ def run_precompute(
     rank, world = dist_env()
     if dataset is None:
         from data.datasets import build_dataset
+        from data.names import without_split_options
 
-        dataset = build_dataset(cfg.dataset, cfg.root)
+        dataset = build_dataset(without_split_options(cfg.dataset), cfg.root)  # a store serves every split
     factory = estimator_factory or partial(registry_estimator, cfg.estimator, options=cfg.options)
     keys = sorted({it.key for it in dataset.all_items()})
     if not keys:

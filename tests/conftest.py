@@ -62,7 +62,7 @@ def write_tiny_run(folder: Path, variant: str = "dsa", num_classes: int = 3, *, 
 
     from data.runs import RunFolder
     from dsa.model import DSANet
-    from dsa.presets import get_preset
+    from dsa.config import get_preset
 
     torch.manual_seed(seed)
     p = get_preset("tiny")

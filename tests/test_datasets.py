@@ -139,7 +139,7 @@ def test_folder_pattern_groups_that_are_not_numbers(tmp_path: Path, make_images)
 def test_build_dataset_rejects_unknown_names_and_options(market_tree: Path) -> None:
     with pytest.raises(DatasetError, match="Unknown dataset 'market'; choose one of: market1501"):
         build_dataset("market", market_tree)
-    with pytest.raises(DatasetError, match="no option split; it takes no options"):
+    with pytest.raises(DatasetError, match="no option split; it accepts: val_ids, val_seed"):
         build_dataset("market1501", market_tree, split=1)
     with pytest.raises(DatasetError, match="must be an integer"):
         build_dataset("cuhk01", market_tree, split="abc")

@@ -7,10 +7,11 @@ import torch
 
 from dsa.dsap import (
     coverage, crop_csa, dsap_not_found, image_mean, merge_groups,
-    normalise_dsap, warp_dsap, warp_dsap_reference, warp_dsap_torch,
+    normalise_dsap, warp_dsap, warp_dsap_torch,
 )
 from dsa.parts import NUM_GROUPS, NUM_PARTS, PART_TO_GROUP
 from dsa.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tests.oracles import warp_dsap_reference
 
 
 def _random_case(rng: np.random.Generator, h: int, w: int, body: float = 0.6):

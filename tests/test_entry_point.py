@@ -71,7 +71,7 @@ def test_device_auto_is_the_cpu_without_cuda(tmp_path: Path, monkeypatch: pytest
 
     assert inspect.signature(ReidModel.from_run).parameters["device"].default == "auto"
     assert inspect.signature(evaluate_run).parameters["device"].default == "auto"
-    assert RunOptions(dataset="x", run_name="y").device == "auto"
+    assert RunOptions(run_name="y").device == "auto"
 
 
 @pytest.mark.parametrize("argv", [

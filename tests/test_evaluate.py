@@ -33,9 +33,9 @@ def test_run_writes_features_metrics_and_pictures(run_dir, market_tree):
     res = CliRunner().invoke(cli, ["run", "--run", "r1", "--runs-dir", str(run_dir), "--dataset", "market1501",
                                    "--root", str(market_tree.parent), "--queries", "2", "--flip", "--json"])
     assert res.exit_code == 0, res.output
-    out = run_dir / "r1" / "eval" / "market1501"
+    out = run_dir / "r1" / "eval" / "market1501" / "mf-flip"  # settings other than the defaults: their own folder
     m = json.loads((out / "metrics.json").read_text())
-    assert m["protocol"] == "market" and m["feature_set"] == "mf" and m["flip"] is True
+    assert m["protocol"] == "market" and m["feature_set"] == "mf" and m["flip"] is True and m["setting"] == "mf-flip"
     assert m["num_queries"] == 2 and m["num_evaluated"] + m["num_skipped"] == 2 and m["step"] == 7
     assert len(m["checkpoint_sha256"]) == 64 and (out / "cmc.png").stat().st_size > 0
     assert len(list((out / "ranked").glob("*.png"))) == 2
@@ -54,9 +54,19 @@ def test_run_writes_features_metrics_and_pictures(run_dir, market_tree):
 
     shutil.copytree(run_dir / "r1" / "eval", run_dir / "r2" / "eval")
     res = CliRunner().invoke(cli, ["compare", "r1", "r2", "--dataset", "market1501", "--runs-dir", str(run_dir)])
-    assert res.exit_code == 0
+    assert res.exit_code == 2 and "with the settings" not in res.output and "No metrics for run 'r1'" in res.output
+    res = CliRunner().invoke(cli, ["compare", "r1", "r2", "--dataset", "market1501", "--runs-dir", str(run_dir),
+                                   "--setting", "mf-flip"])
+    assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[1].startswith("r1") and lines[2].startswith("r2") and f"{100 * m['mAP']:.2f}" in lines[2]
+    # the default evaluation goes to the dataset's folder and leaves the flip one as it was
+    res = CliRunner().invoke(cli, ["run", "--run", "r1", "--runs-dir", str(run_dir), "--dataset", "market1501",
+                                   "--root", str(market_tree.parent), "--queries", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    plain = json.loads((out.parent / "metrics.json").read_text())
+    assert plain["flip"] is False and plain["setting"] == "default"
+    assert json.loads((out / "metrics.json").read_text()) == m
 
 
 def test_features_match_api_and_global_local_split(run_dir, market_tree):
@@ -217,7 +227,7 @@ def test_compare_overlays_the_cmc_curves_with_map_in_the_legend(tmp_path, monkey
 def test_feature_set_is_one_name_with_the_old_one_hidden(run_dir, market_tree):
     common = ["run", "--run", "r1", "--runs-dir", str(run_dir), "--dataset", "market1501",
               "--root", str(market_tree.parent), "--queries", "0", "--json", "--device", "cpu"]
-    metrics = run_dir / "r1" / "eval" / "market1501" / "metrics.json"
+    metrics = run_dir / "r1" / "eval" / "market1501" / "global" / "metrics.json"
     seen = []
     for option in ("--feature-set", "--features"):
         res = CliRunner().invoke(cli, [*common, option, "global"])

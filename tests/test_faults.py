@@ -458,11 +458,14 @@ class _Killer(torch.utils.data.Dataset):
             os.kill(os.getpid(), signal.SIGKILL)
         return self.inner[index]
 
+    def read_dsap(self, batch, pin_memory=False):
+        return self.inner.read_dsap(batch, pin_memory)
+
 
 def test_a_killed_dataloader_worker_is_a_sentence(tmp_path):
     items, store = tt.make_data(tmp_path / "data")
     trainer = tt.make_trainer(tmp_path / "run", (items, store), workers=1)
-    trainer.dataset = _Killer(trainer.dataset)
+    trainer.data.dataset = _Killer(trainer.data.dataset)
     with pytest.raises(TrainingError, match=r"^DataLoader worker \(pid.*killed.*rerun the same command to resume"):
         trainer.fit()
 

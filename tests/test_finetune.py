@@ -11,23 +11,24 @@ import torch
 from click.testing import CliRunner
 
 from conftest import write_tiny_run
-from dsa.presets import PresetError, apply_overrides, get_preset, override_keys, parse_overrides
+from dsa.config import PresetError, apply_overrides, get_preset, override_keys, parse_overrides
 
 
 # --------------------------------------------------------------------------- --set
 def test_overrides_are_typed_from_the_dataclass_fields() -> None:
     got = parse_overrides(["recipe.lr_peak=3.5e-4", "model.height=384", "recipe.w_triplet=1",
-                           "recipe.optimizer=sgd", "model.height=128"])
-    assert got == {"recipe.lr_peak": 3.5e-4, "model.height": 128, "recipe.w_triplet": 1.0, "recipe.optimizer": "sgd"}
+                           "recipe.optimizer=adam", "model.height=128", "data.tag=none", "seed=3"])
+    assert got == {"recipe.lr_peak": 3.5e-4, "model.height": 128, "recipe.w_triplet": 1.0, "recipe.optimizer": "adam",
+                   "data.tag": None, "seed": 3}
     assert type(got["model.height"]) is int and type(got["recipe.w_triplet"]) is float
     preset = apply_overrides(get_preset("small"), got)
-    assert preset.model.height == 128 and preset.recipe.lr_peak == 3.5e-4 and preset.recipe.optimizer == "sgd"
+    assert preset.model.height == 128 and preset.recipe.lr_peak == 3.5e-4 and preset.seed == 3
     assert preset.model.width == get_preset("small").model.width  # untouched fields keep the preset's value
     assert override_keys()["recipe.epochs"] is int and override_keys()["recipe.margin"] is float
 
 
 @pytest.mark.parametrize("pairs, message", [
-    (["recipe.lr=1"], "has no key 'recipe.lr'; the known keys are: model.height, model.width"),
+    (["recipe.lr=1"], "has no key 'recipe.lr'; the known keys are: name, description, variant"),
     (["lr_peak=1"], "has no key 'lr_peak'"),
     (["model.height=tall"], "needs an int value, not 'tall'"),
     (["model.height=3.5"], "needs an int value"),
@@ -40,8 +41,10 @@ def test_bad_overrides_are_one_sentence(pairs: list[str], message: str) -> None:
 
 
 def test_an_override_the_network_refuses_is_a_sentence() -> None:
-    with pytest.raises(PresetError, match="model.height=100 do not give a valid 'tiny' preset: input size 100x32"):
+    with pytest.raises(PresetError, match="model.height=100 is out of range: it must be ≥ 16 and ≤ 2048 and a multiple of 16"):
         apply_overrides(get_preset("tiny"), parse_overrides(["model.height=100"]))
+    with pytest.raises(PresetError, match=r"model.dsag_conv5_g / dsag_conv5_l \(32, 8\) must equal model.global_dim"):
+        apply_overrides(get_preset("tiny"), parse_overrides(["model.global_dim=64"]))
     with pytest.raises(PresetError, match="part_id_reduction"):
         apply_overrides(get_preset("tiny"), parse_overrides(["recipe.part_id_reduction=max"]))
 
@@ -170,15 +173,16 @@ def test_set_is_recorded_and_refused_on_resume_when_it_changes_the_run(halves: P
                   "--set", "model.height=96")
     assert first.exit_code == 0, first.output
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["overrides"] == {"recipe.lr_peak": 2e-3, "model.height": 96}
+    assert config["source"]["overrides"] == {"data.dataset": "synthetic:ids=first", "recipe.batch_p": 2,
+                                             "recipe.lr_peak": 2e-3, "model.height": 96}
     assert config["recipe"]["lr_peak"] == 2e-3 and config["model"]["height"] == 96
     changed = train(halves, tmp_path, "r", "synthetic:ids=first", "--set", "recipe.lr_peak=3e-3",
                     "--set", "model.height=96", "--max-steps", "2")
-    assert changed.exit_code == 2 and "another configuration: recipe (lr_peak)" in changed.output, changed.output
+    assert changed.exit_code == 2 and "another configuration: recipe.lr_peak (saved 0.002, now 0.003)" in changed.output, changed.output
     dropped = train(halves, tmp_path, "r", "synthetic:ids=first", "--max-steps", "2")
-    assert dropped.exit_code == 2 and "model (height)" in dropped.output, dropped.output
+    assert dropped.exit_code == 2 and "model.height (saved 96, now 64)" in dropped.output, dropped.output
     same = train(halves, tmp_path, "r", "synthetic:ids=first", "--set", "model.height=96",
                  "--set", "recipe.lr_peak=2e-3", "--max-steps", "2")
     assert same.exit_code == 0, same.output
     unknown = train(halves, tmp_path, "r2", "synthetic:ids=first", "--set", "recipe.lr=1")
-    assert unknown.exit_code == 2 and "the known keys are: model.height" in unknown.output
+    assert unknown.exit_code == 2 and "the known keys are: name, description" in unknown.output

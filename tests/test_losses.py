@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dsa.losses import CrossEntropyLabelSmooth, DSALoss, TripletBatchHard
 from dsa.model import DSANet
-from dsa.presets import get_preset
+from dsa.config import get_preset
 
 RECIPE = get_preset("paper").recipe
 

@@ -16,7 +16,7 @@ from dsa import mobilenet as mnet
 from dsa.errors import UserError
 from dsa.mf_stream import MFStream
 from dsa.model import DSANet, InferenceModel, build_dsanet
-from dsa.presets import ModelConfig, get_preset
+from dsa.config import ModelConfig, get_preset
 
 #: a mobilenet_v2 config small enough for unit tests (64x32 input -> 4x2 map at stride 16)
 MCFG = ModelConfig(backbone="mobilenet_v2", height=64, width=32, global_dim=32, part_dim=8, part_blocks=1,
@@ -166,12 +166,12 @@ def test_presets_and_config_checks():
         assert p.model.backbone == "mobilenet_v2"
         assert p.model.dsag_conv5_g == p.model.global_dim and p.model.dsag_conv5_l == p.model.part_dim
     assert get_preset("paper").model.backbone == "resnet50"
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(ValueError, match="model.backbone='vgg' is not allowed; choose one of: resnet50, mobilenet_v2"):
         ModelConfig(backbone="vgg")
     with pytest.raises(ValueError, match="mobilenet_v2 backbone only"):
         ModelConfig(frozen_blocks=3)
-    with pytest.raises(ValueError, match="frozen_blocks"):
-        MFStream(ModelConfig(**{**MCFG.to_dict(), "frozen_blocks": 15}))
+    with pytest.raises(ValueError, match="frozen_blocks=15 is out of range"):
+        ModelConfig(**{**MCFG.to_dict(), "frozen_blocks": 15})
     # the global tail keeps stride 16 (last stride removed): 64x32 input -> 4x2 map
     mf = MFStream(MCFG)
     with torch.no_grad():

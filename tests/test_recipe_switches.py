@@ -1,12 +1,15 @@
-"""Recipe switches beyond the paper (issue 14): each changes the loss as stated; the paper's are off."""
+"""Recipe switches beyond the paper: each changes the loss as stated; the paper's are off."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from dsa.losses import DSALoss, TripletBatchHard, fusion_drop, similarity_distillation
 from dsa.model import DSANet
-from dsa.presets import PRESETS, Recipe, get_preset
+from dsa.config import Recipe, get_preset, preset_names
+from train.hooks import FusionHook
 
 PAPER = get_preset("paper").recipe
 PAPER_TERMS = ["id_fG", "id_fL", "tri_zG", "tri_zL", "id_zG", "id_zL"]
@@ -28,25 +31,42 @@ def _net_and_inputs(variant: str = "dsa", seed: int = 0):
     return net, images, dsap, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 
 
+def _hook_choice(recipe, seed: int, epoch: int, step: int, net=None):
+    """The fusion mode the trainer's FusionHook sets on the network before step ``step`` of ``epoch``."""
+    net = net if net is not None else SimpleNamespace(fusion_drop="unset")
+    hook = FusionHook(recipe, seed)
+    hook.trainer = SimpleNamespace(bare_model=net, epoch=epoch, step=step)
+    hook.before_step()
+    return net.fusion_drop
+
+
+def _run(net, x, d, drop):
+    net.fusion_drop = drop
+    try:
+        return net(x, d)
+    finally:
+        net.fusion_drop = None
+
+
 def test_paper_drop_d_is_the_paper_with_drop_d_only():
     a, b = get_preset("paper"), get_preset("paper-drop-d")
     assert b.model == a.model and b.recipe == a.recipe.replace(drop_d=0.5)
 
 
 def test_paper_recipe_has_every_switch_off():
-    for r in (Recipe(), PAPER, *(p.recipe for p in PRESETS.values() if p.name != "paper-drop-d")):
+    for r in (Recipe(), PAPER, *(get_preset(n).recipe for n in preset_names() if n != "paper-drop-d")):
         assert (r.w_triplet_mf, r.drop_d, r.w_distill, r.dsag_first_epochs) == (0.0, 0.0, 0.0, 0)
-    loss = DSALoss(PAPER, "dsa", seed=3)
-    assert all(loss.step_kwargs(e, s) == {} for e in (0, 5, 300) for s in (0, 1, 17, 9999))
+    assert all(_hook_choice(PAPER, 3, e, s) is None for e in (0, 5, 300) for s in (0, 1, 17, 9999))
+    loss = DSALoss(PAPER, "dsa")
     net, x, d, y = _net_and_inputs()
     _, terms = loss(net(x, d), y)
     assert list(terms) == PAPER_TERMS
 
 
 def test_switch_values_are_checked():
-    with pytest.raises(ValueError, match="drop_d"):
+    with pytest.raises(ValueError, match=r"recipe.drop_d=1.5 is out of range: it must be ≥ 0 and ≤ 1"):
         Recipe(drop_d=1.5)
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match="recipe.w_distill=-1.0 is out of range"):
         Recipe(w_distill=-1.0)
 
 
@@ -100,21 +120,30 @@ def test_switches_do_nothing_for_variants_without_fusion():
     a, ta = DSALoss(PAPER, "two-branch")(out, y)
     b, tb = DSALoss(r, "two-branch")(out, y)
     assert list(ta) == list(tb) and a.item() == pytest.approx(b.item())
-    assert DSALoss(r, "two-branch").step_kwargs(0, 0) == {}
+    net.fusion_drop = "d"  # a network without fusion ignores the mode
+    assert set(net(x)) == set(out)
 
 
 def test_model_drop_gives_exactly_f_or_d():
     net, x, d, _ = _net_and_inputs()
     net.eval()
+    net.train()  # the mode acts while training (BatchNorm statistics frozen by eval() above are not needed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+            m.eval()
     with torch.no_grad():
-        full, no_d, no_f = net(x, d), net(x, d, drop="d"), net(x, d, drop="f")
+        full, no_d, no_f = _run(net, x, d, None), _run(net, x, d, "d"), _run(net, x, d, "f")
     torch.testing.assert_close(full["z_G"], full["f_G"] + full["d_G"])
     torch.testing.assert_close(no_d["z_G"], full["f_G"])
     torch.testing.assert_close(no_d["z_L"], full["f_L"])
     torch.testing.assert_close(no_f["z_G"], full["d_G"])
     torch.testing.assert_close(no_f["z_L"], full["d_L"])
-    with pytest.raises(ValueError, match="drop"):
-        net(x, d, drop="z")
+    with pytest.raises(ValueError, match="fusion_drop"):
+        _run(net, x, d, "z")
+    net.eval()  # evaluation always fuses z = f + d
+    net.fusion_drop = "d"
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, d)["z_G"], full["z_G"])
 
 
 def test_drop_d_fraction_deterministic_and_changes_the_loss():
@@ -124,13 +153,13 @@ def test_drop_d_fraction_deterministic_and_changes_the_loss():
     assert set(choices) == {None, "d"}
     assert 0.27 < choices.count("d") / len(choices) < 0.33
     assert choices != [fusion_drop(r, 1, s, seed=6) for s in range(4000)]
-    loss = DSALoss(r, "dsa", seed=5)
+    loss = DSALoss(r, "dsa")
     step = choices.index("d")
-    assert loss.step_kwargs(1, step) == {"drop": "d"}
+    assert _hook_choice(r, 5, 1, step) == "d" and _hook_choice(r, 5, 1, choices.index(None)) is None
     # in a dropped step the fused losses see f alone, so z's terms equal those on f through z's classifiers
     net, x, d, y = _net_and_inputs()
     _, kept = loss(net(x, d), y)
-    _, dropped = loss(net(x, d, **loss.step_kwargs(1, step)), y)
+    _, dropped = loss(_run(net, x, d, _hook_choice(r, 5, 1, step)), y)
     assert dropped["tri_zG"] != pytest.approx(kept["tri_zG"])
     assert dropped["tri_zG"] == pytest.approx(TripletBatchHard(r.margin)(net(x)["f_G"], y).item(), rel=1e-5)
 
@@ -138,9 +167,9 @@ def test_drop_d_fraction_deterministic_and_changes_the_loss():
 def test_dsag_first_epochs_fuse_d_only_then_the_paper():
     r = PAPER.replace(dsag_first_epochs=2)
     loss = DSALoss(r, "dsa")
-    assert [loss.step_kwargs(e, 10 * e) for e in range(4)] == [{"drop": "f"}, {"drop": "f"}, {}, {}]
+    assert [_hook_choice(r, 0, e, 10 * e) for e in range(4)] == ["f", "f", None, None]
     net, x, d, y = _net_and_inputs()
-    out = net(x, d, **loss.step_kwargs(0, 0))
+    out = _run(net, x, d, _hook_choice(r, 0, 0, 0))
     total, _ = loss(out, y)
     # z = d: the fused terms send no gradient into f; only f's own ID terms do
     fused = sum(w * t for name, w, t in loss.last_terms if name.endswith(("zG", "zL")))
@@ -153,7 +182,7 @@ def test_dsag_first_epochs_fuse_d_only_then_the_paper():
 def test_trunk_blocks_default_and_json_roundtrip():
     import json
 
-    from dsa.presets import ModelConfig
+    from dsa.config import ModelConfig
 
     assert ModelConfig().trunk_blocks == (3, 4, 6)                 # ResNet-50: the paper's trunk
     cfg = get_preset("bench").model
@@ -163,3 +192,4 @@ def test_trunk_blocks_default_and_json_roundtrip():
     assert [len(getattr(net.mf.backbone, f"layer{i}")) for i in (1, 2, 3)] == [1, 1, 1]
     with pytest.raises(ValueError, match="trunk_blocks"):
         ModelConfig(trunk_blocks=(3, 0, 6))
+    assert ModelConfig(trunk_blocks=[2, 2, 2]).trunk_blocks == (2, 2, 2)

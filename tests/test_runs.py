@@ -12,7 +12,7 @@ from data.runs import (FORMAT_VERSION, CheckpointInfo, RunError, RunFolder, chec
                        load_checkpoint, resolve_checkpoint)
 from dsa.errors import UserError
 from dsa.model import DSANet, build_dsanet
-from dsa.presets import get_preset
+from dsa.config import get_preset
 
 TINY = get_preset("tiny").model
 
@@ -46,8 +46,8 @@ def test_format_1_checkpoints_are_upgraded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, sentence", [
-    ({"format_version": 3, "model": {}}, "format version 3; this version of the program reads formats 1, 2"),
-    ({"format_version": 2, "model": {}, "config": {"variant": "dsa"}}, "has no 'model' in its configuration"),
+    ({"format_version": 4, "model": {}}, "format version 4; this version of the program reads formats 1, 2, 3"),
+    ({"format_version": 2, "model": {}, "config": {"variant": "dsa", "num_classes": 3}}, "has no 'model' in its configuration"),
     ({"weights": {}}, "not a checkpoint written by this program"),
     ([1, 2, 3], "not a checkpoint written by this program"),
 ])

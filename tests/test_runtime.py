@@ -63,7 +63,7 @@ def test_entry_points_set_the_wait_policy_before_torch():
 
 def test_gpu_benchmark_cpu_dry_run(tmp_path):
     """bench/bench_gpu.py end to end on the CPU at tiny sizes: every section runs and is written."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--cpu-dry-run", "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "bench.bench_gpu", "--cpu-dry-run", "--out", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "gpu.json").read_text())

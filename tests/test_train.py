@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.joint import JointDataset
+from data.joint import JointDataset, TrainBatches
 from data.sampler import PKSampler
 from data.store import DSAPStore, StoreSettings, StoreWriter, store_dir
 from data.transforms import build_train_transform
-from dsa.presets import Recipe, get_preset
+from dsa.config import Recipe, get_preset
 from data.runs import RunFolder, load_checkpoint
 from train.rng import rng_state, set_rng_state
 from train.distributed import DistInfo, init_distributed, shutdown
@@ -121,9 +121,9 @@ def make_trainer(run_dir: Path, data: tuple[list[Item], DSAPStore], *, info: Dis
     sampler = PKSampler(dataset.pids, RECIPE.batch_p, RECIPE.batch_k, seed=0, rank=info.rank,
                         world_size=info.world_size)
     optimizer = build_optimizer(model.parameters(), RECIPE)
-    return Trainer(model=model, loss_fn=loss or Loss(), dataset=dataset, sampler=sampler, optimizer=optimizer,
-                   scheduler=build_scheduler(optimizer, RECIPE), run=RunFolder(run_dir), info=info,
-                   epochs=epochs, max_steps=max_steps, workers=workers, log_every=log_every,
+    return Trainer(model=model, loss_fn=loss or Loss(), data=TrainBatches(dataset, sampler, workers=workers),
+                   optimizer=optimizer, scheduler=build_scheduler(optimizer, RECIPE), run=RunFolder(run_dir),
+                   info=info, epochs=epochs, max_steps=max_steps, log_every=log_every,
                    config=STAND_IN_CONFIG, progress=False, compile=compile)
 
 
@@ -170,7 +170,7 @@ def test_loss_falls_and_log_records(tmp_path: Path, data) -> None:
     ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert set(ckpt) == {"format_version", "config", "model", "epoch", "step", "complete", "training"}
     assert set(ckpt["training"]) == {"optimizer", "scheduler", "scaler", "sampler", "rng", "epoch_log"}
-    assert ckpt["format_version"] == 2 and ckpt["config"] == STAND_IN_CONFIG
+    assert ckpt["format_version"] == 3 and ckpt["config"] == STAND_IN_CONFIG
     assert ckpt["complete"] is True and ckpt["epoch"] == 8
 
 
@@ -404,7 +404,7 @@ def test_cli_trains_resumes_and_checks_the_checkpoint(tmp_path: Path, synth_root
     assert build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state).num_classes == info.num_classes
     assert ckpt.config == json.loads((tmp_path / "r" / "config.json").read_text())
     config = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert config["preset"] == "tiny" and config["model"]["height"] == 64
+    assert config["name"] == "tiny" and config["model"]["height"] == 64 and config["data"]["dataset"] == "synthetic"
     other = cli(synth_root, tmp_path, "--variant", "baseline", "--max-steps", "2")
     assert other.exit_code == 2 and "variant" in other.output
     second = cli(synth_root, tmp_path, "--max-steps", "2", "--log-every", "1")

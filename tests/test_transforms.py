@@ -102,7 +102,9 @@ def test_joint_dataset_joins_by_key_not_order(tmp_path: Path, images: list[Item]
     ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16))
     assert len(ds) == 4 and ds.pids == [0, 0, 1, 1]
     for k in range(4):
-        image, dsap, pid, camid = ds[k]
+        item = ds[k]
+        image, dsap, pid, camid = item["image"], item["dsap"], item["pid"], item["camid"]
+        assert item["index"] == k
         assert image.shape == (3, 32, 16) and image.dtype == torch.uint8
         assert int(image[0, 0, 0]) == 60 * k
         assert dsap.shape == (24, 3, 8, 8) and int(dsap.flatten()[0]) == k
@@ -120,8 +122,8 @@ def test_joint_dataset_missing_key_fails_at_construction(tmp_path: Path, images:
 def test_joint_dataset_without_dsap_never_reads_the_store(tmp_path: Path, images: list[Item]) -> None:
     store = DictStore({})
     ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16), use_dsap=False)
-    _, dsap, _, _ = ds[0]
-    assert dsap.numel() == 0 and store.reads == []
+    dsap = ds[0]["dsap"]
+    assert dsap.numel() == 0 and store.reads == [] and not ds.needs_dsap_read()
 
 
 def test_seeded_items_reproduce_and_leave_global_rng_alone(tmp_path: Path, images: list[Item]) -> None:
@@ -129,10 +131,10 @@ def test_seeded_items_reproduce_and_leave_global_rng_alone(tmp_path: Path, image
     ds = JointDataset(images, tmp_path, DictStore(arrays), build_train_transform(32, 16, erasing_p=1.0))
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    a = [ds[(1, 1234)][0] for _ in range(3)]
+    a = [ds[(1, 1234)]["image"] for _ in range(3)]
     assert all(torch.equal(a[0], x) for x in a)
     assert torch.equal(torch.get_rng_state(), before)
-    assert any(not torch.equal(ds[(1, s)][0], a[0]) for s in range(5))
+    assert any(not torch.equal(ds[(1, s)]["image"], a[0]) for s in range(5))
 
 
 def test_joint_dataset_with_real_store_holds_no_open_handle(tmp_path: Path, images: list[Item]) -> None:
@@ -147,12 +149,12 @@ def test_joint_dataset_with_real_store_holds_no_open_handle(tmp_path: Path, imag
     ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16))
     assert store._files == {}  # nothing open before DataLoader workers fork
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1)
-    got = torch.cat([b[1] for b in loader])
+    got = torch.cat([b["dsap"] for b in loader])
     assert torch.equal(got, torch.from_numpy(dsap))
 
 
 def test_dsap_read_by_the_consumer_equals_the_workers(tmp_path: Path, images: list[Item]) -> None:
-    """dsap_reader="main" (training's path): workers send indices, fill_dsap reads the batch; same batches."""
+    """dsap_reader="main" (training's path): workers load the images, read_dsap reads the batch; same batches."""
     from torch.utils.data import DataLoader
 
     store = DictStore({it.key: np.full((24, 3, 8, 8), i, np.uint8) for i, it in enumerate(images)})
@@ -160,11 +162,12 @@ def test_dsap_read_by_the_consumer_equals_the_workers(tmp_path: Path, images: li
     for reader in ("worker", "main"):
         ds = JointDataset(images, tmp_path, store, build_test_transform(32, 16), dsap_reader=reader)
         loader = DataLoader(ds, batch_size=3, sampler=[3, 0, 2, 1], num_workers=1)
-        batches[reader] = [ds.fill_dsap(b) for b in loader]
+        batches[reader] = [ds.read_dsap(b) for b in loader]
     for a, b in zip(batches["worker"], batches["main"]):
-        assert b[1].dtype == torch.uint8 and b[1].shape == a[1].shape
-        for x, y in zip(a, b):
-            assert torch.equal(x, y)
-    assert batches["main"][0][1][:, 0, 0, 0, 0].tolist() == [3, 0, 2]
+        assert b["dsap"].dtype == torch.uint8 and b["dsap"].shape == a["dsap"].shape
+        assert set(a) == set(b) == {"image", "dsap", "pid", "camid", "index"}
+        for key in a:
+            assert torch.equal(a[key], b[key])
+    assert batches["main"][0]["dsap"][:, 0, 0, 0, 0].tolist() == [3, 0, 2]
     with pytest.raises(ValueError, match="dsap_reader"):
         JointDataset(images, tmp_path, store, build_test_transform(32, 16), dsap_reader="gpu")

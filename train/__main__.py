@@ -19,37 +19,51 @@ from data.runtime import quiet_openmp
 
 quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
 
-from .run import RunOptions, train_run  # noqa: E402
+from .run import ALIASES, FLAG_ALIASES, RunOptions, resolve, train_run  # noqa: E402
 
 log = logging.getLogger("train")
 
 
+def _presets() -> str:
+    from dsa.config import preset_names
+
+    return ", ".join(preset_names())
+
+
 @click.command(cls=Command, context_settings=CONTEXT)
-@click.option("--dataset", required=True, help="Dataset name (data.datasets registry, e.g. synthetic, market1501).")
-@root_option()
-@click.option("--estimator", default="synthetic", help="Estimator whose DSAP store to train with.")
-@click.option("--tag", default=None, help="Store variant: ROOT/dsap/<dataset>/<estimator>-<tag>.")
-@click.option("--preset", default="small", help="Network + recipe preset (paper, small, tiny, mobilenet, mobilenet-cpu; dsa.presets).")
-@click.option("--run", "--run-name", "run_name", required=True,
+@click.option("--config", "--preset", "config", default="small",
+              help=f"The configuration: a preset ({_presets()}; dsa/configs/NAME.yaml) or a YAML file, "
+                   "which may start from a preset with `_base_: NAME`.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a configuration field, e.g. --set recipe.lr_peak=3.5e-4 --set model.height=384 "
+                   "(repeatable, applied last; recorded in config.json; a resumed run must keep them).")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved configuration (YAML, usable as --config) and exit without training.")
+@click.option("--run", "--run-name", "run_name", default=None,
               help="Run name: outputs go to RUNS_DIR/RUN/ (under torchrun use --run-name: torchrun "
                    "takes --run for its own --run-path).")
-@click.option("--variant", default="dsa",
-              type=click.Choice(["dsa", "baseline", "two-branch", "dsa-global", "dsa-local", "dsa-concat"]))
-@click.option("--input", "input_kind", default="dsap", type=click.Choice(["dsap", "csa"]),
-              help="DSAG-Stream input: dense (DSAP) or coarse (CSA, Table 4) part images.")
-@click.option("--pretrained", default="none", help="MF-Stream backbone weights: none, imagenet or a file path.")
+@root_option()
+@click.option("--dataset", default=None, help="Alias of --set data.dataset=NAME (a registered dataset, "
+                                               "options as name:key=value,...).")
+@click.option("--estimator", default=None, help="Alias of --set data.estimator=NAME: whose DSAP store to read.")
+@click.option("--tag", default=None, help="Alias of --set data.tag=TAG: the store ROOT/dsap/<dataset>/<estimator>-<tag>.")
+@click.option("--input", "input_kind", default=None, type=click.Choice(["dsap", "csa"]),
+              help="Alias of --set data.input=KIND: dense (DSAP) or coarse (CSA, Table 4) part images.")
+@click.option("--variant", default=None,
+              type=click.Choice(["dsa", "baseline", "two-branch", "dsa-global", "dsa-local", "dsa-concat"]),
+              help="Alias of --set variant=NAME.")
+@click.option("--pretrained", default=None, help="Alias of --set pretrained=WEIGHTS: none, imagenet or a file path.")
+@click.option("--seed", default=None, type=int, help="Alias of --set seed=N.")
+@click.option("--epochs", default=None, type=int, help="Alias of --set recipe.epochs=N.")
+@click.option("--batch-p", default=None, type=int, help="Alias of --set recipe.batch_p=P.")
+@click.option("--batch-k", default=None, type=int, help="Alias of --set recipe.batch_k=K.")
+@click.option("--no-random-erasing", is_flag=True, help="Alias of --set recipe.random_erasing=0 (Table 3 baselines).")
+@click.option("--no-label-smoothing", is_flag=True, help="Alias of --set recipe.label_smoothing=0 (Table 3 baselines).")
 @click.option("--init", default=None, metavar="RUN_OR_CHECKPOINT",
               help="Start from another run's weights (fine-tuning): its MF-Stream, its DSAG-Stream where the "
                    "shapes fit, new classifiers; recorded in config.json.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
-              help="Override a preset field, e.g. --set recipe.lr_peak=3.5e-4 --set model.height=384 "
-                   "(repeatable; recorded in config.json; a resumed run must keep them).")
-@click.option("--seed", default=0, type=int)
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Override the recipe's epochs.")
 @click.option("--max-steps", default=None, type=click.IntRange(min=1),
               help="Stop (with a checkpoint) after this many steps in total; rerun to continue.")
-@click.option("--batch-p", default=None, type=click.IntRange(min=2), help="Identities per step (recipe default).")
-@click.option("--batch-k", default=None, type=click.IntRange(min=1), help="Images per identity (recipe default).")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
               help="DataLoader worker processes [default: up to 8 on a GPU, up to 2 on a CPU].")
 @click.option("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N.")
@@ -63,20 +77,27 @@ log = logging.getLogger("train")
                    "checkpoints are the same).")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bitwise-reproducible, slower).")
 @click.option("--runs-dir", default="runs", type=click.Path(file_okay=False))
-@click.option("--no-random-erasing", is_flag=True, help="Train without random erasing (Table 3 baselines).")
-@click.option("--no-label-smoothing", is_flag=True, help="ID loss without label smoothing (Table 3 baselines).")
 @click.option("--log-every", default=10, type=click.IntRange(min=1), help="Steps between log.jsonl records.")
 @click.option("--tensorboard", is_flag=True, help="Also log losses and the learning rate to RUNS_DIR/RUN/tensorboard (needs the tensorboard "
                    "extra; view with `tensorboard --logdir RUNS_DIR`).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool, **kwargs: Any) -> None:
-    """Train (or resume) the two-stream DSA-reID network on a dataset and its DSAP store."""
+def main(verbose: bool, print_config: bool, **kwargs: Any) -> None:
+    """Train (or resume) the two-stream DSA-reID network: the configuration is a preset or a config file
+    (--config), then --set overrides; the other options say where and how it runs."""
     import os
+
+    from dsa.config import dump_yaml
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    options = RunOptions(**kwargs)
+    aliases = {k: kwargs.pop(k) for k in (*ALIASES, *FLAG_ALIASES)}
+    options = RunOptions(**{**kwargs, "run_name": kwargs["run_name"] or ""}, aliases=aliases)
+    if print_config:
+        click.echo(dump_yaml(resolve(options)), nl=False)
+        return
+    if not options.run_name:
+        raise click.UsageError("Missing option '--run' (the run name), or use --print-config.")
     summary = train_run(options)
     if summary.get("stopped_by") == "signal":
         signum = int(summary.get("signal") or 15)

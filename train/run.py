@@ -1,59 +1,56 @@
-"""Assemble a run from its options: dataset, DSAP store, model, loss, sampler, optimizer, schedule.
+"""Assemble a run from its configuration: dataset, DSAP store, model, loss, batches, optimizer, schedule.
 
-``train_run(options)`` resolves the configuration, writes ``config.json``, checks a resumed run's
-saved configuration against it, builds everything and hands over to ``Trainer``.  Every problem a user
-can fix (unknown preset, missing dataset, a store that does not fit, a checkpoint of another
-configuration) is a ``dsa.errors.UserError`` with one sentence.  The run folder, its configuration and
-its checkpoint belong to ``data.runs``.
+The configuration has one path (``dsa.config``): a preset name or a config file, then ``--set``
+overrides (the CLI options ``--dataset``, ``--epochs``, ... are aliases of ``--set`` keys).
+``train_run(options)`` resolves it, checks a resumed run's saved configuration against it, builds
+everything, writes ``config.json`` and hands over to ``Trainer``.  Every problem a user can fix
+(unknown preset, missing dataset, a store that does not fit, a checkpoint of another configuration) is
+a ``dsa.errors.UserError`` with one sentence.  The run folder, its configuration and its checkpoint
+belong to ``data.runs``.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data.datasets import build_dataset
-from data.joint import JointDataset
 from data.io import release_lock
-from data.runs import LOCK_NAME, RunFolder, check_name
+from data.joint import JointDataset, TrainBatches
+from data.runs import LOCK_NAME, RunFolder, upgrade_config
 from data.runtime import apply_threads, default_workers
 from data.sampler import PKSampler
 from data.store import open_store
 from data.transforms import build_train_transform
+from dsa.config import TrainConfig, parse_overrides, resolve_config
 
-from .distributed import init_distributed, shutdown
+from .distributed import DistInfo, init_distributed, shutdown
+from .hooks import FusionHook, HookBase
 from .schedule import build_optimizer, build_scheduler
 from .trainer import Trainer, TrainingError, seed_everything, set_deterministic
 
 log = logging.getLogger(__name__)
 
-#: configuration entries a resumed run must share with the saved one (the others may change)
-MUST_MATCH = ("dataset", "estimator", "tag", "input", "preset", "variant", "pretrained", "seed", "batch_p",
-              "batch_k", "random_erasing", "label_smoothing", "world_size", "num_classes", "model", "recipe",
-              "init")
+#: ``python -m train`` options that are aliases of ``--set`` keys (option name → configuration key)
+ALIASES = {"dataset": "data.dataset", "estimator": "data.estimator", "tag": "data.tag", "input_kind": "data.input",
+           "variant": "variant", "pretrained": "pretrained", "seed": "seed", "epochs": "recipe.epochs",
+           "batch_p": "recipe.batch_p", "batch_k": "recipe.batch_k"}
+#: flags that set a key to a value (Table 3's baselines)
+FLAG_ALIASES = {"no_random_erasing": ("recipe.random_erasing", "0"), "no_label_smoothing": ("recipe.label_smoothing", "0")}
 
 
 @dataclass
 class RunOptions:
-    """The ``python -m train`` options (see its ``--help``)."""
+    """The ``python -m train`` options (see its ``--help``): what to train is ``config`` + ``overrides``;
+    the rest says where and how (machine, run folder), not what."""
 
-    dataset: str
     run_name: str
+    config: str = "small"             # a preset name (dsa/configs/NAME.yaml) or a config file
+    overrides: tuple[str, ...] = ()   # --set section.field=value, applied after the config file
     root: str = "datasets"
-    estimator: str = "synthetic"
-    tag: str | None = None
-    preset: str = "small"
-    variant: str = "dsa"
-    input_kind: str = "dsap"
-    pretrained: str = "none"
     init: str | None = None
-    overrides: tuple[str, ...] = ()
-    seed: int = 0
-    epochs: int | None = None
     max_steps: int | None = None
-    batch_p: int | None = None
-    batch_k: int | None = None
     workers: int | None = None
     threads: int = 0                # intra-op CPU threads (0: data.runtime's thread policy)
     device: str = "auto"
@@ -62,28 +59,57 @@ class RunOptions:
     compile: bool = False           # torch.compile the training step's model
     deterministic: bool = False
     runs_dir: str = "runs"
-    no_random_erasing: bool = False
-    no_label_smoothing: bool = False
     log_every: int = 10
     tensorboard: bool = False
     progress: bool = True
+    aliases: dict[str, Any] = field(default_factory=dict)  # --dataset, --epochs, ... (ALIASES)
+
+
+def alias_overrides(aliases: dict[str, Any]) -> list[str]:
+    """The ``--set`` pairs of the alias options that were given (``{"epochs": 3}`` → ``["recipe.epochs=3"]``)."""
+    pairs = []
+    for name, value in aliases.items():
+        if value is None or value is False:
+            continue
+        if name in FLAG_ALIASES:
+            key, text = FLAG_ALIASES[name]
+            pairs.append(f"{key}={text}")
+        elif name in ALIASES:
+            pairs.append(f"{ALIASES[name]}={'none' if value is None else value}")
+        else:
+            raise KeyError(name)
+    return pairs
+
+
+def resolve(opts: RunOptions) -> TrainConfig:
+    """The run's configuration: the config file, then the alias options, then ``--set`` (last wins)."""
+    return resolve_config(opts.config, [*alias_overrides(opts.aliases), *opts.overrides])
+
+
+#: top-level entries of config.json that a resumed run must share with the saved one (with the tree)
+MUST_MATCH = ("num_classes", "world_size", "init")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    out = {k: config.get(k) for k in MUST_MATCH}
-    out["recipe"] = {k: v for k, v in (out["recipe"] or {}).items() if k != "epochs"}
-    return out
+    c = upgrade_config(config)
+    tree = {k: c.get(k) for k in ("variant", "pretrained", "seed", "data", "model")}
+    tree["recipe"] = {k: v for k, v in (c.get("recipe") or {}).items() if k != "epochs"}
+    tree["num_classes"] = c.get("num_classes")
+    tree["world_size"] = (c.get("runtime") or {}).get("world_size")
+    tree["init"] = c.get("init")
+    return tree
 
 
 def check_same_config(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    """A resumed run must have the configuration it was started with; say which entries differ."""
+    """A resumed run must have the configuration it was started with (the number of epochs may grow);
+    say which entries differ."""
     a, b = _comparable(saved), _comparable(current)
     diffs = []
-    for key in MUST_MATCH:
+    for key in a:
         if a[key] != b[key]:
             if isinstance(a[key], dict) and isinstance(b[key], dict):
                 sub = sorted(k for k in set(a[key]) | set(b[key]) if a[key].get(k) != b[key].get(k))
-                diffs.append(f"{key} ({', '.join(sub)})")
+                diffs.append(", ".join(f"{key}.{k} (saved {a[key].get(k)!r}, now {b[key].get(k)!r})" for k in sub))
             else:
                 diffs.append(f"{key} (saved {a[key]!r}, now {b[key]!r})")
     if diffs:
@@ -107,34 +133,31 @@ def check_store_fits(store: Any, dataset: Any) -> None:
                             f"(e.g. {', '.join(stale[:3])}); rerun `make precompute`, which recomputes them")
 
 
-def train_run(opts: RunOptions) -> dict[str, Any]:
-    """Train (or resume) the run described by ``opts``; returns the trainer's summary."""
+def build_model(cfg: TrainConfig, num_classes: int):
+    """The training network of ``cfg``, initialised from ``cfg.seed``: the MF-Stream and its classifiers
+    depend on the seed and the model alone, not on the variant (``dsa.model.DSANet``), so runs of two
+    variants with one seed start from the same MF-Stream."""
+    from dsa.model import DSANet
+
+    seed_everything(cfg.seed)
+    return DSANet(cfg.model, num_classes, variant=cfg.variant,
+                  pretrained=None if cfg.pretrained == "none" else cfg.pretrained)
+
+
+def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by ``opts``; ``hooks`` are added to the trainer's (after the
+    fusion switches and the log, before the checkpoint).  Returns the trainer's summary."""
     from dsa.losses import DSALoss
-    from dsa.model import DSANet, check_variant
-    from dsa.presets import apply_overrides, get_preset, parse_overrides
 
     from .init import init_from
 
     run = RunFolder.named(opts.runs_dir, opts.run_name)
-    if opts.tag is not None:
-        check_name(opts.tag, "store tag")
-    overrides = parse_overrides(opts.overrides)
-    preset = apply_overrides(get_preset(opts.preset), overrides)
-    use_dsap = check_variant(opts.variant)[2]
-    recipe = preset.recipe
-    changes: dict[str, Any] = {}
-    if opts.epochs is not None:
-        changes["epochs"] = opts.epochs
-    if opts.batch_p is not None:
-        changes["batch_p"] = opts.batch_p
-    if opts.batch_k is not None:
-        changes["batch_k"] = opts.batch_k
-    if opts.no_random_erasing:
-        changes["random_erasing"] = 0.0
-    if opts.no_label_smoothing:
-        changes["label_smoothing"] = 0.0
-    recipe = recipe.replace(**changes)
-    model_cfg = preset.model
+    cfg = resolve(opts)
+    if cfg.data.tag is not None:
+        from data.names import check_name
+
+        check_name(cfg.data.tag, "store tag")
+    recipe, model_cfg = cfg.recipe, cfg.model
 
     info = init_distributed(opts.device)
     workers = default_workers(info.device) if opts.workers is None else opts.workers
@@ -143,59 +166,58 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()
         set_deterministic(opts.deterministic)
-        seed_everything(opts.seed)
-        dataset = build_dataset(opts.dataset, opts.root)
-        store = open_store(opts.root, opts.dataset, opts.estimator, opts.tag, kind=opts.input_kind,
-                           size=model_cfg.dsap_size) if use_dsap else None
+        dataset = build_dataset(cfg.data.dataset, opts.root)
+        store = open_store(opts.root, cfg.data.dataset, cfg.data.estimator, cfg.data.tag, kind=cfg.data.input,
+                           size=model_cfg.dsap_size) if cfg.uses_dsap else None
         if store is not None:
             check_store_fits(store, dataset)
         transform = build_train_transform(model_cfg.height, model_cfg.width, pad=recipe.pad,
                                           flip_p=recipe.flip, erasing_p=recipe.random_erasing)
-        joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=use_dsap, dsap_reader="main")
+        joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=cfg.uses_dsap, dsap_reader="main")
 
         config = {
-            "dataset": opts.dataset, "root": str(opts.root), "estimator": opts.estimator, "tag": opts.tag,
-            "store": str(store.folder) if store is not None else None, "input": opts.input_kind,
-            "preset": preset.name, "overrides": overrides, "variant": opts.variant, "pretrained": opts.pretrained,
-            "init": opts.init, "seed": opts.seed,
-            "epochs": recipe.epochs, "max_steps": opts.max_steps, "batch_p": recipe.batch_p,
-            "batch_k": recipe.batch_k, "random_erasing": recipe.random_erasing,
-            "label_smoothing": recipe.label_smoothing, "workers": workers, "device": str(info.device),
-            "amp": opts.amp and info.device.type == "cuda",
-            "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,
-            "compile": opts.compile, "deterministic": opts.deterministic,
-            "world_size": info.world_size, "num_classes": dataset.num_train_pids,
-            "num_train_images": len(dataset.train), "model": model_cfg.to_dict(), "recipe": recipe.to_dict(),
+            **cfg.to_dict(),
+            "source": {"config": opts.config,
+                       "overrides": parse_overrides([*alias_overrides(opts.aliases), *opts.overrides])},
+            "runtime": {"root": str(opts.root), "store": str(store.folder) if store is not None else None,
+                        "workers": workers, "device": str(info.device),
+                        "amp": opts.amp and info.device.type == "cuda",
+                        "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,
+                        "compile": opts.compile, "deterministic": opts.deterministic,
+                        "world_size": info.world_size, "max_steps": opts.max_steps},
+            "num_classes": dataset.num_train_pids, "num_train_images": len(dataset.train), "init": opts.init,
         }
         ckpt = run.read_checkpoint()
         saved = ckpt.config if ckpt is not None else run.read_config()
         if saved is not None:
             check_same_config(saved, config, run.path)
 
-        model = DSANet(model_cfg, dataset.num_train_pids, variant=opts.variant,
-                       pretrained=None if opts.pretrained == "none" else opts.pretrained)
+        model = build_model(cfg, dataset.num_train_pids)
         if opts.init and ckpt is None:  # a resumed run has its own weights; the source is only recorded
             config["init_source"] = init_from(model, opts.init, opts.runs_dir)
         elif saved is not None and saved.get("init_source") is not None:
             config["init_source"] = saved["init_source"]
-        loss_fn = DSALoss(recipe, opts.variant, seed=opts.seed)
+        loss_fn = DSALoss(recipe, cfg.variant)
         try:
-            sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=opts.seed,
+            sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=cfg.seed,
                                 rank=info.rank, world_size=info.world_size)
         except ValueError as e:
-            raise TrainingError(f"cannot form batches for {opts.dataset}: {e}") from None
+            raise TrainingError(f"cannot form batches for {cfg.data.dataset}: {e}") from None
+        data = TrainBatches(joint, sampler, workers=workers, pin_memory=info.device.type == "cuda")
         optimizer = build_optimizer(model.parameters(), recipe)
         scheduler = build_scheduler(optimizer, recipe)
         # written only once everything is built: a start that failed on a fixable problem (weights
         # file, store, batch size) leaves no configuration behind that would refuse the corrected one
         if info.is_main:
             run.write_config(config)
-        trainer = Trainer(model=model, loss_fn=loss_fn, dataset=joint, sampler=sampler, optimizer=optimizer,
-                          scheduler=scheduler, run=run, info=info, epochs=recipe.epochs,
-                          max_steps=opts.max_steps, amp=opts.amp, workers=workers,
+        all_hooks: list[HookBase] = []
+        if cfg.uses_dsap and (recipe.drop_d > 0 or recipe.dsag_first_epochs > 0):
+            all_hooks.append(FusionHook(recipe, cfg.seed))
+        all_hooks += list(hooks or [])
+        trainer = Trainer(model=model, loss_fn=loss_fn, data=data, optimizer=optimizer, scheduler=scheduler,
+                          run=run, info=info, epochs=recipe.epochs, max_steps=opts.max_steps, amp=opts.amp,
                           log_every=opts.log_every, config=config, tensorboard=opts.tensorboard,
-                          progress=opts.progress, find_unused_parameters=False, amp_dtype=opts.amp_dtype,
-                          compile=opts.compile)
+                          progress=opts.progress, amp_dtype=opts.amp_dtype, compile=opts.compile, hooks=all_hooks)
         if ckpt is None and info.is_main:  # records of an earlier start killed before its first checkpoint
             run.trim_log(0)
         if ckpt is not None:
@@ -214,3 +236,9 @@ def train_run(opts: RunOptions) -> dict[str, Any]:
             release_lock(run.path / LOCK_NAME)
         shutdown(info)
 
+
+def local_info(device: str = "cpu") -> DistInfo:
+    """A one-process world on ``device`` (benchmarks and tests that build a Trainer themselves)."""
+    from data.runtime import resolve_device
+
+    return DistInfo(device=resolve_device(device))

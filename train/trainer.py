@@ -1,5 +1,9 @@
 """The training loop: one step = forward both streams, the recipe's loss, one optimizer step.
 
+There is one loop (``Trainer.fit``) and one step (``Trainer.run_step``); what happens around them —
+checkpoints, the log, the recipe's fusion switches, evaluation snapshots, diagnostics — is done by
+hooks (``train.hooks``).  The benchmarks time ``run_step`` itself.
+
 The loop is written so that a run can stop at any step boundary and continue *exactly*:
 
 - the sampler's position (epoch, batch) is saved, and every image's augmentation seed is a function of
@@ -28,21 +32,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.io import image_error_text
+from data.joint import TrainBatches
 from data.runs import Checkpoint, RunFolder
-from data.runtime import worker_threads
-from data.sampler import PKSampler, SeededBatches
 from dsa.errors import UserError
 
 from .distributed import DistInfo, all_reduce_sum, barrier
+from .hooks import CheckpointHook, HookBase, LogHook
 from .rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+#: a training batch: ``data.joint.BATCH_KEYS`` → tensors
+Batch = dict[str, torch.Tensor]
 Prepare = Callable[[Batch, torch.device], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
 
 
@@ -66,19 +70,6 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
-
-
-def worker_init(worker_id: int) -> None:
-    """DataLoader worker start: deterministic NumPy/Python seeds from the worker's torch seed (itself
-    derived from the loader's seeded generator), and SIGINT left to the main process, which saves a
-    checkpoint and shuts the workers down."""
-    import random
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker_threads(worker_id)  # one thread per worker (torch's and OpenCV's): the thread policy
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def data_error_sentence(error: BaseException) -> str | None:
@@ -126,11 +117,11 @@ def default_prepare(batch: Batch, device: torch.device) -> tuple[torch.Tensor, t
     from dsa.dsap import normalise_dsap
     from dsa.transforms import normalise
 
-    images, dsap, pids, _ = batch
     nb = device.type == "cuda"
-    images = normalise(images.to(device, non_blocking=nb))
+    images = normalise(batch["image"].to(device, non_blocking=nb))
+    dsap = batch["dsap"]
     dsap_t = normalise_dsap(dsap.to(device, non_blocking=nb)) if dsap.numel() else None
-    return images, dsap_t, pids.to(device, non_blocking=nb)
+    return images, dsap_t, batch["pid"].to(device, non_blocking=nb)
 
 
 class Trainer:
@@ -138,22 +129,26 @@ class Trainer:
 
     Args:
         model: the network (``DSANet`` or any module called as ``model(images, dsap)`` → dict).
-        loss_fn: called as ``loss_fn(outputs, pids)`` → ``(total, {name: float or scalar tensor})``.
-        dataset: yields ``(image uint8, dsap uint8, pid, camid)`` and accepts ``(index, seed)``.
-        sampler: the ``PKSampler`` of this rank.
+        loss_fn: called as ``loss_fn(outputs, pids)`` → ``(total, {name: float})``; its ``last_terms``
+            (name, weight, value tensor) are what ``after_loss`` hooks see.
+        data: the batches (``data.joint.TrainBatches``: ``epoch(e)`` yields named batches; its ``sampler``
+            holds the position); None for a trainer that only times :meth:`run_step` (benchmarks).
         optimizer, scheduler: the scheduler is stepped once per epoch.
         run: the run folder (``data.runs.RunFolder``): checkpoint and log go there (rank 0 writes).
         info: this process's place in the (possibly one-process) world.
         epochs: total epochs; ``max_steps`` stops earlier (a checkpoint is written, not complete).
         config: the run's resolved configuration; every checkpoint carries it (``data.runs``).
+        hooks: extra hooks (``train.hooks.HookBase``), after the fusion switches and the log, before the
+            checkpoint; ``default_hooks`` adds the log and the checkpoint hooks.
     """
 
-    def __init__(self, *, model: torch.nn.Module, loss_fn: Callable, dataset: Any, sampler: PKSampler,
+    def __init__(self, *, model: torch.nn.Module, loss_fn: Callable, data: TrainBatches | None,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                 run: RunFolder, info: DistInfo, epochs: int, max_steps: int | None = None,
-                 amp: bool = False, workers: int = 0, log_every: int = 10, prepare: Prepare = default_prepare,
+                 run: RunFolder | None, info: DistInfo, epochs: int, max_steps: int | None = None,
+                 amp: bool = False, log_every: int = 10, prepare: Prepare = default_prepare,
                  config: dict[str, Any] | None = None, tensorboard: bool = False, progress: bool = True,
-                 find_unused_parameters: bool = False, amp_dtype: str = "float16", compile: bool = False) -> None:
+                 find_unused_parameters: bool = False, amp_dtype: str = "float16", compile: bool = False,
+                 hooks: list[HookBase] | None = None, default_hooks: bool = True) -> None:
         self.info = info
         self.device = info.device
         self.amp, self.amp_dtype, use_scaler = autocast_settings(self.device, amp, amp_dtype)
@@ -171,28 +166,46 @@ class Trainer:
         if compile:  # the step's forward graph; checkpoints keep the module's own parameter names
             self.model = torch.compile(self.model)
         self.loss_fn = loss_fn
-        self.dataset, self.sampler = dataset, sampler
+        self.data, self.sampler = data, (data.sampler if data is not None else None)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.run = run
-        self.run_dir = run.path
         self.epochs, self.max_steps = epochs, max_steps
-        self.workers, self.log_every = workers, max(1, log_every)
         self.prepare = prepare
         self.config = dict(config or {})
         self.progress = progress and info.is_main
         self.epoch = 0
         self.step = 0
+        self.stopped_by = "complete"
+        #: per step: the outputs and loss terms (for ``after_loss`` hooks), the batch size and loss values
+        self.outputs: dict[str, Any] = {}
+        self.loss_terms: list[tuple[str, float, torch.Tensor]] = []
+        self.last: dict[str, float] = {}
+        self.last_batch_size = 0
+        self.finished_epoch_means: dict[str, float] = {}
         self._stop_signal: int | None = None
         self._epoch_sums: dict[str, float] = {}  # loss sums of the current epoch (for its summary record)
         self._epoch_steps = 0
         self._tb = None
-        if tensorboard and info.is_main:
+        if tensorboard and info.is_main and run is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(run.path / "tensorboard"))
             except ImportError:
                 log.warning("TensorBoard is not installed (pip install tensorboard); logging to log.jsonl only")
+        self.hooks: list[HookBase] = []
+        extra = list(hooks or [])
+        self.register_hooks(([LogHook(log_every)] if default_hooks else []) + extra
+                            + ([CheckpointHook()] if default_hooks and run is not None else []))
+
+    def register_hooks(self, hooks: list[HookBase]) -> None:
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
+
+    def _call(self, moment: str) -> None:
+        for h in self.hooks:
+            getattr(h, moment)()
 
     # ------------------------------------------------------------------ state
     @property
@@ -200,9 +213,20 @@ class Trainer:
         return self.run.checkpoint_path
 
     @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
     def bare_model(self) -> torch.nn.Module:
         """The network itself, without the DDP and ``torch.compile`` wrappers (its state-dict names)."""
         return self._bare
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def peak_memory_mb(self) -> float:
+        return peak_memory_mb(self.device)
 
     def training_state(self) -> dict[str, Any]:
         """What resuming needs besides the weights: optimizer, schedule, scaler, position, RNG."""
@@ -256,7 +280,7 @@ class Trainer:
     def _kept(self) -> str:
         """What is left on disk: only a checkpoint this process wrote or resumed from (both checked to be
         finite) is "the last good checkpoint"."""
-        if self.checkpoint_path.is_file():
+        if self.run is not None and self.checkpoint_path.is_file():
             return f"the last good checkpoint {self.checkpoint_path} was kept"
         return "no checkpoint was written (the run starts from scratch when rerun)"
 
@@ -283,8 +307,9 @@ class Trainer:
         log.info("resumed %s at epoch %d, step %d", self.run_dir, self.epoch, self.step)
 
     # ------------------------------------------------------------------ logging
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.info.is_main:
+    def log(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the run's ``log.jsonl`` (and TensorBoard); rank 0 only."""
+        if not self.info.is_main or self.run is None:
             return
         self.run.append_log(record)
         if self._tb is not None:
@@ -293,15 +318,6 @@ class Trainer:
                     self._tb.add_scalar(name, value, record["step"])
 
     # ------------------------------------------------------------------ loop
-    def _loader(self) -> DataLoader:
-        """This epoch's loader: its own seeded generator, so making it never touches the global RNG."""
-        gen = torch.Generator()
-        gen.manual_seed(int(np.random.SeedSequence([self.sampler.seed, self.epoch, self.info.rank])
-                            .generate_state(1, dtype=np.uint64)[0] >> 1))
-        return DataLoader(self.dataset, batch_sampler=SeededBatches(self.sampler), num_workers=self.workers,
-                          worker_init_fn=worker_init, generator=gen,
-                          pin_memory=self.device.type == "cuda")
-
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop_signal is None:
             log.warning("%s received: finishing the current step, then saving a checkpoint",
@@ -315,20 +331,19 @@ class Trainer:
             all_reduce_sum(flag, self.info)
         return bool(flag.item() > 0)
 
-    def _train_step(self, batch: Batch) -> dict[str, float]:
-        fill = getattr(self.dataset, "fill_dsap", None)  # DSAP read here rather than in the workers
-        if fill is not None:
-            batch = fill(batch, pin_memory=self.device.type == "cuda")
+    def run_step(self, batch: Batch) -> dict[str, float]:
+        """One training step on a complete named batch: forward, loss, backward, optimizer step.  Returns
+        the loss terms and the total as floats (averaged over ranks); a non-finite one is a TrainingError
+        naming it.  ``before_step`` / ``after_step`` hooks are run by :meth:`fit`, ``after_loss`` here."""
         images, dsap, pids = self.prepare(batch, self.device)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            # a loss may ask for per-step model arguments (the recipe's fusion switches, dsa.losses)
-            step_kwargs = getattr(self.loss_fn, "step_kwargs", None)
-            extra = step_kwargs(self.epoch, self.step) if step_kwargs is not None else {}
-            outputs = self.model(images, dsap, **extra)
+            outputs = self.model(images, dsap)
             total, terms = self.loss_fn(outputs, pids)
+        self.outputs, self.loss_terms = outputs, list(getattr(self.loss_fn, "last_terms", []))
+        self._call("after_loss")
         names = [*terms, "loss"]  # terms first: a NaN is named by the term that produced it
         values = torch.tensor([*(float(torch.as_tensor(t).detach()) for t in terms.values()),
                                float(total.detach())], dtype=torch.float64)
@@ -344,71 +359,61 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.outputs, self.loss_terms = {}, []
         return dict(zip(names, values))
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` (or ``max_steps``, or a signal); returns a summary dict."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        started, images_seen, stopped_by = time.perf_counter(), 0, "complete"
-        total = self.epochs * len(self.sampler)  # an estimate: epochs differ by a batch or two
+        started, images_seen, self.stopped_by = time.perf_counter(), 0, "complete"
+        total = self.epochs * len(self.data)  # an estimate: epochs differ by a batch or two
         if self.max_steps is not None:
             total = min(total, self.max_steps)
         bar = tqdm(total=max(total, self.step), initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True)
         try:
+            self._call("before_train")
             while self.epoch < self.epochs:
-                self.sampler.set_epoch(self.epoch)
                 bar.set_description(f"epoch {self.epoch + 1}/{self.epochs}")
-                tick, tick_images, logged = time.perf_counter(), 0, {}
-                epoch_start, epoch_images = time.perf_counter(), 0
-                for batch in self._loader():
+                self._call("before_epoch")
+                for batch in self.data.epoch(self.epoch):
                     if self.max_steps is not None and self.step >= self.max_steps:
-                        stopped_by = "max-steps"
+                        self.stopped_by = "max-steps"
                         break
                     if self._should_stop():
-                        stopped_by = "signal"
+                        self.stopped_by = "signal"
                         break
-                    logged = self._train_step(batch)
+                    self._call("before_step")
+                    self.last = self.run_step(batch)
+                    self.last_batch_size = int(batch["image"].shape[0])
                     self._epoch_steps += 1
-                    for name, value in logged.items():
+                    for name, value in self.last.items():
                         self._epoch_sums[name] = self._epoch_sums.get(name, 0.0) + value
                     self.step += 1
                     self.sampler.advance()
-                    n = int(batch[0].shape[0]) * self.info.world_size
-                    images_seen += n
-                    tick_images += n
-                    epoch_images += n
+                    images_seen += self.last_batch_size * self.info.world_size
                     bar.update(1)
-                    if self.step % self.log_every == 0:
-                        now = time.perf_counter()
-                        self._log({"step": self.step, "epoch": self.epoch, **logged,
-                                   "lr": self.optimizer.param_groups[0]["lr"],
-                                   "images_per_s": tick_images / max(now - tick, 1e-9),
-                                   "memory_mb": peak_memory_mb(self.device)})
-                        bar.set_postfix(loss=f"{logged['loss']:.3f}")
-                        tick, tick_images = now, 0
-                if stopped_by != "complete":
+                    self._call("after_step")
+                    if self.step % 10 == 0:
+                        bar.set_postfix(loss=f"{self.last['loss']:.3f}")
+                if self.stopped_by != "complete":
                     break
-                # epoch end: one summary record (this run's steps of the epoch), then the schedule moves
-                # on and the position goes to the next epoch's start
-                if self._epoch_steps:
-                    self._log({"step": self.step, "epoch": self.epoch, "event": "epoch_end",
-                               **{k: v / self._epoch_steps for k, v in self._epoch_sums.items()},
-                               "lr": self.optimizer.param_groups[0]["lr"],
-                               "images_per_s": epoch_images / max(time.perf_counter() - epoch_start, 1e-9),
-                               "memory_mb": peak_memory_mb(self.device)})
+                # epoch end: the schedule moves on, the position goes to the next epoch's start, then the
+                # hooks (the log's epoch summary, evaluation, the checkpoint)
+                self.finished_epoch_means = ({k: v / self._epoch_steps for k, v in self._epoch_sums.items()}
+                                             if self._epoch_steps else {})
                 self.scheduler.step()
                 self.epoch += 1
                 self._epoch_sums, self._epoch_steps = {}, 0
                 self.sampler.set_epoch(self.epoch)
-                self.save(complete=self.epoch >= self.epochs)
+                self._call("after_epoch")
                 if self.max_steps is not None and self.step >= self.max_steps and self.epoch < self.epochs:
-                    stopped_by = "max-steps"
+                    self.stopped_by = "max-steps"
                     break
-            if stopped_by != "complete":
-                self.save(complete=False)
         except Exception as e:
+            self.stopped_by = "error"
             sentence = data_error_sentence(e) or worker_killed_sentence(e)
             if sentence is None:
                 raise
@@ -417,14 +422,31 @@ class Trainer:
             bar.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
+        try:
+            self._call("after_train")
+        finally:
             if self._tb is not None:
                 self._tb.close()
         elapsed = time.perf_counter() - started
-        summary = {"stopped_by": stopped_by, "epoch": self.epoch, "step": self.step,
+        summary = {"stopped_by": self.stopped_by, "epoch": self.epoch, "step": self.step,
                    "images_per_s": images_seen / max(elapsed, 1e-9), "seconds": elapsed,
                    "memory_mb": peak_memory_mb(self.device), "signal": self._stop_signal}
         if self.info.is_main:
             log.info("%s: epoch %d/%d, step %d, %.1f images/s, peak memory %.0f MiB (%s)",
-                     self.run_dir.name, self.epoch, self.epochs, self.step, summary["images_per_s"],
-                     summary["memory_mb"], stopped_by)
+                     self.run_dir.name if self.run is not None else "run", self.epoch, self.epochs, self.step,
+                     summary["images_per_s"], summary["memory_mb"], self.stopped_by)
         return summary
+
+
+def step_trainer(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, *,
+                 device: str | torch.device = "cpu", amp: bool = False, amp_dtype: str = "float16",
+                 compile: bool = False, prepare: Prepare = default_prepare) -> Trainer:
+    """A trainer without data, run folder or hooks, whose :meth:`Trainer.run_step` is the training step
+    itself (mixed precision, channels_last on CUDA, ``torch.compile``): what the benchmarks time."""
+    from data.runtime import resolve_device
+
+    dev = resolve_device(device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return Trainer(model=model, loss_fn=loss_fn, data=None, optimizer=optimizer, scheduler=scheduler, run=None,
+                   info=DistInfo(device=dev), epochs=1, amp=amp, amp_dtype=amp_dtype, compile=compile,
+                   prepare=prepare, progress=False, default_hooks=False)
