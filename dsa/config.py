@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .registry import Registry
+from .registry import Registry, load_plugins
 
 
 class ConfigError(UserError, ValueError):
@@ -80,6 +80,7 @@ def _choices(meta: dict[str, Any]) -> list[Any] | None:
     if c is None:
         return None
     if isinstance(c, Registry):
+        load_plugins()  # names registered by plugin modules count too (once per process)
         return c.names()
     if callable(c):
         return list(c())

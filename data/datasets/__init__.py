@@ -24,9 +24,11 @@ import inspect
 import os
 from typing import Any
 
+from pathlib import Path
+
 import numpy as np
 
-from dsa.registry import Registry, RegistryError
+from dsa.registry import Registry, load_plugins
 
 from ..names import SPLIT_OPTIONS
 from ..options import coerce_option, type_name
@@ -61,10 +63,11 @@ DATASETS: Registry = Registry("dataset", {
 
 
 def _adapter(name: str) -> type[ReidDataset]:
-    try:
-        return DATASETS.get(name)
-    except RegistryError as e:
-        raise DatasetError(f"Unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}.") from e
+    if name not in DATASETS:
+        load_plugins()  # a plugin that cannot be imported is its own sentence
+    if name not in DATASETS:
+        raise DatasetError(f"Unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}.")
+    return DATASETS.get(name)
 
 
 def dataset_options(name: str) -> dict[str, Any]:
@@ -106,7 +109,7 @@ def build_dataset(name: str, root: str | os.PathLike, **options: Any) -> ReidDat
         raise DatasetError(f"Dataset {name!r} has no option {', '.join(unknown)}; {hint}.")
     for key, value in options.items():  # CLI values arrive as strings: convert to the default's type
         options[key] = _typed(name, key, value, accepted[key])
-    dataset = _adapter(name)(root, **options)
+    dataset = _adapter(name)(Path(root).expanduser(), **options)  # adapters get the data root as a Path
     if "val_ids" in split:
         dataset = holdout_split(dataset, _typed(name, "val_ids", split["val_ids"], 0),
                                 _typed(name, "val_seed", split.get("val_seed", 0), 0))

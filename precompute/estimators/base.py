@@ -8,7 +8,6 @@ optional dependencies (detectron2, MediaPipe) are never imported unless asked fo
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,7 +19,7 @@ from data.options import coerce_option
 
 from dsa.errors import UserError
 from dsa.iuv import IUV
-from dsa.errors import UserError
+from dsa.registry import Registry, load_plugins
 
 __all__ = ["Estimator", "EstimatorError", "ESTIMATORS", "DETECTRON2_INSTALL", "build_estimator", "estimator_options",
            "key_rng", "sibling_path"]
@@ -41,13 +40,14 @@ DETECTRON2_INSTALL = (
 )
 
 
-#: name → "module:Class"; imported lazily by :func:`build_estimator`.
-ESTIMATORS: dict[str, str] = {
+#: name → estimator class; the built-in ones are "module:Class" entries imported when chosen
+#: (``dsa.registry``: register your own with ``ESTIMATORS.register("name", cls)``, or via ``$DSA_PLUGINS``).
+ESTIMATORS: Registry = Registry("estimator", {
     "synthetic": "precompute.estimators.synthetic:SyntheticEstimator",
     "iuv": "precompute.estimators.iuv:IUVFileEstimator",
     "densepose": "precompute.estimators.densepose:DensePoseEstimator",
     "pose": "precompute.estimators.pose:PoseEstimator",
-}
+})
 
 
 class Estimator(ABC):
@@ -77,10 +77,16 @@ class Estimator(ABC):
         return f"{type(self).__name__}({self.settings()})"
 
 
+def _check_name(name: str) -> None:
+    """An EstimatorError listing the estimators when ``name`` is none of them (plugins included)."""
+    if name not in ESTIMATORS:
+        load_plugins()
+    if name not in ESTIMATORS:
+        raise EstimatorError(f"unknown estimator {name!r}; choose one of: {', '.join(sorted(ESTIMATORS))}")
+
+
 def _resolve(name: str) -> type[Estimator]:
-    module_name, _, class_name = ESTIMATORS[name].partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)
+    return ESTIMATORS.get(name)
 
 
 def _coerce(name: str, option: str, value: Any, default: Any) -> Any:
@@ -100,8 +106,7 @@ def _options_of(cls: type[Estimator]) -> dict[str, inspect.Parameter]:
 
 def estimator_options(name: str) -> dict[str, Any]:
     """The options estimator ``name`` takes, with their defaults (imports its module, not its dependencies)."""
-    if name not in ESTIMATORS:
-        raise EstimatorError(f"unknown estimator {name!r}; choose one of: {', '.join(sorted(ESTIMATORS))}")
+    _check_name(name)
     return {k: p.default for k, p in _options_of(_resolve(name)).items()}
 
 
@@ -109,8 +114,7 @@ def build_estimator(name: str, dataset_root: str | Path, **options: Any) -> Esti
     """Build the estimator ``name`` for the dataset folder ``dataset_root`` with its ``options``.
 
     Unknown names and options raise :class:`EstimatorError` (a ``ValueError``) naming the valid ones."""
-    if name not in ESTIMATORS:
-        raise EstimatorError(f"unknown estimator {name!r}; choose one of: {', '.join(sorted(ESTIMATORS))}")
+    _check_name(name)
     try:
         cls = _resolve(name)
     except ModuleNotFoundError as e:
