@@ -12,15 +12,16 @@ DATASET    ?= synthetic
 ROOT       ?= $(or $(DSA_ROOT),datasets)
 ESTIMATOR  ?= synthetic
 PRESET     ?= small
+CONFIG     ?=
 comma      := ,
 # a dataset spec such as cuhk01:split=3 becomes cuhk01-split-3 in the default run name
 DATASET_NAME = $(subst $(comma),-,$(subst =,-,$(subst :,-,$(DATASET))))
-RUN        ?= $(DATASET_NAME)-$(ESTIMATOR)-$(PRESET)
+RUN        ?= $(DATASET_NAME)-$(ESTIMATOR)-$(if $(CONFIG),$(basename $(notdir $(CONFIG))),$(PRESET))
 TAG        ?=
 WORKERS    ?= 1
-PRETRAINED ?= none
-VARIANT    ?= dsa
-SEED       ?= 0
+PRETRAINED ?=
+VARIANT    ?=
+SEED       ?=
 EPOCHS     ?=
 INIT       ?=
 SET        ?=
@@ -35,17 +36,23 @@ ARGS       ?=
 GPU_PY     := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 OUT        ?= bench/results/gpu
 
-# The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors, S=16)
-# -> bench/bench_reid_gain.py's regime (preset `bench`): DSA-reID and the two-branch baseline from the same
-# initialisation and batches, DEMO_SEEDS seeds, evaluated on MF-Stream features (issue 14).
+# The demo: synthetic dataset -> precompute (ground truth with simulated estimator errors, S=16) -> the gain
+# study's regime (preset `bench`, studies/gain): each configuration and seed trained by `python -m train`'s
+# trainer and evaluated by `python -m evaluate run`, paired seeds, run folders kept as runs/demo-CONFIG-sSEED.
 DEMO_ERRORS ?= -o miss=0.05 -o drop_part=0.1 -o label_noise=0.05 -o uv_jitter=0.02
 DEMO_EPOCHS ?=
 DEMO_SEEDS  ?= 0 1
 DEMO_CONFIGS ?= two-branch dsa dsa-drop-d
 DEMO_TAG    ?= bench16
 
+# a variable given on the command line or in the environment (not this file's default)
+given       = $(filter command line environment environment override,$(origin $(1)))
 TAG_ARG    := $(if $(TAG),--tag $(TAG))
 EPOCHS_ARG := $(if $(EPOCHS),--epochs $(EPOCHS))
+# train: the configuration is CONFIG (a YAML file) or PRESET; DATASET and ESTIMATOR override it when given
+TRAIN_ARGS := --config $(or $(CONFIG),$(PRESET)) $(if $(call given,DATASET),--dataset $(DATASET)) \
+              $(if $(call given,ESTIMATOR),--estimator $(ESTIMATOR)) $(TAG_ARG) $(if $(VARIANT),--variant $(VARIANT)) \
+              $(if $(PRETRAINED),--pretrained $(PRETRAINED)) $(if $(SEED),--seed $(SEED))
 INIT_ARG   := $(if $(INIT),--init $(INIT))
 # SET="recipe.lr_peak=3.5e-4 model.height=384" -> --set recipe.lr_peak=3.5e-4 --set model.height=384
 SET_ARGS   := $(foreach s,$(SET),--set $(s))
@@ -59,7 +66,7 @@ endif
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-pose install-densepose install-mobilenet demo test test-all stats synth precompute inspect train eval compare search export complexity bench bench-gpu clean
+.PHONY: help install install-pose install-densepose install-mobilenet demo test test-all stats synth precompute inspect train config eval compare search export complexity bench bench-gpu clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -120,13 +127,16 @@ precompute: $(STAMP)  ## DSAP store for DATASET with ESTIMATOR (WORKERS=N, TAG, 
 inspect: $(STAMP)  ## summarise/verify a DSAP store (ARGS="--verify", "--montage KEY", "--montage-random N")
 	$(PY) -m precompute inspect --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) $(ARGS)
 
-train: $(STAMP)  ## train (or resume) runs/RUN (DATASET, ESTIMATOR, TAG, PRESET, VARIANT, PRETRAINED, INIT, SET, SEED, EPOCHS)
-	$(PY) -m train --dataset $(DATASET) --root $(ROOT) --estimator $(ESTIMATOR) $(TAG_ARG) --preset $(PRESET) \
-	  --run $(RUN) --variant $(VARIANT) --pretrained $(PRETRAINED) $(INIT_ARG) $(SET_ARGS) --seed $(SEED) \
+train: $(STAMP)  ## train (or resume) runs/RUN (PRESET or CONFIG, DATASET, ESTIMATOR, TAG, VARIANT, PRETRAINED, INIT, SET, SEED, EPOCHS)
+	$(PY) -m train $(TRAIN_ARGS) --root $(ROOT) --run $(RUN) $(INIT_ARG) $(SET_ARGS) \
 	  --device $(DEVICE) $(EPOCHS_ARG) $(THREADS_ARG) $(ARGS)
 
-eval: $(STAMP)  ## evaluate runs/RUN on DATASET (MF-Stream only; DEVICE)
-	$(PY) -m evaluate run --run $(RUN) --dataset $(DATASET) --root $(ROOT) --device $(DEVICE) $(THREADS_ARG) $(ARGS)
+config: $(STAMP)  ## print the resolved training configuration (PRESET or CONFIG, SET, ...) as YAML
+	@$(PY) -m train $(TRAIN_ARGS) $(SET_ARGS) $(EPOCHS_ARG) --print-config
+
+eval: $(STAMP)  ## evaluate runs/RUN on its dataset, or on DATASET when given (MF-Stream only; DEVICE)
+	$(PY) -m evaluate run --run $(RUN) $(if $(call given,DATASET),--dataset $(DATASET)) --root $(ROOT) \
+	  --device $(DEVICE) $(THREADS_ARG) $(ARGS)
 
 compare: $(STAMP)  ## table + overlaid CMC curves of the evaluated RUNS="a b ..." on DATASET
 	$(PY) -m evaluate compare $(RUNS) --dataset $(DATASET) $(ARGS)
@@ -149,17 +159,21 @@ bench-gpu:  ## the GPU benchmark, ≤ 8 min on one H100/H200, no install (OUT=fo
 bench-%: $(STAMP)  ## run one benchmark, e.g. make bench-warp (ARGS=--quick)
 	$(PY) -m bench.bench_$* $(ARGS)
 
-demo: $(STAMP)  ## the gain benchmark's regime on the synthetic set: DSA vs two-branch, DEMO_SEEDS paired seeds, one verdict line
+demo: $(STAMP)  ## the whole pipeline on the synthetic set: DSA-reID vs the MF-Stream alone, DEMO_SEEDS paired seeds
 	@set -e; start=$$(date +%s); \
 	$(PY) -m data synth --root $(ROOT); \
 	$(PY) -m data stats --dataset synthetic --root $(ROOT); \
 	$(PY) -m precompute run --dataset synthetic --root $(ROOT) --estimator synthetic --tag $(DEMO_TAG) \
 	  --size 16 $(DEMO_ERRORS); \
 	$(PY) -m precompute inspect --dataset synthetic --root $(ROOT) --estimator synthetic --tag $(DEMO_TAG) \
-	  --montage-random 2 --out runs/demo/inspect; \
-	$(PY) bench/bench_reid_gain.py --root $(ROOT) --tag $(DEMO_TAG) --split test --seeds $(DEMO_SEEDS) \
-	  --configs $(DEMO_CONFIGS) $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) --results-dir runs/demo --out demo; \
-	echo "demo finished in $$(( $$(date +%s) - start )) s; results in runs/demo/demo.json, montages in runs/demo/inspect"
+	  --montage-random 2 --out runs/demo-inspect; \
+	$(PY) -m studies.gain run --root $(ROOT) --tag $(DEMO_TAG) --split test --seeds $(DEMO_SEEDS) \
+	  --configs $(DEMO_CONFIGS) $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS)) --prefix demo --pictures 3 \
+	  --results runs/demo.json --key demo --claim synthetic; \
+	echo "demo finished in $$(( $$(date +%s) - start )) s. Each model is a run folder runs/demo-CONFIG-sSEED:"; \
+	echo "  make eval RUN=demo-dsa-s0    make export RUN=demo-dsa-s0    make search RUN=demo-dsa-s0 \\"; \
+	echo "    QUERY=$(ROOT)/synthetic/query GALLERY=$(ROOT)/synthetic/bounding_box_test"; \
+	echo "results: runs/demo.json; DSAP montages: runs/demo-inspect; sample identities: $(ROOT)/synthetic/preview.png"
 
 clean:  ## remove the virtual environment and caches (not datasets or runs)
 	rm -rf $(VENV) *.egg-info .pytest_cache

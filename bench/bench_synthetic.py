@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 
-import cv2
 import numpy as np
 
 from data.datasets import build_dataset
@@ -36,34 +35,23 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _histogram(root: Path, rel: str, body_only: bool) -> np.ndarray:
-    """HSV colour histograms (8×4×4 bins) of 4 horizontal stripes, square-rooted and normalised."""
-    img = cv2.cvtColor(read_image(root / rel), cv2.COLOR_RGB2HSV)
-    mask = (read_iuv_png(root / rel.replace(".jpg", "_IUV.png")).I > 0).astype(np.uint8) if body_only else None
-    feats = []
-    for rows in np.array_split(np.arange(img.shape[0]), 4):
-        m = None if mask is None else np.ascontiguousarray(mask[rows])
-        h = cv2.calcHist([np.ascontiguousarray(img[rows])], [0, 1, 2], m, [8, 4, 4], [0, 180, 0, 256, 0, 256])
-        feats.append(np.sqrt(h.ravel() / (h.sum() + 1e-9)))
-    f = np.concatenate(feats)
-    return f / (np.linalg.norm(f) + 1e-9)
-
-
 def colour_baseline(dataset_dir: Path, body_only: bool) -> dict[str, float]:
-    """Rank-1 and mAP of the colour-histogram baseline (same pid + same camera removed per query)."""
+    """Rank-1 and mAP of the colour-histogram baseline (``evaluate.baselines``; Market protocol), on the
+    whole crop or on the body pixels of the ground truth."""
+    from evaluate.baselines import colour_histogram
+    from evaluate.metrics import evaluate_features
+
     ds = build_dataset("synthetic", dataset_dir)
-    q = np.stack([_histogram(ds.root, i.key, body_only) for i in ds.query])
-    g = np.stack([_histogram(ds.root, i.key, body_only) for i in ds.gallery])
-    gp, gc = np.array([i.pid for i in ds.gallery]), np.array([i.camid for i in ds.gallery])
-    r1, aps = [], []
-    for k, item in enumerate(ds.query):
-        keep = ~((gp == item.pid) & (gc == item.camid))
-        match = gp[keep][np.argsort(-(g[keep] @ q[k]), kind="stable")] == item.pid
-        hits = np.flatnonzero(match)
-        if hits.size:
-            r1.append(match[0])
-            aps.append(float(np.mean(np.arange(1, hits.size + 1) / (hits + 1))))
-    return {"rank1": round(float(np.mean(r1)), 4), "mAP": round(float(np.mean(aps)), 4), "queries": len(r1)}
+
+    def feature(key: str) -> np.ndarray:
+        mask = read_iuv_png(ds.root / key.replace(".jpg", "_IUV.png")).I > 0 if body_only else None
+        return colour_histogram(read_image(ds.root / key), mask)
+
+    q = np.stack([feature(i.key) for i in ds.query])
+    g = np.stack([feature(i.key) for i in ds.gallery])
+    m = evaluate_features(q, g, [i.pid for i in ds.query], [i.pid for i in ds.gallery],
+                          [i.camid for i in ds.query], [i.camid for i in ds.gallery], metric="cosine")
+    return {"rank1": round(float(m.cmc[1]), 4), "mAP": round(float(m.mAP), 4), "queries": int(m.num_evaluated)}
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from .io import read_image
 from .runtime import worker_threads
 from .sampler import PKSampler, SeededBatches
+from .store import StoreError
 
 #: the keys of a training batch
 BATCH_KEYS = ("image", "dsap", "pid", "camid", "index")
@@ -149,3 +150,45 @@ class TrainBatches:
                             worker_init_fn=worker_init, generator=gen, pin_memory=self.pin_memory)
         for batch in loader:
             yield self.dataset.read_dsap(batch, pin_memory=self.pin_memory)
+
+
+def check_store_fits(store: Any, dataset: Any) -> None:
+    """Refuse, up front, a store that holds images precompute could not read, or whose images changed
+    since it was computed (a StoreError listing a few of them)."""
+    train_keys = {it.key for it in dataset.train}
+    unreadable = [f for f in store.unreadable() if f.get("key") in train_keys]
+    if unreadable:
+        examples = "; ".join(f"{f['key']} ({f['reason']})" for f in unreadable[:3])
+        raise StoreError(f"{len(unreadable)} training image(s) could not be read when the store was computed: "
+                         f"{examples}; replace or remove them, rerun `make precompute`, then rerun training")
+    stale = store.stale_keys(dataset.root, sorted(train_keys))
+    if stale:
+        raise StoreError(f"{len(stale)} training image(s) changed since the store {store.folder} was computed "
+                         f"(e.g. {', '.join(stale[:3])}); rerun `make precompute`, which recomputes them")
+
+
+def build_train_data(cfg: Any, root: str | Path, *, rank: int = 0, world_size: int = 1, workers: int = 0,
+                     pin_memory: bool = False) -> tuple[TrainBatches, Any, Any]:
+    """The training data of a run configuration (``dsa.config.TrainConfig``): its dataset's training split,
+    its DSAP store (checked to fit) when the variant reads one, the recipe's augmentation and this process's
+    P×K sampler.  Returns (batches, dataset, store or None); every problem is one sentence."""
+    from .datasets import DatasetError, build_dataset
+    from .store import open_store
+    from .transforms import build_train_transform
+
+    model, recipe = cfg.model, cfg.recipe
+    dataset = build_dataset(cfg.data.dataset, root)
+    store = None
+    if cfg.uses_dsap:
+        store = open_store(root, cfg.data.dataset, cfg.data.estimator, cfg.data.tag, kind=cfg.data.input,
+                           size=model.dsap_size)
+        check_store_fits(store, dataset)
+    transform = build_train_transform(model.height, model.width, pad=recipe.pad, flip_p=recipe.flip,
+                                      erasing_p=recipe.random_erasing)
+    joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=cfg.uses_dsap, dsap_reader="main")
+    try:
+        sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=cfg.seed, rank=rank,
+                            world_size=world_size)
+    except ValueError as e:
+        raise DatasetError(f"cannot form batches for {cfg.data.dataset}: {e}") from None
+    return TrainBatches(joint, sampler, workers=workers, pin_memory=pin_memory), dataset, store

@@ -15,6 +15,7 @@ import pickle
 import urllib.error
 from collections import OrderedDict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +25,15 @@ from torchvision.models.resnet import Bottleneck
 from .errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class Backbone(NamedTuple):
+    """What a backbone builder (``dsa.config.BACKBONES``) returns: the trunk (an ``nn.Module`` with
+    ``out_channels``: F at stride 16) and the global branch on F (``None`` when the variant has none),
+    pretrained weights loaded."""
+
+    trunk: nn.Module
+    global_branch: nn.Module | None
 
 
 class PretrainedWeightsError(UserError):
@@ -266,8 +276,6 @@ def build_resnet50(cfg, use_global: bool, pretrained: str | None):
     ``cfg.base_width`` and ``cfg.trunk_blocks``, and a conv5_x global branch (last stride ``cfg.last_stride``);
     ``pretrained`` (none, imagenet, a file) loads torchvision's resnet50 weights where the shapes are
     ResNet-50's (conv5_x only when the global branch is the full 2048-d, 3-block stage)."""
-    from .mf_stream import Backbone
-
     trunk = ResNetTrunk(cfg.base_width, tuple(cfg.trunk_blocks))
     global_branch = None
     if use_global:

@@ -13,22 +13,13 @@ outputs (f_G, f_L) are the same, so everything downstream is unchanged.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
-from .backbone import GroupedBottleneck, grouped_stage, init_resnet
+from .backbone import Backbone, GroupedBottleneck, grouped_stage, init_resnet
 from .config import BACKBONES, ModelConfig
 
-
-class Backbone(NamedTuple):
-    """What a backbone builder returns: the trunk (an ``nn.Module`` with ``out_channels``: F at stride
-    16) and the global branch on F (``None`` when the variant has none); pretrained weights loaded."""
-
-    trunk: nn.Module
-    global_branch: nn.Module | None
-
+__all__ = ["Backbone", "MFStream"]
 
 class MFStream(nn.Module):
     """Backbone + global branch (optional) + part branches (optional).

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.models import mobilenet_v2
 
-from .backbone import PretrainedWeightsError, read_state_dict_file
+from .backbone import Backbone, PretrainedWeightsError, read_state_dict_file
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,6 @@ def build_mobilenet_v2(cfg, use_global: bool, pretrained: str | None):
     """The MobileNetV2 MF-Stream backbone (registered as ``mobilenet_v2``): ``features[0:14]`` with the
     first ``cfg.frozen_blocks`` fixed, and ``features[14:19]`` at stride ``cfg.last_stride`` reduced to
     ``cfg.global_dim`` as the global branch; ``pretrained`` (none, imagenet, a file) loads ImageNet weights."""
-    from .mf_stream import Backbone
-
     trunk = MobileNetTrunk(cfg.frozen_blocks)
     global_branch = MobileNetGlobalTail(cfg.global_dim, cfg.last_stride) if use_global else None
     state = mobilenet_state_dict(pretrained)

@@ -52,7 +52,8 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--run", required=True, help="run name under --runs-dir, a run folder or a checkpoint.pt")
-@click.option("--dataset", required=True, help="dataset name (data.datasets registry)")
+@click.option("--dataset", default=None, help="dataset name or spec (data.datasets registry) [default: the one the run "
+              "was trained on]")
 @root_option()
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--feature-set", "feature_set", type=click.Choice(FEATURE_SETS), default="mf", show_default=True,

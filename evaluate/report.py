@@ -156,7 +156,7 @@ def draw_ranked_lists(feats: Features, dist: np.ndarray, root: Path, out_dir: Pa
 
 def evaluate_run(
     run: str,
-    dataset: str,
+    dataset: str | None,
     root: str | os.PathLike,
     *,
     runs_dir: str | os.PathLike = "runs",
@@ -173,12 +173,17 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Extract features with the run's checkpoint, score them, write the outputs; returns metrics.
+    ``dataset`` None: the dataset the run was trained on.
     ``workers`` None: up to 8 DataLoader workers on a GPU, none on a CPU (the cores compute)."""
     device = resolve_device(device)
     if workers is None:
         workers = default_workers(device) if device.type == "cuda" else 0
     ckpt = open_checkpoint(run, runs_dir)
     ckpt_path, info = ckpt.path, ckpt.info
+    if dataset is None:  # the dataset the run was trained on
+        if not info.dataset:
+            raise EvaluationError(f"The run {run!r} does not name the dataset it was trained on; pass --dataset.")
+        dataset = info.dataset
     if not info.complete:
         log.warning("%s is a checkpoint of an unfinished run (epoch %d, step %d): the figures are not final",
                     ckpt_path, info.epoch, info.step)

@@ -243,12 +243,12 @@ def test_images_changed_in_place_are_recomputed_and_refused_by_training_until_th
     os.utime(data / key, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     store = DSAPStore(store_folder(tmp_path))
     assert store.stale_keys(data, store.keys) == [key]
-    from train.run import check_store_fits
+    from data.joint import check_store_fits
 
     class Train:
         root, train = data, [tp.FakeItem(k) for k in store.keys]
 
-    with pytest.raises(TrainingError, match=rf"1 training image\(s\) changed since .*{key}.*make precompute"):
+    with pytest.raises(StoreError, match=rf"1 training image\(s\) changed since .*{key}.*make precompute"):
         check_store_fits(store, Train)
     summary = precompute(tmp_path, data)  # not "nothing to do": one shard (5 images) is recomputed
     assert not summary["up_to_date"] and summary["computed_images"] == 5
@@ -487,12 +487,12 @@ def test_precompute_records_a_loop_and_training_refuses_it_up_front(tmp_path, da
     summary = precompute(tmp_path, data)
     assert any("loops" in f["reason"] and f["kind"] == "unreadable" for f in summary["failures"])
     store = DSAPStore(store_folder(tmp_path))
-    from train.run import check_store_fits
+    from data.joint import check_store_fits
 
     class Train:
         root, train = data, [tp.FakeItem(k) for k in store.keys]
 
-    with pytest.raises(TrainingError, match=r"1 training image\(s\) could not be read .*0999_c1s1_p.jpg .*loops"):
+    with pytest.raises(StoreError, match=r"1 training image\(s\) could not be read .*0999_c1s1_p.jpg .*loops"):
         check_store_fits(store, Train)
 
 
@@ -603,12 +603,12 @@ def test_training_refuses_images_precompute_could_not_read_up_front(tmp_path, da
     bad.write_bytes(b"")
     precompute(tmp_path, data)
     store = DSAPStore(store_folder(tmp_path))
-    from train.run import check_store_fits
+    from data.joint import check_store_fits
 
     class Train:
         root, train = data, [tp.FakeItem(k) for k in store.keys]
 
-    with pytest.raises(TrainingError, match=r"1 training image\(s\) could not be read .*file is empty"):
+    with pytest.raises(StoreError, match=r"1 training image\(s\) could not be read .*file is empty"):
         check_store_fits(store, Train)
 
 

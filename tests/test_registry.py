@@ -55,7 +55,7 @@ PLUGIN = textwrap.dedent('''
 
     from data.datasets import DATASETS, ReidDataset, scan_images, MARKET_PATTERN
     from dsa.config import BACKBONES
-    from dsa.mf_stream import Backbone
+    from dsa.backbone import Backbone
 
 
     @DATASETS.register("mydata")

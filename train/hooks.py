@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from typing import Any
 
 
 class HookBase:
     """Does nothing at every moment; subclasses override what they need.  ``self.trainer`` is set when
     the hook is registered."""
 
-    trainer: "Trainer"
+    trainer: Any  # the train.trainer.Trainer that registered the hook
 
     def before_train(self) -> None: ...
     def before_epoch(self) -> None: ...
@@ -97,7 +94,7 @@ class EvalHook(HookBase):
     """Every ``period`` epochs (and after the last one) ``evaluate(trainer)`` → a dict of metrics, logged
     as an ``"event": "eval"`` record in ``log.jsonl`` and kept in :attr:`history` (rank 0 evaluates)."""
 
-    def __init__(self, period: int, evaluate: Callable[["Trainer"], dict[str, Any]]) -> None:
+    def __init__(self, period: int, evaluate: Callable[[Any], dict[str, Any]]) -> None:
         if period < 1:
             raise ValueError(f"the evaluation period must be at least 1 epoch, not {period}")
         self.period, self.evaluate = period, evaluate

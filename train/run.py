@@ -15,14 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.datasets import build_dataset
 from data.io import release_lock
-from data.joint import JointDataset, TrainBatches
+from data.joint import build_train_data
 from data.runs import LOCK_NAME, RunFolder, upgrade_config
 from data.runtime import apply_threads, default_workers
-from data.sampler import PKSampler
-from data.store import open_store
-from data.transforms import build_train_transform
 from dsa.config import TrainConfig, parse_overrides, resolve_config
 
 from .distributed import DistInfo, init_distributed, shutdown
@@ -118,21 +114,6 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], where: Pat
             f"use another --run name, or rerun with the saved options (see {where / 'config.json'})")
 
 
-def check_store_fits(store: Any, dataset: Any) -> None:
-    """Refuse, up front, a store that holds images precompute could not read, or whose images changed
-    since it was computed (a TrainingError listing a few of them)."""
-    train_keys = {it.key for it in dataset.train}
-    unreadable = [f for f in store.unreadable() if f.get("key") in train_keys]
-    if unreadable:
-        examples = "; ".join(f"{f['key']} ({f['reason']})" for f in unreadable[:3])
-        raise TrainingError(f"{len(unreadable)} training image(s) could not be read when the store was computed: "
-                            f"{examples}; replace or remove them, rerun `make precompute`, then rerun training")
-    stale = store.stale_keys(dataset.root, sorted(train_keys))
-    if stale:
-        raise TrainingError(f"{len(stale)} training image(s) changed since the store {store.folder} was computed "
-                            f"(e.g. {', '.join(stale[:3])}); rerun `make precompute`, which recomputes them")
-
-
 def build_model(cfg: TrainConfig, num_classes: int):
     """The training network of ``cfg``, initialised from ``cfg.seed``: the MF-Stream and its classifiers
     depend on the seed and the model alone, not on the variant (``dsa.model.DSANet``), so runs of two
@@ -166,14 +147,8 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()
         set_deterministic(opts.deterministic)
-        dataset = build_dataset(cfg.data.dataset, opts.root)
-        store = open_store(opts.root, cfg.data.dataset, cfg.data.estimator, cfg.data.tag, kind=cfg.data.input,
-                           size=model_cfg.dsap_size) if cfg.uses_dsap else None
-        if store is not None:
-            check_store_fits(store, dataset)
-        transform = build_train_transform(model_cfg.height, model_cfg.width, pad=recipe.pad,
-                                          flip_p=recipe.flip, erasing_p=recipe.random_erasing)
-        joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=cfg.uses_dsap, dsap_reader="main")
+        data, dataset, store = build_train_data(cfg, opts.root, rank=info.rank, world_size=info.world_size,
+                                                workers=workers, pin_memory=info.device.type == "cuda")
 
         config = {
             **cfg.to_dict(),
@@ -198,12 +173,6 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
         elif saved is not None and saved.get("init_source") is not None:
             config["init_source"] = saved["init_source"]
         loss_fn = DSALoss(recipe, cfg.variant)
-        try:
-            sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=cfg.seed,
-                                rank=info.rank, world_size=info.world_size)
-        except ValueError as e:
-            raise TrainingError(f"cannot form batches for {cfg.data.dataset}: {e}") from None
-        data = TrainBatches(joint, sampler, workers=workers, pin_memory=info.device.type == "cuda")
         optimizer = build_optimizer(model.parameters(), recipe)
         scheduler = build_scheduler(optimizer, recipe)
         # written only once everything is built: a start that failed on a fixable problem (weights

@@ -1,10 +1,10 @@
-"""Plot the gain benchmark's diagnostics (``bench_reid_gain.py --diagnostics``) into one PNG.
+"""Plot the gain study's diagnostics (``python -m studies.gain run --diagnostics N --snapshot-every M``).
 
 Panels: the gradient norm each loss term sends into the MF-Stream's f_G and f_L over training, for
 every configuration in the given results files; the feature norms of f and d; the accuracy of the
 MF (kept), DSAG-only (d) and fused (z) features over training; the training loss::
 
-    python bench/plot_gain_diagnostics.py bench/results/gain_diag.json --out docs/reid_gain_diagnostics.png
+    python -m studies.gain.plot_diagnostics --key synthetic-diagnostics --out studies/gain/diagnostics.png
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def smooth(y, k: int = 5):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("results", nargs="+", help="results JSON files with diagnostics")
-    ap.add_argument("--key", default="synthetic")
-    ap.add_argument("--out", default="docs/reid_gain_diagnostics.png")
+    ap.add_argument("results", nargs="*", default=[str(Path(__file__).resolve().parent / "results.json")],
+                    help="results JSON files with diagnostics [default: the study's results.json]")
+    ap.add_argument("--key", default="synthetic-diagnostics")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "diagnostics.png"))
     args = ap.parse_args()
     runs = {}
     for path in args.results:

@@ -4,12 +4,11 @@ One line per run, coloured by configuration (the run's variant and recipe overri
 ``config.json``), one panel per loss term that any of the runs logged, the total first and the learning
 rate last::
 
-    python bench/plot_train_curves.py /tmp/cuhk/runs/cuhk03_p1_e12*-s[012] --out docs/cuhk03_p1_e12_curves.png
+    python -m studies.gain.plot_curves runs/cuhk03-e12-*-s[012] --out studies/gain/cuhk03_p1_e12_curves.png
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data.runs import RunFolder  # noqa: E402
+from data.runs import RunFolder, upgrade_config  # noqa: E402
 
 #: fields of an epoch record that are bookkeeping, not curves; every other number is plotted (the loss
 #: terms are whatever the run's loss logged: dsa.losses names them per variant and recipe switch)
@@ -26,8 +24,9 @@ NOT_CURVES = {"step", "epoch", "images_per_s", "memory_mb"}
 
 
 def configuration(run: RunFolder) -> str:
-    cfg = run.read_config()
-    extra = ",".join(f"{k}={v}" for k, v in sorted((cfg.get("overrides") or {}).items()))
+    cfg = upgrade_config(run.read_config())
+    overrides = (cfg.get("source") or {}).get("overrides") or {}
+    extra = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()) if k.startswith("recipe."))
     return cfg["variant"] + (f" ({extra})" if extra else "")
 
 

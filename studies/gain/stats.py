@@ -1,4 +1,4 @@
-"""Paired comparison over seeds, shared by the re-ID benchmarks (bench_reid.py, bench_reid_gain.py).
+"""Paired comparison over seeds.
 
 A seed fixes the shared initialisation and the batch order of both configurations, so two
 configurations are compared seed by seed: the mean of the per-seed differences and its Student-t 95%
@@ -54,3 +54,18 @@ def interval_text(d: dict, digits: int = 1) -> str:
     if d["ci95"] is None:
         return "(1 seed: no interval)"
     return f"[{100 * d['ci95'][0]:+.{digits}f}, {100 * d['ci95'][1]:+.{digits}f}]"
+
+
+def verdict(name: str, reference: str, d: dict, metric: str = "mAP") -> str:
+    """One line a newcomer reads right: whether ``name``'s paired difference to ``reference`` is shown
+    (its 95% interval above or below 0) or not shown at this number of seeds."""
+    n, mean = d["n"], 100 * d["mean"]
+    if d["ci95"] is None:
+        return f"{name}: Δ{metric} {mean:+.1f} vs {reference} on 1 seed: no interval, nothing shown"
+    lo, hi = (100 * x for x in d["ci95"])
+    where = f"Δ{metric} {mean:+.1f} [{lo:+.1f}, {hi:+.1f}] (95% interval, {n} paired seeds)"
+    if lo > 0:
+        return f"{name}: its MF features BEAT {reference}: {where}, the interval is above 0"
+    if hi < 0:
+        return f"{name}: its MF features are WORSE than {reference}: {where}, the interval is below 0"
+    return f"{name}: not shown at {n} seeds: {where} contains 0"
