@@ -8,7 +8,10 @@ Nothing here holds a file open: images are read per item, and the store opens it
 in each process (h5py handles do not survive ``fork``), so DataLoader workers start clean.
 
 A batch is a dict with named keys (:data:`BATCH_KEYS`): ``image`` uint8 [B, 3, H, W], ``dsap`` uint8
-[B, 24, 3, S, S] (empty for the MF-only variants), ``pid``, ``camid`` and ``index`` int64 [B].
+[B, 24, 3, S, S] (empty for the MF-only variants), ``pid``, ``camid`` and ``index`` int64 [B], and
+``flipped`` bool [B] (the image was mirrored by the augmentation).  With ``dsap_flip`` set, the DSAP
+images of a mirrored image are mirrored with it (``dsa.parts.flip_dsap``: left and right parts swapped,
+each chart mirrored as the estimator's chart convention requires), so that both streams see one person.
 
 Where the DSAP images are read (``dsap_reader``):
 
@@ -31,13 +34,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dsa.parts import chart_convention, flip_dsap
+
 from .io import read_image
 from .runtime import worker_threads
 from .sampler import PKSampler, SeededBatches
 from .store import StoreError
 
 #: the keys of a training batch
-BATCH_KEYS = ("image", "dsap", "pid", "camid", "index")
+BATCH_KEYS = ("image", "dsap", "pid", "camid", "index", "flipped")
 
 
 class JointDataset(Dataset):
@@ -52,12 +57,19 @@ class JointDataset(Dataset):
         use_dsap: when False (MF-only baselines) the store is not read and ``dsap`` is an empty tensor.
         dsap_reader: ``"worker"`` or ``"main"`` (see the module's docstring); with ``"main"`` the item's
             ``dsap`` is empty until :meth:`read_dsap` fills the batch.
+        dsap_flip: the chart convention (``dsa.parts.CHART_MIRRORS``) by which the DSAP images of a mirrored
+            image are mirrored; None: never mirrored.  The transform tells which images it mirrored by
+            returning ``(image, flipped)`` (``data.transforms.TrainTransform``); one returning only the
+            image mirrors none.
+        dsap_kind: the store's kind (``dsap`` or ``csa``: coarse crops mirror as images).
     """
 
     def __init__(self, dataset_items: Sequence[Any], dataset_root: str | Path, store: Any,
-                 transform: Callable[[Any], torch.Tensor], use_dsap: bool = True, dsap_reader: str = "worker") -> None:
+                 transform: Callable[[Any], Any], use_dsap: bool = True, dsap_reader: str = "worker",
+                 dsap_flip: str | None = None, dsap_kind: str = "dsap") -> None:
         if dsap_reader not in ("worker", "main"):
             raise ValueError(f"dsap_reader must be 'worker' or 'main', not {dsap_reader!r}")
+        self.dsap_flip, self.dsap_kind = dsap_flip, dsap_kind
         self.items = list(dataset_items)
         self.root = Path(dataset_root)
         self.store = store
@@ -84,16 +96,21 @@ class JointDataset(Dataset):
         item = self.items[index]
         image = read_image(self.root / item.key)
         if seed is None:
-            image = self.transform(image)
+            out = self.transform(image)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                image = self.transform(image)
+                out = self.transform(image)
+        image, flipped = out if isinstance(out, tuple) else (out, False)
         if self.use_dsap and self.dsap_reader == "worker":
-            dsap = torch.from_numpy(self.store.get(item.key))
+            dsap = self.store.get(item.key)
+            if flipped and self.dsap_flip is not None:
+                dsap = np.ascontiguousarray(flip_dsap(dsap, self.dsap_flip, self.dsap_kind))
+            dsap = torch.from_numpy(dsap)
         else:
             dsap = torch.empty(0, dtype=torch.uint8)
-        return {"image": image, "dsap": dsap, "pid": int(item.pid), "camid": int(item.camid), "index": int(index)}
+        return {"image": image, "dsap": dsap, "pid": int(item.pid), "camid": int(item.camid), "index": int(index),
+                "flipped": bool(flipped)}
 
     def needs_dsap_read(self) -> bool:
         """Does a collated batch still lack its DSAP images (read in the consuming process)?"""
@@ -105,12 +122,13 @@ class JointDataset(Dataset):
         if not self.needs_dsap_read():
             return batch
         indices = batch["index"].tolist()
+        flipped = batch["flipped"].tolist() if self.dsap_flip is not None else [False] * len(indices)
         first = self.store.get(self.items[indices[0]].key)
         out = torch.empty((len(indices), *first.shape), dtype=torch.uint8, pin_memory=pin_memory)
         view = out.numpy()
-        view[0] = first
-        for j, i in enumerate(indices[1:], 1):
-            view[j] = self.store.get(self.items[i].key)
+        for j, i in enumerate(indices):
+            d = first if j == 0 else self.store.get(self.items[i].key)
+            view[j] = flip_dsap(d, self.dsap_flip, self.dsap_kind) if flipped[j] else d
         return {**batch, "dsap": out}
 
 
@@ -185,7 +203,9 @@ def build_train_data(cfg: Any, root: str | Path, *, rank: int = 0, world_size: i
         check_store_fits(store, dataset)
     transform = build_train_transform(model.height, model.width, pad=recipe.pad, flip_p=recipe.flip,
                                       erasing_p=recipe.random_erasing)
-    joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=cfg.uses_dsap, dsap_reader="main")
+    flip = chart_convention(store.estimator) if store is not None and recipe.dsap_flip else None
+    joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=cfg.uses_dsap, dsap_reader="main",
+                         dsap_flip=flip, dsap_kind=store.kind if store is not None else "dsap")
     try:
         sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=cfg.seed, rank=rank,
                             world_size=world_size)

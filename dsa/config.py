@@ -220,11 +220,14 @@ class Recipe:
     w_id_mf: float = param(0.5, "weight of the ID losses on the MF features f", ge=0.0, le=1000.0)
     w_triplet: float = param(1.5, "weight of the triplet losses on the fused features z", ge=0.0, le=1000.0)
     w_id_fused: float = param(1.0, "weight of the ID losses on the fused features z", ge=0.0, le=1000.0)
-    part_id_reduction: str = param("mean", "how the 8 part ID terms combine", choices=("mean", "sum"))
+    part_id_reduction: str = param("sum", "how the 8 part ID terms combine: sum (the paper: 9 ID terms at "
+                                   "w_id_mf) or mean (the 8 part terms weigh as much as the global one)",
+                                   choices=("sum", "mean"))
     label_smoothing: float = param(0.1, "label smoothing of the ID losses", ge=0.0, lt=1.0)
     random_erasing: float = param(0.5, "random erasing probability (0 disables)", ge=0.0, le=1.0)
     pad: int = param(10, "padding before the random crop", ge=0, le=1024)
     flip: float = param(0.5, "horizontal flip probability", ge=0.0, le=1.0)
+    dsap_flip: bool = param(True, "mirror an image's DSAP images with it (parts swapped, charts mirrored)")
     w_triplet_mf: float = param(0.0, "beyond the paper: triplet on f_G / f_L beside the fused one", ge=0.0, le=1000.0)
     drop_d: float = param(0.0, "beyond the paper: fraction of steps with z = f", ge=0.0, le=1.0)
     w_distill: float = param(0.0, "beyond the paper: similarity distillation of d into f", ge=0.0, le=1000.0)

@@ -130,3 +130,56 @@ PART_COLOURS: np.ndarray = np.array(
 def part_colours() -> np.ndarray:
     """uint8 [25, 3]: the RGB colour of each part label (a copy of :data:`PART_COLOURS`)."""
     return PART_COLOURS.copy()
+
+
+# --------------------------------------------------------------------------------------------------------
+# horizontal flips of DSAP images
+
+#: How a horizontal flip of the image acts on each part's chart, per chart convention.  Every part becomes
+#: its :data:`FLIP_PARTNER`; the parts listed under ``"u"`` have u mirrored (u → 1 − u: the DSAP image's
+#: rows reversed), those under ``"v"`` have v mirrored (v → 1 − v: its columns reversed).
+#:
+#: - ``synthetic``: the synthetic generator's charts (``data.synthetic_body``): v runs around each capsule,
+#:   so a mirror reverses it on every face-split limb, the torso, the hands and the feet; the head's v is
+#:   the angle from the face, which a mirror keeps.  Exact (a test renders the mirrored body).
+#: - ``densepose``: DensePose's chart orientation as the ``pose`` estimator reproduces it (a table read off
+#:   real DensePose output, ``precompute.estimators.pose_geometry``): a limb and its partner are laid out
+#:   as mirror images, so a limb keeps (u, v); the torso's v runs towards the person's right and is
+#:   mirrored; the head's u runs around it and is mirrored.  Exact for ``pose`` (a test mirrors its
+#:   landmarks); for real DensePose output an approximation: DensePose's exact map is a per-part lookup
+#:   table (``UV_symmetry_transforms.mat``), not redistributed here.
+CHART_MIRRORS: dict[str, dict[str, tuple[int, ...]]] = {
+    "synthetic": {"u": (), "v": tuple(range(1, 23))},
+    "densepose": {"u": (23, 24), "v": (1, 2)},
+}
+#: The chart convention of each estimator's output (others: ``densepose``).
+ESTIMATOR_CHARTS: dict[str, str] = {"synthetic": "synthetic", "pose": "densepose", "densepose": "densepose",
+                                    "iuv": "densepose"}
+
+
+def chart_convention(estimator: str | None) -> str:
+    """The chart convention (a key of :data:`CHART_MIRRORS`) of an estimator's output."""
+    return ESTIMATOR_CHARTS.get(str(estimator), "densepose")
+
+
+def flip_dsap(dsap, convention: str = "densepose", kind: str = "dsap"):
+    """The DSAP images [..., 24, C, S, S] (NumPy or torch) of the horizontally mirrored crop: part i's image
+    goes to its partner, mirrored as :data:`CHART_MIRRORS` says.  ``kind="csa"`` (coarse part crops, plain
+    image crops) mirrors every crop's columns.  Returns a new array; the input is left as it is."""
+    if kind == "csa":
+        rule = {"u": (), "v": tuple(range(1, NUM_PARTS + 1))}
+    else:
+        try:
+            rule = CHART_MIRRORS[convention]
+        except KeyError:
+            raise ValueError(f"unknown chart convention {convention!r}; known: {', '.join(CHART_MIRRORS)}") from None
+    src = [FLIP_PARTNER[p] - 1 for p in range(1, NUM_PARTS + 1)]   # out[i] = mirrored dsap[partner(i)]
+    out = dsap[..., src, :, :, :]
+    for axis, parts in (("u", rule["u"]), ("v", rule["v"])):
+        if not parts:
+            continue
+        idx = [FLIP_PARTNER[p] - 1 for p in parts]   # destination of each listed (source) part
+        dim = -2 if axis == "u" else -1
+        sel = out[..., idx, :, :, :]
+        out[..., idx, :, :, :] = np.flip(sel, axis=dim) if isinstance(sel, np.ndarray) else sel.flip(dim)
+    return out

@@ -344,7 +344,7 @@ def test_densepose_install_hint_names_the_working_commands():
     for needed in ("make install-densepose", "pip install --no-build-isolation <detectron2>",
                    "pip install --no-build-isolation --no-deps <detectron2>/projects/DensePose", "pip install av"):
         assert needed in INSTALL_HINT and needed in DETECTRON2_INSTALL
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "precompute.md").read_text()  # the DensePose guide
     for command in ("--no-build-isolation", "--no-deps", "projects/DensePose", "install av", "make install-densepose"):
         assert command in readme
 

@@ -89,19 +89,22 @@ def _out(variant: str, seed: int = 0):
 
 
 def test_dsa_loss_weighting_by_hand():
+    """The paper's loss (§3.2.4, §4.2): 0.5 × (ID(f_G) + the 8 ID(f_L,i) summed) + 1.5 × triplets on z + 1.0 ×
+    ID on z; ``part_id_reduction="mean"`` is the other reading, the 8 part terms averaged."""
     _, out, y = _out("dsa")
+    assert RECIPE.part_id_reduction == "sum"
     total, terms = DSALoss(RECIPE, "dsa")(out, y)
     assert list(terms) == ["id_fG", "id_fL", "tri_zG", "tri_zL", "id_zG", "id_zL"]
     ce, tri = CrossEntropyLabelSmooth(0.1), TripletBatchHard(0.3)
-    parts = sum(ce(lg, y) for lg in out["logits_fL"]) / 8
-    expect = (0.5 * (ce(out["logits_fG"], y) + parts) + 1.5 * (tri(out["z_G"], y) + tri(out["z_L"], y))
-              + 1.0 * (ce(out["logits_zG"], y) + ce(out["logits_zL"], y)))
+    parts = sum(ce(lg, y) for lg in out["logits_fL"])
+    expect = (0.5 * ce(out["logits_fG"], y) + sum(0.5 * ce(lg, y) for lg in out["logits_fL"])
+              + 1.5 * (tri(out["z_G"], y) + tri(out["z_L"], y)) + 1.0 * (ce(out["logits_zG"], y) + ce(out["logits_zL"], y)))
     torch.testing.assert_close(total, expect)
     assert terms["id_fL"] == pytest.approx(parts.item(), rel=1e-6)
     assert all(isinstance(v, float) for v in terms.values())
-    total_sum, terms_sum = DSALoss(RECIPE.replace(part_id_reduction="sum"), "dsa")(out, y)
-    assert terms_sum["id_fL"] == pytest.approx(8 * terms["id_fL"], rel=1e-5)
-    assert total_sum.item() == pytest.approx(total.item() + 0.5 * 7 * terms["id_fL"], rel=1e-5)
+    total_mean, terms_mean = DSALoss(RECIPE.replace(part_id_reduction="mean"), "dsa")(out, y)
+    assert terms_mean["id_fL"] == pytest.approx(terms["id_fL"] / 8, rel=1e-5)
+    assert total_mean.item() == pytest.approx(total.item() - 0.5 * 7 / 8 * terms["id_fL"], rel=1e-5)
 
 
 @pytest.mark.parametrize("variant,names", [
@@ -138,7 +141,7 @@ def test_training_on_one_batch_lowers_the_loss():
     loss_fn = DSALoss(RECIPE, "dsa")
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         total, _ = loss_fn(net(images, dsap), y)
         opt.zero_grad()
         total.backward()

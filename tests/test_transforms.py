@@ -25,28 +25,50 @@ def test_train_transform_shape_dtype_and_seeded_determinism() -> None:
     image = rng.integers(0, 256, (90, 40, 3), dtype=np.uint8)
     tf = build_train_transform(64, 32)
     torch.manual_seed(1)
-    a = tf(image)
+    a, fa = tf(image)
     torch.manual_seed(1)
-    b = tf(image)
+    b, fb = tf(image)
     assert a.shape == (3, 64, 32) and a.dtype == torch.uint8
-    assert torch.equal(a, b)
+    assert torch.equal(a, b) and fa == fb
+
+
+def test_train_transform_draws_as_torchvisions_compose() -> None:
+    """The flip is torchvision's draw in torchvision's order: a seed gives the image v2.Compose gives."""
+    from torchvision.transforms import v2
+
+    from data.transforms import MEAN_RGB_UINT8, to_tensor
+
+    image = np.random.default_rng(5).integers(0, 256, (90, 40, 3), dtype=np.uint8)
+    compose = v2.Compose([v2.Lambda(to_tensor), v2.Resize((64, 32), antialias=True),
+                          v2.Pad(10, fill=MEAN_RGB_UINT8), v2.RandomCrop((64, 32)), v2.RandomHorizontalFlip(0.5),
+                          v2.RandomErasing(p=0.5, value=list(MEAN_RGB_UINT8))])
+    tf = build_train_transform(64, 32)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        want = compose(image)
+        torch.manual_seed(seed)
+        got, flipped = tf(image)
+        assert torch.equal(got, want), seed
+        seen.add(flipped)
+    assert seen == {True, False}
 
 
 def test_no_augmentation_equals_plain_resize() -> None:
     image = np.random.default_rng(1).integers(0, 256, (90, 40, 3), dtype=np.uint8)
-    plain = build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=0.0)(image)
-    assert torch.equal(plain, build_test_transform(64, 32)(image))
+    plain, flipped = build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=0.0)(image)
+    assert torch.equal(plain, build_test_transform(64, 32)(image)) and not flipped
 
 
 def test_flip_and_erasing_switches() -> None:
     image = np.zeros((64, 32, 3), np.uint8)
     image[:, :16] = 255  # left half white
-    flipped = build_train_transform(64, 32, pad=0, flip_p=1.0, erasing_p=0.0)(image)
-    assert flipped[:, :, 16:].min() == 255 and flipped[:, :, :16].max() == 0
+    flipped, was = build_train_transform(64, 32, pad=0, flip_p=1.0, erasing_p=0.0)(image)
+    assert flipped[:, :, 16:].min() == 255 and flipped[:, :, :16].max() == 0 and was
     torch.manual_seed(0)
-    always = [erased_fraction(build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=1.0)(image))
+    always = [erased_fraction(build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=1.0)(image)[0])
               for _ in range(5)]
-    never = [erased_fraction(build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=0.0)(image))
+    never = [erased_fraction(build_train_transform(64, 32, pad=0, flip_p=0.0, erasing_p=0.0)(image)[0])
              for _ in range(5)]
     assert min(always) > 0.01 and max(never) == 0.0
 
@@ -56,7 +78,7 @@ def test_padding_crop_shifts_the_image() -> None:
     tf = build_train_transform(64, 32, pad=10, flip_p=0.0, erasing_p=0.0)
     base = torch.from_numpy(image.transpose(2, 0, 1).copy())
     torch.manual_seed(3)
-    outs = [tf(image) for _ in range(8)]
+    outs = [tf(image)[0] for _ in range(8)]
     assert any(not torch.equal(o, base) for o in outs)  # crops move around inside the padded image
 
 
@@ -165,9 +187,39 @@ def test_dsap_read_by_the_consumer_equals_the_workers(tmp_path: Path, images: li
         batches[reader] = [ds.read_dsap(b) for b in loader]
     for a, b in zip(batches["worker"], batches["main"]):
         assert b["dsap"].dtype == torch.uint8 and b["dsap"].shape == a["dsap"].shape
-        assert set(a) == set(b) == {"image", "dsap", "pid", "camid", "index"}
+        assert set(a) == set(b) == {"image", "dsap", "pid", "camid", "index", "flipped"}
         for key in a:
             assert torch.equal(a[key], b[key])
     assert batches["main"][0]["dsap"][:, 0, 0, 0, 0].tolist() == [3, 0, 2]
     with pytest.raises(ValueError, match="dsap_reader"):
         JointDataset(images, tmp_path, store, build_test_transform(32, 16), dsap_reader="gpu")
+
+
+def test_a_mirrored_image_gets_mirrored_dsap_images_in_both_readers(tmp_path: Path, images: list[Item]) -> None:
+    """dsap_flip: the DSAP images of an image the augmentation mirrored are mirrored with it (partners swapped,
+    charts mirrored), whether the worker or the training process reads them; the others are as stored."""
+    from torch.utils.data import DataLoader
+
+    from data.sampler import PKSampler, SeededBatches
+    from dsa.parts import flip_dsap
+
+    rng = np.random.default_rng(4)
+    arrays = {it.key: rng.integers(0, 256, (24, 3, 8, 8), dtype=np.uint8) for it in images}
+    store = DictStore(arrays)
+    batches = {}
+    for reader in ("worker", "main"):
+        ds = JointDataset(images, tmp_path, store, build_train_transform(32, 16, flip_p=0.5), dsap_reader=reader,
+                          dsap_flip="densepose")
+        batches[reader] = []
+        for seed in range(6):
+            loader = DataLoader(ds, batch_sampler=SeededBatches(PKSampler(ds.pids, 2, 2, seed=seed)), num_workers=0)
+            batches[reader] += [ds.read_dsap(b) for b in loader]
+    flips = []
+    for a, b in zip(batches["worker"], batches["main"]):
+        assert torch.equal(a["dsap"], b["dsap"]) and torch.equal(a["flipped"], b["flipped"])
+        for j, (i, f) in enumerate(zip(a["index"].tolist(), a["flipped"].tolist())):
+            stored = arrays[images[i].key]
+            want = flip_dsap(stored, "densepose") if f else stored
+            assert np.array_equal(a["dsap"][j].numpy(), want)
+            flips.append(f)
+    assert True in flips and False in flips

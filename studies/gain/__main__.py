@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="gradient-norm records every STEPS steps (0: none)")
     r.add_argument("--snapshot-every", type=int, default=0, metavar="EPOCHS", help="evaluation snapshots")
     r.add_argument("--pictures", type=int, default=0, help="ranked-list pictures per MF evaluation")
+    r.add_argument("--train-gap", action="store_true",
+                   help="also score mf / d / z on the training images (how much each stream overfits)")
     r.add_argument("--results", default=str(RESULTS), help="the results file (JSON) the entry goes into")
     r.add_argument("--key", default=None, help="the entry of the results file (default: nothing is written)")
     r.add_argument("--claim", default=None, metavar="KEY",
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                   epochs=args.epochs, overrides=args.overrides, split=args.split, val_ids=args.val_ids,
                   reference=args.reference, runs_dir=args.runs_dir, prefix=args.prefix, threads=args.threads,
                   workers=args.workers, device=args.device, diagnostics=args.diagnostics,
-                  snapshot_every=args.snapshot_every, pictures=args.pictures)
+                  snapshot_every=args.snapshot_every, pictures=args.pictures, train_gap=args.train_gap)
     entry = run_study(study, "python -m studies.gain " + " ".join(sys.argv[1:] if argv is None else argv))
     print()
     print(table(entry))

@@ -30,6 +30,8 @@ CONFIGS: dict[str, StudyConfig] = {
     "two-branch-mean": StudyConfig("two-branch", ("recipe.part_id_reduction=mean",), note="8 part ID terms averaged"),
     "dsa-sum": StudyConfig("dsa", ("recipe.part_id_reduction=sum",), note="8 part ID terms summed (the paper's text)"),
     "dsa-mean": StudyConfig("dsa", ("recipe.part_id_reduction=mean",), note="8 part ID terms averaged"),
+    "dsa-noflip": StudyConfig("dsa", ("recipe.dsap_flip=false",), note="DSAP images never mirrored with the image"),
+    "dsa-drop-d-noflip": StudyConfig("dsa", ("recipe.drop_d=0.5", "recipe.dsap_flip=false")),
     "dsa-direct-f": StudyConfig("dsa", ("recipe.w_id_mf=1.5", "recipe.w_triplet_mf=1.5"), note="beyond the paper"),
     "dsa-drop-d": StudyConfig("dsa", ("recipe.drop_d=0.5",), note="beyond the paper: d left out in half of the steps"),
     "dsa-distill": StudyConfig("dsa", ("recipe.w_distill=1.0",), note="beyond the paper"),

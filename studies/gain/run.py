@@ -50,6 +50,7 @@ class Study:
     threads: int = 1
     workers: int = 0
     device: str = "cpu"
+    train_gap: bool = False       # also score mf / d / z on a retrieval split of the training images
     diagnostics: int = 0          # steps between gradient records (0: none)
     snapshot_every: int = 0       # epochs between evaluation snapshots (0: none)
     pictures: int = 0             # ranked-list pictures per MF evaluation
@@ -138,6 +139,8 @@ def train_one(study: Study, name: str, seed: int) -> dict[str, Any]:
                              num_pictures=study.pictures if feat == "mf" else 0, workers=0)
         metrics[feat] = {"rank1": m["rank1"], "mAP": m["mAP"]}
     record["metrics"] = metrics
+    if study.train_gap:
+        record["train_metrics"] = training_split_metrics(study, run)
     record["curve"] = [{k: v for k, v in r.items() if k not in ("event", "step")}
                        for r in folder.read_log() if r.get("event") == "epoch_end"]
     if diag is not None:
@@ -149,6 +152,37 @@ def train_one(study: Study, name: str, seed: int) -> dict[str, Any]:
     print(f"seed {seed} {name:<18} mf R1 {100 * m['rank1']:5.1f} mAP {100 * m['mAP']:5.1f}{extra}  "
           f"({record['train_s'] or 0:.0f} s)", flush=True)
     return record
+
+
+def training_split_metrics(study: Study, run: str) -> dict[str, dict[str, float]]:
+    """Rank-1 / mAP of mf, d and z on the run's own *training* images (the first image of each identity and
+    camera a query, the rest the gallery): beside the test split's, the gap says how much a stream overfits."""
+    from data.datasets import build_dataset
+    from data.runs import open_checkpoint
+    from data.store import open_store
+    from dsa.model import build_dsanet
+    from evaluate.metrics import evaluate_features
+
+    from .hooks import stream_features
+
+    ckpt = open_checkpoint(run, study.runs_dir)
+    info = ckpt.info
+    net = build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state)
+    ds = build_dataset(study.spec, study.root)
+    store = (open_store(study.root, study.spec, info.estimator, info.tag, kind=info.input_kind,
+                        size=info.model.dsap_size) if net.dsag is not None else None)
+    query, gallery, seen = [], [], set()
+    for it in sorted(ds.train, key=lambda it: it.key):
+        (gallery if (it.pid, it.camid) in seen else query).append(it)
+        seen.add((it.pid, it.camid))
+    fq = stream_features(net, ds.root, query, store, info.input_size)
+    fg = stream_features(net, ds.root, gallery, store, info.input_size)
+    out = {}
+    for key in fq:
+        m = evaluate_features(fq[key], fg[key], [i.pid for i in query], [i.pid for i in gallery],
+                              [i.camid for i in query], [i.camid for i in gallery], metric="cosine")
+        out[key] = {"rank1": m.cmc[1], "mAP": m.mAP}
+    return out
 
 
 def colour_histogram_baseline(study: Study) -> dict[str, float]:
@@ -182,6 +216,9 @@ def summarise(runs: dict[str, list[dict]], reference: str) -> tuple[dict, dict, 
             if feat in rs[0]["metrics"]:
                 v[f"{feat}_rank1"] = [r["metrics"][feat]["rank1"] for r in rs]
                 v[f"{feat}_mAP"] = [r["metrics"][feat]["mAP"] for r in rs]
+            if feat in rs[0].get("train_metrics", {}):
+                v[f"train_{feat}_rank1"] = [r["train_metrics"][feat]["rank1"] for r in rs]
+                v[f"train_{feat}_mAP"] = [r["train_metrics"][feat]["mAP"] for r in rs]
         variants[name] = v
     diffs = paired_by_seed(variants, reference, {"rank1": "mf_rank1", "mAP": "mf_mAP"})
     verdicts = [verdict(name, reference, d["mAP"]) for name, d in diffs.items()]
@@ -194,7 +231,8 @@ def table(entry: dict) -> str:
     n = max((len(v["seeds"]) for v in variants.values()), default=0)
     lines = [f"{entry['split']} split of {entry.get('dataset', 'synthetic')}, MF features (kept at inference), {n} seed(s), mean ± std; "
              f"Δ = paired difference vs {entry['reference']} with its 95% interval",
-             f"{'configuration':<20}{'R1':>13}{'mAP':>13}{'ΔmAP [95% CI]':>26}{'d R1':>8}{'z R1':>8}{'train s':>9}"]
+             f"{'configuration':<20}{'R1':>13}{'mAP':>13}{'ΔmAP [95% CI]':>26}{'d R1/mAP':>12}{'z R1/mAP':>12}"
+             f"{'train s':>9}"]
     hist = entry.get("colour_histogram")
     if hist:
         lines.append(f"{'colour histogram':<20}{100 * hist['rank1']:>13.1f}{100 * hist['mAP']:>13.1f}")
@@ -204,10 +242,17 @@ def table(entry: dict) -> str:
         if name in diffs:
             dm = diffs[name]["mAP"]
             dtxt = f"{100 * dm['mean']:+.1f} {interval_text(dm)}"
-        dr1 = f"{100 * np.mean(v['d_rank1']):.1f}" if "d_rank1" in v else "–"
-        zr1 = f"{100 * np.mean(v['z_rank1']):.1f}" if "z_rank1" in v else "–"
+        def pair(f: str) -> str:
+            if f"{f}_rank1" not in v:
+                return "–"
+            return f"{100 * np.mean(v[f'{f}_rank1']):.1f}/{100 * np.mean(v[f'{f}_mAP']):.1f}" if f"{f}_mAP" in v \
+                else f"{100 * np.mean(v[f'{f}_rank1']):.1f}"
+
         lines.append(f"{name:<20}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<3.1f}{100 * mp[0]:>7.1f} ± {100 * mp[1]:<3.1f}"
-                     f"{dtxt:>26}{dr1:>8}{zr1:>8}{np.mean([t or 0 for t in v.get('train_s', [0])]):>9.0f}")
+                     f"{dtxt:>26}{pair('d'):>12}{pair('z'):>12}{np.mean([t or 0 for t in v.get('train_s', [0])]):>9.0f}")
+        if "train_mf_rank1" in v:
+            lines.append(f"{'  training images':<20}{100 * np.mean(v['train_mf_rank1']):>13.1f}"
+                         f"{100 * np.mean(v['train_mf_mAP']):>13.1f}{'':>26}{pair('train_d'):>12}{pair('train_z'):>12}")
     return "\n".join(lines)
 
 
