@@ -20,7 +20,7 @@ import numpy as np
 
 from data.datasets import build_dataset
 from data.io import atomic_write_json, file_sha256
-from data.runs import RunFolder, open_checkpoint
+from data.runs import RunFolder, dataset_dirname, open_checkpoint
 from data.runtime import default_workers, resolve_device
 from data.store import open_store
 from evaluate.features import (
@@ -254,7 +254,7 @@ def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLi
     rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
     if plot is None:
         names = "_vs_".join(Path(str(r)).name for r in runs)
-        plot = Path(runs_dir) / "compare" / dataset / f"{names[:180]}.png"
+        plot = Path(runs_dir) / "compare" / dataset_dirname(dataset) / f"{names[:180]}.png"
     curves = {}
     for r, m in rows.items():
         flip = "+flip" if m.get("flip") else ""

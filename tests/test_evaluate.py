@@ -237,3 +237,21 @@ def test_feature_set_is_one_name_with_the_old_one_hidden(run_dir, market_tree):
     assert seen == [("global", 32), ("global", 32)]
     helptext = CliRunner().invoke(cli, ["run", "-h"]).output
     assert "--feature-set" in helptext and "--features " not in helptext
+
+
+def test_compare_plot_stays_inside_the_runs_folder_whatever_the_dataset_spec(run_dir, tmp_path):
+    """A dataset spec with options (a regex, a folder path) never becomes a path: the plot goes to
+    RUNS_DIR/compare/<name>+<digest>/."""
+    import json as _json
+
+    from data.runs import RunFolder, dataset_dirname
+    from evaluate.report import compare_runs
+
+    spec = "folder:pattern=(?P<pid>\\d+)/../../../x,train_dir=a/b"
+    for r in ("r1", "r2"):
+        d = RunFolder(run_dir / r).eval_dir(spec)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(_json.dumps({"rank1": 0.5, "rank5": 0.6, "rank10": 0.7, "mAP": 0.4,
+                                                     "mINP": 0.1, "cmc": [0.5] * 20, "feature_set": "mf"}))
+    _, plot = compare_runs(["r1", "r2"], spec, runs_dir=run_dir)
+    assert plot.resolve().parent == (run_dir / "compare" / dataset_dirname(spec)).resolve() and plot.is_file()
