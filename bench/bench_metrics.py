@@ -50,7 +50,8 @@ import torch  # noqa: E402
 
 from data.io import atomic_write_json  # noqa: E402
 from data.runtime import apply_threads  # noqa: E402
-from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance  # noqa: E402
+from evaluate.metrics import evaluate_distances, pairwise_distance  # noqa: E402
+from tests.oracles import encode_gather_all, evaluate_reference  # noqa: E402
 
 MARKET = (3368, 19732)
 
@@ -204,7 +205,7 @@ def rerank_one(spec: dict) -> dict:
         import evaluate.rerank as rr
 
         if impl == "previous":
-            rr._encode = rr._encode_gather_all
+            rr._encode = encode_gather_all
         out = rr.k_reciprocal_rerank(qf, gf, metric="euclidean", progress=False)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
