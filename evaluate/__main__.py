@@ -157,27 +157,37 @@ def compare(runs, dataset, runs_dir, plot) -> None:
 @click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f != "fused"]), default="mf")
 @_distance
 @click.option("--flip", is_flag=True, help="average features with the mirrored image")
-@click.option("--no-cache", is_flag=True, help="recompute the gallery features (and do not cache them)")
+@click.option("--no-cache", is_flag=True, help="recompute the gallery features and hold them in memory (no features file: small galleries)")
 @click.option("--no-pictures", is_flag=True, help="write only ranking.csv and ranking.json")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--index", "index", type=click.Choice(["flat", "ivf"]), default=None,
+              help="rank with a FAISS index (needs `pip install faiss-cpu`): flat = exact, ivf = approximate "
+                   "(8-bit vectors, --nprobe cells per query) [default: exact streamed ranking, no index]")
+@click.option("--nprobe", default=16, show_default=True, type=click.IntRange(min=1),
+              help="ivf: cells scanned per query (more: slower, closer to exact)")
+@click.option("--max-memory", default=None, type=Memory(),
+              help="memory for a block of distances, e.g. 512M [default: a quarter of the available memory, at most 1G]")
 @_device
+@_threads
 def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip, no_cache, no_pictures,
-           batch_size, device) -> None:
+           batch_size, index, nprobe, max_memory, device, threads) -> None:
     """Rank a folder of unlabeled crops for each query image (no pids or cameras in the file names)."""
     from pathlib import Path
 
     from evaluate.api import ReidModel
     from evaluate.search import search as run_search
 
-    model = ReidModel.from_run(run, device=device, feature_set=feature_set, runs_dir=runs_dir)
+    model = ReidModel.from_run(run, device=device, feature_set=feature_set, runs_dir=runs_dir, threads=threads)
     if out is None:
         out = Path(model.checkpoint).parent / "search" / (Path(gallery).resolve().name or "gallery")
     record = run_search(model, query, gallery, top=top, out=out, distance=distance, flip=flip,
-                        batch_size=batch_size, cache_dir=None if no_cache else "auto", pictures=not no_pictures)
+                        batch_size=batch_size, cache_dir=None if no_cache else "auto", index=index, nprobe=nprobe,
+                        max_memory=max_memory, pictures=not no_pictures)
     for q in record["queries"]:
         best = ", ".join(f"{r['file']} ({r['distance']:.4g})" for r in q["results"][:3])
         click.echo(f"{q['query']}: {best}{' ...' if len(q['results']) > 3 else ''}")
     cached = " (gallery features from the cache)" if record["gallery_cached"] else ""
+    cached += f", {index} index" if index else ""
     click.echo(f"{len(record['queries'])} queries x {record['num_gallery']} gallery images{cached}; "
                f"ranking.csv, ranking.json{'' if no_pictures else ', pictures/'} in {out}")
 

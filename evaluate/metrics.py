@@ -253,6 +253,23 @@ def _order_bits(d: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
 
 
+def sort_keys(d: torch.Tensor, start: int, n: int) -> torch.Tensor:
+    """Exact int64 sort keys of a block of distances [q, b] whose columns are gallery items
+    ``start .. start + b`` of ``n``: ``bits(d) * n + j``, so that ordering keys orders by (distance,
+    gallery index), ties broken by index like a stable argsort of the row."""
+    j = torch.arange(start, start + d.shape[1], device=d.device)
+    return torch.add(j, _order_bits(d), alpha=n)
+
+
+def key_distances(keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gallery index int64, distance float32) of keys made by :func:`sort_keys` (the exact distance back)."""
+    bits = torch.div(keys, n, rounding_mode="floor")
+    index = keys - bits * n
+    bits = bits.to(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # the map of _order_bits is its own inverse
+    return index, bits.view(torch.float32)
+
+
 class _SamePid:
     """For each query, the gallery items with its pid (a padded index table, built once).
 
@@ -293,7 +310,7 @@ def _ranks_searchsorted(d, idx, pos, junk) -> torch.Tensor:
     [q, M] aligned with ``idx`` (entries that are not positives are meaningless).
     """
     q, n = d.shape
-    keys = torch.add(torch.arange(n, device=d.device), _order_bits(d), alpha=n)
+    keys = sort_keys(d, 0, n)
     big = torch.iinfo(torch.int64).max
     skeys = torch.gather(keys, 1, idx)
     pkeys = torch.sort(skeys.masked_fill(~pos, big), dim=1).values
