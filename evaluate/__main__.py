@@ -63,7 +63,7 @@ _block_size = click.option("--block-size", default=None, type=click.IntRange(min
                            help="queries ranked at once [default: as many as --max-memory holds]")
 _max_memory = click.option("--max-memory", default=None, type=Memory(),
                            help="memory for the evaluation's blocks, e.g. 512M or 2G [default: a quarter of the "
-                                "available memory, at most 1G]; re-ranking refuses when it needs more")
+                                "available memory, at most 512M]; re-ranking refuses when it needs more")
 _threads = click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
                         help="intra-op CPU threads (0: the available cores minus --workers, at least 1)")
 
@@ -166,7 +166,7 @@ def compare(runs, dataset, runs_dir, plot) -> None:
 @click.option("--nprobe", default=16, show_default=True, type=click.IntRange(min=1),
               help="ivf: cells scanned per query (more: slower, closer to exact)")
 @click.option("--max-memory", default=None, type=Memory(),
-              help="memory for a block of distances, e.g. 512M [default: a quarter of the available memory, at most 1G]")
+              help="memory for a block of distances, e.g. 512M [default: a quarter of the available memory, at most 512M]")
 @_device
 @_threads
 def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip, no_cache, no_pictures,

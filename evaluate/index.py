@@ -6,8 +6,8 @@ is built or read; without it :func:`require_faiss` raises one sentence naming th
 Kinds (:data:`INDEX_KINDS`):
 
 * ``flat``: exact search (every gallery vector compared, float32 in memory: G x D x 4 bytes);
-* ``ivf``: approximate: an inverted file of ``nlist`` k-means cells (default 4 sqrt(G), trained on a
-  sample of at most 64 points per cell) with 8-bit scalar-quantised vectors (G x D bytes, a quarter of
+* ``ivf``: approximate: an inverted file of ``nlist`` k-means cells (default sqrt(G), trained on a
+  sample of 64 points per cell) with 8-bit scalar-quantised vectors (G x D bytes, a quarter of
   the float32 features); a query scans the ``nprobe`` nearest cells.  Its recall against the exact
   answer is measured by ``bench/bench_scale.py`` (docs/evaluation-at-scale.md).
 
@@ -53,8 +53,9 @@ def _prepared(x, metric: str) -> np.ndarray:
 
 
 def default_nlist(num_gallery: int) -> int:
-    """IVF cells for a gallery: 4 sqrt(G), at least 1, at most G / 39 (FAISS's minimum training points)."""
-    return max(1, min(int(4 * math.sqrt(num_gallery)), num_gallery // 39))
+    """IVF cells for a gallery: sqrt(G) (1000 for a million: k-means training stays around a minute on
+    two cores), at least 1, at most G / 39 (FAISS's minimum training points per cell)."""
+    return max(1, min(int(math.sqrt(num_gallery)), num_gallery // 39))
 
 
 class GalleryIndex:

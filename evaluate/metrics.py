@@ -124,7 +124,7 @@ MIN_TILE, MAX_TILE = 64, 2048
 #: bucket, masks and temporaries), measured with ``bench/bench_scale.py``, rounded up
 RANK_BYTES_PER_ENTRY = 40
 #: the default budget for a block when none is given: a quarter of the memory available, within these
-MIN_BUDGET, MAX_BUDGET = 64 << 20, 1 << 30
+MIN_BUDGET, MAX_BUDGET = 64 << 20, 512 << 20
 
 
 def distance_tile(num_gallery: int) -> int:
@@ -152,7 +152,7 @@ def available_memory() -> int | None:
 
 def memory_budget(max_memory: int | None = None) -> int:
     """Bytes a block of work may take: ``max_memory`` when given, else a quarter of the memory available,
-    between 64 MiB and 1 GiB (1 GiB where the available memory is unknown)."""
+    between 64 MiB and 512 MiB (512 MiB where the available memory is unknown)."""
     if max_memory is not None:
         if max_memory <= 0:
             raise MetricsError(f"The memory budget must be positive, not {max_memory} bytes.")
@@ -163,13 +163,13 @@ def memory_budget(max_memory: int | None = None) -> int:
 
 def block_rows(num_gallery: int, *, block_size: int | None = None, max_memory: int | None = None) -> int:
     """Query rows ranked at once against ``num_gallery`` items: ``block_size`` when given, else as many
-    as the budget (:func:`memory_budget`) holds once two distance tiles are set aside (at least 1)."""
+    as the budget (:func:`memory_budget`) holds once one tile of distances is set aside (at least 1)."""
     if block_size is not None:
         if block_size < 1:
             raise MetricsError(f"The block size must be at least 1 query, not {block_size}.")
         return int(block_size)
     n = max(1, num_gallery)
-    spare = memory_budget(max_memory) - 2 * distance_tile(n) * n * 4
+    spare = memory_budget(max_memory) - distance_tile(n) * n * 4
     return max(1, spare // (n * RANK_BYTES_PER_ENTRY))
 
 
@@ -220,23 +220,39 @@ def distance_rows(qf, gf, rows, metric: str = "cosine", device: str | None = Non
     return out
 
 
+class _MatrixRows:
+    """Rows of a given distance matrix (float32, contiguous), for :func:`_evaluate_rows`."""
+
+    def __init__(self, dist: torch.Tensor):
+        self.dist = dist
+
+    def end(self, a: int) -> int:
+        return self.dist.shape[0]
+
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        return self.dist[a:b].to(torch.float32).contiguous()
+
+
 class _DistanceRows:
     """Distance rows computed on demand from prepared features, a block of whole tiles at a time.
 
-    ``rows(a, b)`` returns the rows a..b (at most ``block`` of them; callers ask in order); the block
-    holds whole tiles, at most ``block`` rows plus two tiles."""
+    The blocks are the rows ``k * length .. (k + 1) * length``, ``length`` being ``block`` rounded down to
+    whole tiles (one tile at least); ``rows(a, b)`` returns rows a..b within one block (``b <= end(a)``)."""
 
     def __init__(self, q, g, metric: str, block: int):
         self.q, self.g, self.metric, self.g_sq = q, g, metric, _gallery_sq(g, metric)
         self.tile = distance_tile(g.shape[0])
-        # a request a..b (at most ``block`` rows) starts less than a tile after its block's start
-        self.length = -(-(block + self.tile - 1) // self.tile) * self.tile
+        self.length = max(self.tile, block // self.tile * self.tile)
         self.start, self.block = 0, None
+
+    def end(self, a: int) -> int:
+        """The end of the block that holds row ``a``."""
+        return (a // self.length + 1) * self.length
 
     def rows(self, a: int, b: int) -> torch.Tensor:
         if self.block is None or not (self.start <= a and b <= self.start + self.block.shape[0]):
             self.block = None  # free the previous block before the next one is made
-            self.start = a // self.tile * self.tile
+            self.start = a // self.length * self.length
             n = min(self.length, self.q.shape[0] - self.start)
             out = torch.empty(n, self.g.shape[0], dtype=torch.float32, device=self.q.device)
             self.block = _fill_rows(out, self.q, self.g, self.metric, self.g_sq, self.start, self.tile)
@@ -432,8 +448,9 @@ def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def _evaluate_rows(rows, shape, q_pids, g_pids, q_camids, g_camids, *, protocol, ap, max_rank, chunk_size,
                    block, method, device, progress, desc="evaluate") -> Metrics:
-    """The evaluation with distance rows from ``rows(a, b)``: queries in fixed chunks of ``chunk_size``
-    (the sums), each ranked in blocks of at most ``block`` rows (the memory)."""
+    """The evaluation with distance rows from ``rows.rows(a, b)``: queries in fixed chunks of ``chunk_size``
+    (the sums), each ranked in blocks of at most ``block`` rows (the memory) that end where the chunk or
+    the rows' own block (``rows.end(a)``) ends."""
     _validate_shape(shape, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank)
     if chunk_size < 1:
         raise MetricsError(f"The chunk size must be at least 1 query, not {chunk_size}.")
@@ -450,13 +467,15 @@ def _evaluate_rows(rows, shape, q_pids, g_pids, q_camids, g_camids, *, protocol,
     for s in range(0, q, chunk_size):
         e = min(q, s + chunk_size)
         parts, counts = [], []
-        for a in range(s, e, block):
-            b = min(e, a + block)
+        a = s
+        while a < e:
+            b = min(e, a + block, rows.end(a))
             idx, pos, junk = same_pid.lookup(qp[a:b], qc[a:b], protocol)
-            r, n = _positive_ranks(rows(a, b), idx, pos, junk, method)
+            r, n = _positive_ranks(rows.rows(a, b), idx, pos, junk, method)
             parts.append(r)
             counts.append(n)
             bar.update(b - a)
+            a = b
         ranks, npos = (parts[0], counts[0]) if len(parts) == 1 else (_pad_cat(parts), torch.cat(counts))
         keep = npos > 0
         if not bool(keep.any()):
@@ -504,7 +523,7 @@ def evaluate_distances(
     if dist.ndim != 2:
         raise MetricsError(f"The distance matrix must be 2-D, got shape {tuple(dist.shape)}.")
     block = block_rows(dist.shape[1], block_size=block_size or chunk_size)
-    return _evaluate_rows(lambda a, b: dist[a:b].to(torch.float32).contiguous(), tuple(dist.shape),
+    return _evaluate_rows(_MatrixRows(dist), tuple(dist.shape),
                           q_pids, g_pids, q_camids, g_camids, protocol=protocol, ap=ap, max_rank=max_rank,
                           chunk_size=chunk_size, block=block, method=method, device=dist.device,
                           progress=progress)
@@ -561,7 +580,7 @@ def evaluate_features(
     ranked as it comes.
 
     The block holds ``block_size`` queries, or as many as ``max_memory`` bytes hold (default: a quarter
-    of the memory available, at most 1 GiB; :func:`block_rows`).  Besides the block, memory holds a
+    of the memory available, at most 512 MiB; :func:`block_rows`).  Besides the block, memory holds a
     float32 copy of the features (normalised for cosine) and the labels.  The figures equal, bit for
     bit, those of :func:`evaluate_distances` on :func:`pairwise_distance` with the same ``chunk_size``.
     """
@@ -571,6 +590,6 @@ def evaluate_features(
     rows = _DistanceRows(q, g, metric, block)
     log.debug("evaluation by blocks of %d queries (distance blocks of %d rows) against %d gallery items",
               min(block, chunk_size), rows.length, g.shape[0])
-    return _evaluate_rows(rows.rows, (q.shape[0], g.shape[0]), q_pids, g_pids, q_camids, g_camids,
+    return _evaluate_rows(rows, (q.shape[0], g.shape[0]), q_pids, g_pids, q_camids, g_camids,
                           protocol=protocol, ap=ap, max_rank=max_rank, chunk_size=chunk_size,
                           block=min(block, chunk_size), method=method, device=q.device, progress=progress)
