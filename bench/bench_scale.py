@@ -19,7 +19,8 @@ search and the index, which read the gallery features file by blocks).  Cases:
   (float16 storage for 2048-d at 10^6: 4 GB instead of 8);
 * ``search-today``: the previous ``rank``: the gallery in memory, the Q x G matrix and a full stable sort;
 * ``index-flat`` / ``index-ivf``: a FAISS index built from the file (time to build, to search, memory) and
-  its recall@10 against search-exact's answer (ivf: sqrt(G) cells, 8-bit vectors, nprobe 16 and 64).
+  its recall@10 against search-exact's answer (ivf: sqrt(G) cells, 8-bit vectors; nprobe 16, 64, 256,
+  the default (a quarter of the cells) and every cell, which leaves only the 8-bit loss).
 
 Cases that cannot fit the machine (24 GB shared) are listed as skipped with the reason.  Writes a table,
 the JSON (``--out``) with the machine's load before and after, and the plot (``--plot``).
@@ -137,7 +138,7 @@ def run_case(spec: dict) -> dict:
         import faiss
 
         faiss.omp_set_num_threads(spec["threads"])
-        from evaluate.index import GalleryIndex
+        from evaluate.index import GalleryIndex, default_nprobe
     base = _status("VmRSS")
     reset = _reset_peak()
     t = time.perf_counter()
@@ -164,7 +165,10 @@ def run_case(spec: dict) -> dict:
         index = GalleryIndex.build(gfile, kind.split("-")[1], "cosine")
         out["build_s"] = time.perf_counter() - t
         exact = np.load(spec["answer"])
-        for nprobe in ([16, 64] if kind == "index-ivf" else [0]):
+        if kind == "index-ivf":
+            out["nlist"] = int(index.index.nlist)
+        sweep = sorted({16, 64, 256, default_nprobe(out.get("nlist", 1)), out.get("nlist", 1)})
+        for nprobe in (sweep if kind == "index-ivf" else [0]):
             index.nprobe = nprobe
             t1 = time.perf_counter()
             idx, _ = index.search(qf, TOP)
@@ -260,6 +264,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"evaluation: {EVAL_QUERIES} queries; search and index: {SEARCH_QUERIES} queries, top-{TOP}; "
+                 f"solid 512-d, dashed 2048-d", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
@@ -273,19 +279,26 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="[bench/results/scale.json, scale-quick.json with --quick]")
     ap.add_argument("--plot", default=None, help="[docs/scale.png; none with --quick]")
     ap.add_argument("--workdir", default="bench/.cache/scale", help="where the gallery features files are kept")
+    ap.add_argument("--cases", nargs="*", default=None, help="only these cases (e.g. index-ivf)")
+    ap.add_argument("--sizes", nargs="*", type=int, default=None, help="only these gallery sizes")
+    ap.add_argument("--dims", nargs="*", type=int, default=None, help="only these dimensions")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_case(json.loads(args.child))))
         return
-    out = Path(args.out or f"bench/results/scale{'-quick' if args.quick else ''}.json")
-    plot_path = Path(args.plot) if args.plot else (None if args.quick else Path("docs/scale.png"))
+    partial = args.quick or args.cases or args.sizes or args.dims
+    out = Path(args.out or f"bench/results/scale{'-quick' if partial else ''}.json")
+    plot_path = Path(args.plot) if args.plot else (None if partial else Path("docs/scale.png"))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python -m bench.bench_scale", *sys.argv[1:]]), "threads": args.threads,
               "load_before": load_line(), "cases": []}
     rows = record["cases"]
     for spec in plan(args):
+        if (args.cases and spec["case"] not in args.cases) or (args.sizes and spec["gallery"] not in args.sizes) \
+                or (args.dims and spec["dim"] not in args.dims):
+            continue
         print(f"... {spec['case']} G={spec['gallery']} D={spec['dim']}", file=sys.stderr, flush=True)
         if "skip" in spec:
             rows.append(spec)
@@ -303,10 +316,11 @@ def main() -> None:
         spec.update(json.loads(res.stdout.strip().splitlines()[-1]))
         rows.append(spec)
         if spec["case"] == "eval-today":
-            stream = next(r for r in rows if r["case"] == "eval-stream" and r["gallery"] == spec["gallery"]
-                          and r["dim"] == spec["dim"] and "metrics" in r)
-            same = stream["metrics"] == spec["metrics"]
-            stream["identical_to_today"] = spec["identical_to_today"] = same
+            stream = [r for r in rows if r["case"] == "eval-stream" and r["gallery"] == spec["gallery"]
+                      and r["dim"] == spec["dim"] and "metrics" in r]
+            if stream:
+                same = stream[0]["metrics"] == spec["metrics"]
+                stream[0]["identical_to_today"] = spec["identical_to_today"] = same
     record["load_after"] = load_line()
     text = table(rows)
     print(text)

@@ -163,8 +163,8 @@ def compare(runs, dataset, runs_dir, plot) -> None:
 @click.option("--index", "index", type=click.Choice(["flat", "ivf"]), default=None,
               help="rank with a FAISS index (needs `pip install faiss-cpu`): flat = exact, ivf = approximate "
                    "(8-bit vectors, --nprobe cells per query) [default: exact streamed ranking, no index]")
-@click.option("--nprobe", default=16, show_default=True, type=click.IntRange(min=1),
-              help="ivf: cells scanned per query (more: slower, closer to exact)")
+@click.option("--nprobe", default=None, type=click.IntRange(min=1),
+              help="ivf: cells scanned per query (more: slower, closer to exact) [default: a quarter of the cells]")
 @click.option("--max-memory", default=None, type=Memory(),
               help="memory for a block of distances, e.g. 512M [default: a quarter of the available memory, at most 512M]")
 @_device

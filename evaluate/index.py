@@ -8,7 +8,8 @@ Kinds (:data:`INDEX_KINDS`):
 * ``flat``: exact search (every gallery vector compared, float32 in memory: G x D x 4 bytes);
 * ``ivf``: approximate: an inverted file of ``nlist`` k-means cells (default sqrt(G), trained on a
   sample of 64 points per cell) with 8-bit scalar-quantised vectors (G x D bytes, a quarter of
-  the float32 features); a query scans the ``nprobe`` nearest cells.  Its recall against the exact
+  the float32 features); a query scans the ``nprobe`` nearest cells (default a quarter of them:
+  :func:`default_nprobe`).  Its recall against the exact
   answer is measured by ``bench/bench_scale.py`` (docs/evaluation-at-scale.md).
 
 Cosine distance is 1 - inner product of L2-normalised vectors; euclidean is the square root of FAISS's
@@ -58,16 +59,22 @@ def default_nlist(num_gallery: int) -> int:
     return max(1, min(int(math.sqrt(num_gallery)), num_gallery // 39))
 
 
+def default_nprobe(nlist: int) -> int:
+    """IVF cells scanned per query when not given: a quarter of them (recall@10 0.92 on the synthetic
+    million-vector gallery of docs/evaluation-at-scale.md, where 16 cells gave 0.45)."""
+    return max(1, nlist // 4)
+
+
 class GalleryIndex:
     """A FAISS index over gallery features; :meth:`search` returns (indices, distances) nearest first."""
 
-    def __init__(self, index: Any, kind: str, metric: str, nprobe: int = 16):
+    def __init__(self, index: Any, kind: str, metric: str, nprobe: int | None = None):
         self.index, self.kind, self.metric = index, kind, metric
         self.nprobe = nprobe
 
     @classmethod
     def build(cls, gallery, kind: str = "ivf", metric: str = "cosine", *, nlist: int | None = None,
-              nprobe: int = 16, rows: int = 65536, seed: int = 0, progress: bool = False) -> "GalleryIndex":
+              nprobe: int | None = None, rows: int = 65536, seed: int = 0, progress: bool = False) -> "GalleryIndex":
         """Index ``gallery`` (float array [G, D] or a GalleryFile), read ``rows`` at a time."""
         faiss = require_faiss()
         if kind not in INDEX_KINDS:
@@ -103,7 +110,7 @@ class GalleryIndex:
     def search(self, query, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Indices int64 [Q, k] and distances float32 [Q, k] of each query's k nearest (-1 where fewer)."""
         if self.kind == "ivf":
-            self.index.nprobe = self.nprobe
+            self.index.nprobe = self.nprobe or default_nprobe(self.index.nlist)
         score, idx = self.index.search(_prepared(query, self.metric), k)
         dist = 1.0 - score if self.metric == "cosine" else np.sqrt(np.maximum(score, 0.0))
         return idx.astype(np.int64), dist.astype(np.float32)
@@ -115,7 +122,7 @@ class GalleryIndex:
             faiss.write_index(self.index, str(tmp))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, kind: str, metric: str, nprobe: int = 16) -> "GalleryIndex":
+    def load(cls, path: str | os.PathLike, kind: str, metric: str, nprobe: int | None = None) -> "GalleryIndex":
         faiss = require_faiss()
         try:
             return cls(faiss.read_index(str(Path(path))), kind, metric, nprobe)

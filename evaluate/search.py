@@ -1,7 +1,7 @@
 """Search a folder of unlabeled crops: rank every gallery image for each query image, no pids, no cameras.
 
     python -m evaluate search --run R --query IMG_OR_DIR --gallery DIR [--top 10] [--out DIR]
-                              [--index flat|ivf] [--nprobe 16] [--max-memory 1G]
+                              [--index flat|ivf] [--nprobe N] [--max-memory 512M]
 
 The gallery's features are extracted in chunks into a gallery features file per gallery folder
 (``<run>/search-cache/``, :class:`evaluate.features.GalleryWriter`: resumable, with its checksum): the file
@@ -198,7 +198,7 @@ def search(
     batch_size: int = 64,
     cache_dir: str | os.PathLike | None = "auto",
     index: str | None = None,
-    nprobe: int = 16,
+    nprobe: int | None = None,
     max_memory: int | None = None,
     pictures: bool = True,
     progress: bool = True,
@@ -208,7 +208,8 @@ def search(
     written as ranking.json / ranking.csv / pictures under ``out`` when given).  ``cache_dir``: ``"auto"`` =
     the run folder's ``search-cache/``, None = no cache (the gallery's features then stay in memory).
     ``index``: None = exact streamed ranking (:func:`top_k`), ``flat`` / ``ivf`` = a FAISS index
-    (:mod:`evaluate.index`, saved beside the cached features), ``nprobe`` its cells scanned per query."""
+    (:mod:`evaluate.index`, saved beside the cached features), ``nprobe`` its cells scanned per query
+    (default: a quarter of them)."""
     if top < 1:
         raise EvaluationError(f"--top must be at least 1, not {top}.")
     if not hasattr(model, "extract") or getattr(model, "checkpoint", None) is None:
@@ -249,13 +250,13 @@ def search(
               "gallery_cached": cached, "index": index or "exact", "top": top, "created": now_iso(),
               "queries": queries}
     if index == "ivf":
-        record["nprobe"] = nprobe
+        record["nprobe"] = nprobe or "a quarter of the cells"
     if out is not None:
         write_outputs(record, Path(out), g_dir, pictures=pictures)
     return record
 
 
-def _index_search(g_feats, q_feats, top: int, distance: str, kind: str, nprobe: int, own: np.ndarray,
+def _index_search(g_feats, q_feats, top: int, distance: str, kind: str, nprobe: int | None, own: np.ndarray,
                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top`` from a FAISS index over the gallery (read from beside the cached features file when built
     before, else built and saved there), the query's own image left out."""
