@@ -49,7 +49,8 @@ import torch
 
 from data.io import atomic_write_json
 from data.runtime import apply_threads
-from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance
+from evaluate.metrics import evaluate_distances, pairwise_distance
+from tests.oracles import encode_gather_all, evaluate_reference
 
 MARKET = (3368, 19732)
 
@@ -203,7 +204,7 @@ def rerank_one(spec: dict) -> dict:
         import evaluate.rerank as rr
 
         if impl == "previous":
-            rr._encode = rr._encode_gather_all
+            rr._encode = encode_gather_all
         out = rr.k_reciprocal_rerank(qf, gf, metric="euclidean", progress=False)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
