@@ -49,6 +49,7 @@ from data.store import (
     StoreWriter,
     checksum_path,
     content_fingerprint,
+    describe_differences,
     existing_shards,
     fingerprint,
     read_manifest,
@@ -432,6 +433,25 @@ def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: Sto
     return "done"
 
 
+def check_same_hardware(writer: StoreWriter, plan: list[list[str]], pending: list[int], estimator: Any) -> None:
+    """Refuse to compute shards beside shards that the estimator computed on other hardware (its provenance's
+    ``hardware``: e.g. another CPU instruction set or GPU), whose kernels may give other low-order bits."""
+    here = (estimator.provenance() if pending and hasattr(estimator, "provenance") else {}).get("hardware")
+    if not here:
+        return
+    for i in sorted(set(range(len(plan))) - set(pending)):
+        try:
+            header = read_shard_header(writer.shard_path(i))
+        except (OSError, KeyError, ValueError):
+            continue
+        there = ((header.get("provenance") or {}).get("estimator") or {}).get("hardware")
+        if there and there != here:
+            raise PrecomputeError(
+                f"{writer.shard_path(i)} was computed on other hardware than this run's ({describe_differences(there, here)}), "
+                "whose kernels may give other low-order bits, and this run would add shards to it: finish the store "
+                "where it was started, pass --force to recompute it here, or --tag NAME to keep both")
+
+
 def _all_shards_current(writer: StoreWriter, plan: list[list[str]], settings: StoreSettings,
                         signatures: dict[str, str]) -> bool:
     """Whether every planned shard exists with its planned keys, these settings and current sources (a
@@ -527,6 +547,7 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
     if manifest is not None:  # the dataset or an image changed, a shard is damaged, or --force: incomplete again
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
     pending = [i for i in owned if states[i] == "pending"]
+    check_same_hardware(writer, plan, pending, estimator)
     todo = sum(len(plan[i]) for i in pending)
     log.info(
         "precompute %s with %s: %d images in %d shards; rank %d/%d owns %d shards, %d to compute (%d images) on %d worker(s)",

@@ -701,6 +701,35 @@ def test_densepose_store_settings_are_contents_not_paths(tmp_path, fake_d2):
     assert store_dir(tmp_path, "toy", "densepose").is_dir()
 
 
+def test_densepose_store_is_not_mixed_across_hardware(tmp_path, fake_d2, monkeypatch):
+    from data.store import DSAPStore, store_dir
+    from precompute.estimators import densepose as dp
+    from precompute.runner import PrecomputeConfig, PrecomputeError, run_precompute
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    dataset = _toy_dataset(tmp_path / "data", 4)
+
+    def run(**kw) -> dict:
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16, shard_size=2,
+                               options={"config": str(iuv_cfg), "weights": "random", "min_size": 64, "max_size": 128},
+                               **kw)
+        return run_precompute(cfg, dataset=dataset)
+
+    assert run()["complete"]
+    folder = store_dir(tmp_path, "toy", "densepose")
+    here = DSAPStore(folder).provenance[0]["estimator"]["hardware"]
+    assert set(here) == {"cpu_capability"}
+    monkeypatch.setattr(dp.DensePoseEstimator, "_hardware", lambda self: {"cpu_capability": "OTHER"})
+    assert run()["up_to_date"]  # complete: nothing to compute here, nothing mixed
+    (folder / "shard-00001.h5").unlink()
+    with pytest.raises(PrecomputeError) as err:
+        run()
+    assert (f"shard-00000.h5 was computed on other hardware than this run's (cpu_capability is "
+            f"'{here['cpu_capability']}' in the store and 'OTHER' now)") in str(err.value)
+    assert "finish the store where it was started, pass --force" in str(err.value)
+    assert run(force=True)["complete"]
+
+
 def _config_of_depth(folder: Path, depth: int) -> Path:
     path = folder / f"densepose_rcnn_R_{depth}_FPN_s1x.yaml"
     path.write_text(f'_BASE_: "Base.yaml"\nMODEL:\n  RESNETS:\n    DEPTH: {depth}\n')

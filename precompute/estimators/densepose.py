@@ -495,13 +495,20 @@ class DensePoseEstimator(Estimator):
                                "detectron2": _source_of("detectron2"), "densepose": _source_of("detectron2-densepose")}
         if self.zoo_name:
             out["model_zoo"] = self.zoo_name
-        try:
-            import torch
-
-            out["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
-        except (ImportError, AttributeError):
-            pass
+        out["hardware"] = self._hardware()
         return out
+
+    def _hardware(self) -> dict[str, str]:
+        """What the kernels depend on beyond the settings: the CPU's vector instructions, or the GPU. Other
+        hardware may give other low-order bits, so the runner refuses to mix shards of two kinds in one store."""
+        import torch
+
+        if self.device.startswith("cuda"):
+            return {"gpu": torch.cuda.get_device_name(torch.device(self.device))}
+        try:
+            return {"cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+        except AttributeError:  # an older torch
+            return {}
 
     # ---------------------------------------------------------------------- inference
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
@@ -531,22 +538,28 @@ class DensePoseEstimator(Estimator):
         with torch.inference_mode(), pinned_threads(self.threads):
             return list(self._model.inference(inputs, detected_instances=given, do_postprocess=True))
 
-    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
-                 keys: Sequence[str]) -> list[IUV | None]:
+    def shape_groups(self, images: Sequence[np.ndarray]) -> list[list[int]]:
+        """The indices of ``images`` by resized shape: each group is one forward pass."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(self._scaled_size(*image.shape[:2]), []).append(i)
+        return list(groups.values())
+
+    def infer(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """The model's output for each crop, crops of one resized shape run together."""
         outputs: list[Any] = [None] * len(images)
-        for members in groups.values():
+        for members in self.shape_groups(images):
             for i, out in zip(members, self._run([images[i] for i in members])):
                 outputs[i] = out
-        results: list[IUV | None] = []
-        with pinned_threads(self.threads):
-            for image, out in zip(images, outputs):
-                results.append(self._to_iuv(image, out))
-        return results
+        return outputs
 
-    def _to_iuv(self, image: np.ndarray, out: Any) -> IUV | None:
+    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
+                 keys: Sequence[str]) -> list[IUV | None]:
+        outputs = self.infer(images)
+        with pinned_threads(self.threads):
+            return [self.to_iuv(image, out) for image, out in zip(images, outputs)]
+
+    def to_iuv(self, image: np.ndarray, out: Any) -> IUV | None:
         """One crop's model output as full-crop I/U/V maps (None: too few body pixels)."""
         dp = out["instances"].pred_densepose
         if not hasattr(dp, "u"):
