@@ -353,6 +353,7 @@ def test_densepose_install_hint_names_the_working_commands():
 
 
 def test_make_install_densepose_commands(tmp_path):
+    import os
     import shutil
     import subprocess
 
@@ -363,8 +364,9 @@ def test_make_install_densepose_commands(tmp_path):
     (checkout / "setup.py").write_text("")
 
     def commands(*args: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "DETECTRON2"}  # the Makefile's default, not the user's
         done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "install-densepose", *args], cwd=REPO,
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=env)
         return [line for line in done.stdout.splitlines() if "pip install" in line]
 
     local = commands(f"DETECTRON2={checkout}")
