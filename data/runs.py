@@ -104,6 +104,12 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     training: dict[str, Any] = field(default_factory=dict)
 
+    def non_finite(self) -> list[str]:
+        """The names of the floating-point weights that hold NaN or infinite values (resuming, evaluating,
+        exporting and searching all refuse such a checkpoint)."""
+        return [k for k, t in self.model_state.items()
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
 
 #: the flat keys of a format-1/2 configuration that became the tree's ``data`` section
 _LEGACY_DATA = {"dataset": "dataset", "estimator": "estimator", "tag": "tag", "input": "input"}
@@ -192,6 +198,7 @@ def resolve_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLi
     for c in candidates:
         if c.is_file():
             return c
+        RunFolder._not_a_folder(c)
     raise RunError(f"no checkpoint found for {str(run_or_path)!r} (looked at {', '.join(map(str, candidates))}); "
                    f"train the run first with `make train`")
 
@@ -234,15 +241,37 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         hold_lock(self.path / LOCK_NAME, f"the run {self.path}")
 
+    def remove_if_unused(self) -> bool:
+        """Remove the run folder when it holds nothing but its lock file (a start that failed before it wrote
+        anything); True when removed."""
+        try:
+            entries = list(self.path.iterdir())
+        except OSError:
+            return False
+        if any(p.name != LOCK_NAME for p in entries):
+            return False
+        for p in entries:
+            p.unlink(missing_ok=True)
+        self.path.rmdir()
+        return True
+
     def eval_dir(self, dataset: str) -> Path:
         """Where ``evaluate`` writes its outputs for ``dataset`` (a name, or a spec with options: see
         :func:`dataset_dirname`)."""
         return self.path / "eval" / dataset_dirname(dataset)
 
+    @staticmethod
+    def _not_a_folder(path: Path) -> None:
+        """A run file that exists as something else (a folder) is refused before the run starts."""
+        if path.exists() and not path.is_file():
+            raise RunError(f"{path} is not a file (a folder?), so the run cannot keep its {path.name} there; move it "
+                           f"away or use another run name")
+
     # ------------------------------------------------------------------ configuration
     def read_config(self) -> dict[str, Any] | None:
         """The saved configuration (None when there is none); an unreadable one is a sentence."""
         path = self.config_path
+        self._not_a_folder(path)
         if not path.is_file():
             return None
         try:
@@ -260,6 +289,7 @@ class RunFolder:
     # ------------------------------------------------------------------ checkpoint
     def read_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint | None:
         """The run's checkpoint, or None when it has none yet."""
+        self._not_a_folder(self.checkpoint_path)
         if not self.checkpoint_path.is_file():
             return None
         return load_checkpoint(self.checkpoint_path, map_location)

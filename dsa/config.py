@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,24 +53,38 @@ VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
+#: what a name that becomes a folder name may be (run names, store tags, estimator and dataset names):
+#: a name, never a path (``data.names.check_name`` checks with it too)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+#: the least share of a DSAP store's images with a person found that training accepts by default
+#: (``data.min_found``; ``precompute run --min-found`` states the same share): a store below it was almost
+#: always computed with the wrong estimator for its images
+MIN_FOUND = 0.5
+
 
 def param(default: Any, doc: str = "", *, ge: float | None = None, gt: float | None = None,
           le: float | None = None, lt: float | None = None, choices: Any = None,
-          multiple_of: int | None = None) -> Any:
+          multiple_of: int | None = None, pattern: str | None = None) -> Any:
     """A dataclass field with its allowed values declared beside it: ``ge``/``gt``/``le``/``lt`` bounds
     for numbers (and for each element of a tuple), ``choices`` (a sequence, a Registry or a callable
-    returning the names), ``multiple_of`` for integers.  Floats must also be finite."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "multiple_of": multiple_of}
+    returning the names), ``multiple_of`` for integers, ``pattern`` (a regular expression the whole of a
+    string must match; for a dataset spec, its name before ``:``).  Floats must also be finite."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "multiple_of": multiple_of,
+            "pattern": pattern}
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults")
     return field(default=default, metadata=meta)
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 def _allowed(meta: dict[str, Any]) -> str:
     parts = []
     for key, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
         if meta.get(key) is not None:
-            parts.append(f"{sym} {meta[key]:g}")
+            parts.append(f"{sym} {_number(meta[key])}")
     if meta.get("multiple_of"):
         parts.append(f"a multiple of {meta['multiple_of']}")
     return " and ".join(parts)
@@ -96,6 +111,10 @@ def _check_value(where: str, value: Any, kind: Any, meta: dict[str, Any]) -> Non
         raise ConfigError(f"{where} must be set (it has no 'none' value)")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+    if meta.get("pattern") and isinstance(value, str) and not re.match(meta["pattern"], value.partition(":")[0]):
+        what = "does not start with a plain name" if ":" in value else "is not a plain name"
+        raise ConfigError(f"{where}={value!r} {what}: use letters, digits and . _ + - (starting with a letter or "
+                          f"digit, no / or ..)")
     numbers = value if isinstance(value, tuple) else (value,)
     for x in numbers:
         if isinstance(x, bool) or not isinstance(x, (int, float)):
@@ -127,10 +146,13 @@ def check_fields(obj: Any, section: str) -> None:
 class DataConfig:
     """What a run trains on."""
 
-    dataset: str = param("synthetic", "dataset spec: a registered name with options, name:key=value,...")
-    estimator: str = param("synthetic", "the estimator whose DSAP store to read")
-    tag: str | None = param(None, "store variant: ROOT/dsap/<dataset>/<estimator>-<tag>")
+    dataset: str = param("synthetic", "dataset spec: a registered name with options, name:key=value,...",
+                         pattern=NAME_PATTERN)
+    estimator: str = param("synthetic", "the estimator whose DSAP store to read", pattern=NAME_PATTERN)
+    tag: str | None = param(None, "store variant: ROOT/dsap/<dataset>/<estimator>-<tag>", pattern=NAME_PATTERN)
     input: str = param("dsap", "DSAG-Stream input: dsap (dense) or csa (coarse, Table 4)", choices=("dsap", "csa"))
+    min_found: float = param(MIN_FOUND, "the least share of the store's images with a person found (a store below "
+                             "it was most likely computed with the wrong estimator; 0 accepts any)", ge=0.0, le=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
@@ -264,6 +286,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+        if not self.pretrained.strip():
+            raise ConfigError("pretrained='' is not allowed: use none, imagenet or the path of a state-dict file")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "variant": self.variant,
@@ -323,7 +347,9 @@ def convert(where: str, value: Any, kind: Any) -> Any:
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError(value)
-            number = float(value) if isinstance(value, str) else value
+            text = value.strip() if isinstance(value, str) else None
+            number = (int(text) if text is not None and re.fullmatch(r"[+-]?\d+", text)
+                      else float(text) if text is not None else value)
             if isinstance(number, float):
                 if not number.is_integer():
                     raise ValueError(value)
