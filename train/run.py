@@ -88,7 +88,9 @@ MUST_MATCH = ("num_classes", "world_size", "init")
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     c = upgrade_config(config)
-    tree = {k: c.get(k) for k in ("variant", "pretrained", "seed", "data", "model")}
+    tree = {k: c.get(k) for k in ("variant", "pretrained", "seed", "model")}
+    # data.min_found is a gate on the store, not a setting of the training: a resumed run may change it
+    tree["data"] = {k: v for k, v in (c.get("data") or {}).items() if k != "min_found"}
     tree["recipe"] = {k: v for k, v in (c.get("recipe") or {}).items() if k != "epochs"}
     tree["num_classes"] = c.get("num_classes")
     tree["world_size"] = (c.get("runtime") or {}).get("world_size")
@@ -143,6 +145,7 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
     info = init_distributed(opts.device)
     workers = default_workers(info.device) if opts.workers is None else opts.workers
     apply_threads(opts.threads, workers)
+    new_folder = not run.path.exists()
     try:
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()
@@ -155,6 +158,8 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             "source": {"config": opts.config,
                        "overrides": parse_overrides([*alias_overrides(opts.aliases), *opts.overrides])},
             "runtime": {"root": str(opts.root), "store": str(store.folder) if store is not None else None,
+                        "store_settings": ({k: store.manifest.get(k) for k in ("estimator", "settings", "size", "kind")}
+                                           if store is not None else None),
                         "workers": workers, "device": str(info.device),
                         "amp": opts.amp and info.device.type == "cuda",
                         "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,
@@ -203,6 +208,8 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
     finally:
         if info.is_main:
             release_lock(run.path / LOCK_NAME)
+            if new_folder:
+                run.remove_if_unused()  # a start that failed before writing anything leaves no folder behind
         shutdown(info)
 
 
