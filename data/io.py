@@ -52,6 +52,7 @@ __all__ = [
     "DiskFullError",
     "LockError",
     "OutputPathError",
+    "make_folder",
     "hold_lock",
     "max_image_pixels",
     "disk_full_error",
@@ -206,6 +207,18 @@ def write_iuv_png(path: PathLike, iuv: IUV) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+def make_folder(folder: PathLike, what: str | None = None) -> Path:
+    """Create ``folder`` (and its parents) unless it exists; a file standing where it (or a folder above
+    it) should be is an :class:`OutputPathError` (``what`` starts the sentence)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(f"{what or f'cannot make the folder {folder}'}: a file stands where the folder {folder} "
+                              f"(or one above it) should be; move it away or write elsewhere") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
@@ -217,11 +230,7 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     if target.is_dir():
         raise OutputPathError(f"cannot write {target}: a folder of that name is in the way; move it away or write "
                               f"elsewhere")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise OutputPathError(f"cannot write {target}: a file stands where its folder {target.parent} (or one above "
-                              f"it) should be; move it away or write elsewhere") from None
+    make_folder(target.parent, f"cannot write {target}")
     # Not mkstemp: its 0600 mode would survive the rename; a pid + random suffix is unique enough.
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:

@@ -40,7 +40,7 @@ import torch
 
 from dsa.config import ModelConfig
 
-from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock
+from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock, make_folder
 from .names import RUN_NAME, RunError, check_name, dataset_dirname  # noqa: F401 - re-exported
 
 FORMAT_VERSION = 3
@@ -238,7 +238,7 @@ class RunFolder:
     def lock(self) -> None:
         """Hold this run folder's lock (``.lock``) until the process ends: a second program training the
         same run is a :class:`data.io.LockError` naming the holder (exit 2)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         hold_lock(self.path / LOCK_NAME, f"the run {self.path}")
 
     def remove_if_unused(self) -> bool:
@@ -283,7 +283,7 @@ class RunFolder:
         return config
 
     def write_config(self, config: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         atomic_write_json(self.config_path, config)
 
     # ------------------------------------------------------------------ checkpoint
@@ -299,7 +299,7 @@ class RunFolder:
         """Write ``checkpoint.pt`` atomically (temporary file in the folder, fsync, rename)."""
         state = {"format_version": FORMAT_VERSION, "config": config, "model": model_state, "epoch": int(epoch),
                  "step": int(step), "complete": bool(complete), "training": training}
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         buffer = io.BytesIO()  # serialised first: a write error is then an OSError of our own write (a full disk)
         torch.save(state, buffer)
         with atomic_output(self.checkpoint_path) as tmp, open(tmp, "wb") as f:
@@ -311,7 +311,7 @@ class RunFolder:
     # ------------------------------------------------------------------ log
     def append_log(self, record: dict[str, Any]) -> None:
         """Append one record; an unfinished last line (a kill mid-write) is ended first, never extended."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         line = (json.dumps(record) + "\n").encode("utf-8")
         try:
             with open(self.log_path, "ab+") as f:

@@ -49,7 +49,8 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from data.io import atomic_write_json, atomic_write_text, disk_full_error, file_sha256, library_output, process_alive
+from data.io import (atomic_write_json, atomic_write_text, disk_full_error, file_sha256, library_output, make_folder,
+                     process_alive)
 from data.names import check_name, dataset_dirname, without_split_options
 from dsa.errors import UserError
 from dsa.dsap import coverage
@@ -294,7 +295,7 @@ class StoreWriter:
         self.folder = Path(folder)
         self.settings = settings
         self.compression = compression
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
 
     def shard_path(self, index: int) -> Path:
         return self.folder / shard_name(index)

@@ -304,7 +304,6 @@ def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLi
         curves[label] = m.get("cmc") or [m[k] for k in ("rank1",)]
     protocols = sorted({str(m.get("protocol", "")) for m in rows.values()})
     plot = Path(plot)
-    plot.parent.mkdir(parents=True, exist_ok=True)
     plot_cmc(curves, plot, title=f"CMC: {dataset} ({', '.join(protocols)})")
     return "\n".join([format_table(rows), *read]), plot
 

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from data.datasets.base import IMAGE_EXTS
-from data.io import atomic_write_json, atomic_write_text, file_sha256
+from data.io import atomic_write_json, atomic_write_text, file_sha256, make_folder
 from data.scan import is_utf8, link_reason, list_files
 from evaluate.features import EvaluationError, GalleryFile, GalleryWriter, gallery_blocks, now_iso
 from evaluate.metrics import (
@@ -297,7 +297,7 @@ def _index_search(g_feats, q_feats, top: int, distance: str, kind: str, nprobe: 
 
 def write_outputs(record: dict[str, Any], out: Path, g_dir: Path, pictures: bool = True) -> None:
     """ranking.json, ranking.csv and (``pictures``) one ranked-list picture per query under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["query", "rank", "gallery", "distance"])
@@ -309,7 +309,7 @@ def write_outputs(record: dict[str, Any], out: Path, g_dir: Path, pictures: bool
         written = []
         for i, q in enumerate(record["queries"]):
             path = out / "pictures" / f"{i:03d}-{Path(q['query']).stem}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             ranked_list(q["query"], [g_dir / r["file"] for r in q["results"]], ["unlabelled"] * len(q["results"]),
                         [f"{r['rank']}: {r['distance']:.4g}" for r in q["results"]], path)
             written.append(str(path))

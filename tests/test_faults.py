@@ -917,8 +917,10 @@ def test_a_folder_where_a_run_file_goes_is_a_sentence(tmp_path):
     with pytest.raises(OutputPathError, match="a folder of that name is in the way"):
         atomic_write_text(tmp_path / "out.onnx", "x")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputPathError, match="a file stands where its folder"):
+    with pytest.raises(OutputPathError, match="a file stands where the folder"):
         atomic_write_text(tmp_path / "file" / "out.json", "x")
+    with pytest.raises(OutputPathError, match="a file stands where the folder .*file"):
+        RunFolder(tmp_path / "file").lock()  # a run name that is a file in the runs folder
 
 
 def test_a_failed_start_leaves_no_run_folder(tmp_path):
