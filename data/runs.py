@@ -243,16 +243,17 @@ class RunFolder:
 
     def remove_if_unused(self) -> bool:
         """Remove the run folder when it holds nothing but its lock file (a start that failed before it wrote
-        anything); True when removed."""
+        anything, this one or an earlier one); True when removed.  Called by the lock's holder before it
+        releases the lock; a folder another process has meanwhile written into is left alone."""
         try:
             entries = list(self.path.iterdir())
-        except OSError:
+            if any(p.name != LOCK_NAME for p in entries):
+                return False
+            for p in entries:
+                p.unlink(missing_ok=True)
+            self.path.rmdir()
+        except OSError:  # gone already, or someone wrote into it meanwhile: not ours to remove
             return False
-        if any(p.name != LOCK_NAME for p in entries):
-            return False
-        for p in entries:
-            p.unlink(missing_ok=True)
-        self.path.rmdir()
         return True
 
     def eval_dir(self, dataset: str) -> Path:

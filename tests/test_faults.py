@@ -648,7 +648,8 @@ from dsa.env import EnvError, check_environment  # noqa: E402
     ("seed=-1", "≥ 0 and ≤ 4294967295"), ("seed=99999999999999999999999", "seed=99999999999999999999999 is out"),
     ("data.min_found=1.5", "≤ 1"), ("pretrained=", "use none, imagenet or the path"),
     ("data.estimator=../x", "is not a plain name"), ("data.tag=/../../x", "is not a plain name"),
-    ("data.dataset=../x:a=b", "does not start with a plain name"),
+    ("data.dataset=../x:a=b", "does not start with a plain name"), ("data.tag=x:../../y", "is not a plain name"),
+    ("data.estimator=a:b", "is not a plain name"),
 ])
 def test_every_set_value_out_of_range_is_one_sentence_naming_it(pair, says):
     with pytest.raises(ConfigError) as e:
@@ -659,7 +660,7 @@ def test_every_set_value_out_of_range_is_one_sentence_naming_it(pair, says):
 
 @pytest.mark.parametrize("var, value", [("DSA_THREADS", "abc"), ("DSA_THREADS", "-2"), ("DSA_THREADS", "1.5"),
                                         ("DSA_MAX_IMAGE_PIXELS", "abc"), ("DSA_MAX_IMAGE_PIXELS", "0"),
-                                        ("DSA_PLUGINS", "not a module")])
+                                        ("DSA_PLUGINS", "not a module"), ("DSA_PLUGINS", "a:b")])
 def test_environment_variables_are_checked_before_any_work(monkeypatch, tmp_path, var, value):
     monkeypatch.setenv(var, value)
     with pytest.raises(EnvError, match=rf"the environment variable {var}='{value}' is not allowed: it must be"):
@@ -668,6 +669,17 @@ def test_environment_variables_are_checked_before_any_work(monkeypatch, tmp_path
 
     r = CliRunner().invoke(cli, ["stats", "--dataset", "synthetic", "--root", str(tmp_path)])
     assert r.exit_code == 2 and r.output.startswith(f"error: the environment variable {var}="), r.output
+
+
+def test_environment_variables_and_config_fields_share_one_validation_layer():
+    """The environment's declarations are dsa.params limits, checked by the code that checks --set."""
+    from dsa import params
+    from dsa.env import ENV_VARS, env_value
+
+    assert ENV_VARS["DSA_THREADS"].meta == params.limits(ge=0) and issubclass(EnvError, ConfigError)
+    assert env_value("DSA_THREADS", {"DSA_THREADS": " 3 "}) == 3
+    assert env_value("DSA_PLUGINS", {"DSA_PLUGINS": "a.b, c"}) == ["a.b", "c"]
+    assert env_value("DSA_THREADS", {"DSA_THREADS": ""}) is None
 
 
 def test_a_plugin_that_fails_while_imported_is_one_sentence(monkeypatch, tmp_path):
@@ -930,6 +942,16 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
                                   "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--preset", "tiny"])
     assert r.exit_code == 2 and "No synthetic dataset" in r.output, r.output
     assert not (tmp_path / "runs" / "r").exists()
+    (tmp_path / "runs" / "old").mkdir(parents=True)  # an earlier failed start left its lock behind
+    (tmp_path / "runs" / "old" / ".lock").write_text("pid 1")
+    (tmp_path / "runs" / "kept").mkdir()  # a run folder with something in it is never removed
+    (tmp_path / "runs" / "kept" / "notes.txt").write_text("mine")
+    for run in ("old", "kept"):
+        r = CliRunner().invoke(main, ["--dataset", "synthetic", "--root", str(tmp_path / "nothing"), "--run", run,
+                                      "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--preset", "tiny"])
+        assert r.exit_code == 2, r.output
+    assert not (tmp_path / "runs" / "old").exists()
+    assert (tmp_path / "runs" / "kept" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("text, says", [('{"rank1": 0.5, "mAP"', "Cannot read the metrics file"),

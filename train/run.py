@@ -145,10 +145,11 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
     info = init_distributed(opts.device)
     workers = default_workers(info.device) if opts.workers is None else opts.workers
     apply_threads(opts.threads, workers)
-    new_folder = not run.path.exists()
+    locked = False
     try:
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()
+            locked = True
         set_deterministic(opts.deterministic)
         data, dataset, store = build_train_data(cfg, opts.root, rank=info.rank, world_size=info.world_size,
                                                 workers=workers, pin_memory=info.device.type == "cuda")
@@ -206,10 +207,10 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             return {"stopped_by": "complete", "epoch": trainer.epoch, "step": trainer.step}
         return trainer.fit()
     finally:
+        if locked:  # a start that failed before writing anything leaves no folder behind (removed under the lock)
+            run.remove_if_unused()
         if info.is_main:
             release_lock(run.path / LOCK_NAME)
-            if new_folder:
-                run.remove_if_unused()  # a start that failed before writing anything leaves no folder behind
         shutdown(info)
 
 
