@@ -483,3 +483,29 @@ def test_a_user_config_file_end_to_end(tmp_path: Path, synth_root: Path) -> None
     assert bad.exit_code == 2 and bad.output.startswith("error: the config file") and "not valid YAML" in bad.output
     wrong = CliRunner().invoke(main, ["--config", str(cfg), "--set", "recipe.lr_peak=nan", "--print-config"])
     assert wrong.exit_code == 2 and "recipe.lr_peak=nan is not a finite number" in wrong.output
+
+
+def test_sigterm_to_the_whole_process_group_saves_a_checkpoint(tmp_path: Path) -> None:
+    """A batch scheduler (or `kill -- -PGID`) sends SIGTERM to every process of the job, DataLoader workers
+    included: the workers leave it to the main process, which saves and exits like a single SIGTERM."""
+    code = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from pathlib import Path
+import tests.test_train as tt
+
+class GroupKill(tt.Loss):
+    def __call__(self, out, pids):
+        if self.calls == 2:
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+        return super().__call__(out, pids)
+
+trainer = tt.make_trainer(Path({str(tmp_path / 'run')!r}), tt.make_data(Path({str(tmp_path / 'data')!r})),
+                          workers=1, loss=GroupKill())
+print(trainer.fit()["stopped_by"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "signal", out.stderr[-2000:]
+    ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == 3 and not ckpt["complete"]
