@@ -107,7 +107,8 @@ class ModelConfig:
     dsag_blocks: int = param(2, "basic blocks per DSAG stage", ge=1, le=64)
     dsap_size: int = param(32, "S: DSAP images are S x S", ge=4, le=256, multiple_of=4)
     classifier_dim: int = param(512, "hidden width of the two-FC classifiers", ge=1, le=65536)
-    backbone: str = param("resnet50", "MF-Stream backbone (registry dsa.config.BACKBONES)", choices=BACKBONES)
+    backbone: str = param("resnet50", "MF-Stream backbone (registry dsa.config.BACKBONES)",
+                          choices=BACKBONES.known_names)
     frozen_blocks: int = param(0, "mobilenet_v2: the first N backbone blocks stay fixed", ge=0, le=14)
 
     def __post_init__(self) -> None:

@@ -40,8 +40,8 @@ def limits(*, ge: float | None = None, gt: float | None = None, le: float | None
            doc: str = "") -> dict[str, Any]:
     """The declaration of the allowed values (the metadata of a :func:`param` field, or of an environment
     variable): ``ge``/``gt``/``le``/``lt`` bounds for numbers (and for each element of a tuple), ``choices``
-    (a sequence, a Registry or a callable returning the names), ``multiple_of`` for integers, ``pattern``
-    (a regular expression the whole string must match).  Floats must also be finite."""
+    (a sequence, or a callable returning the names, such as ``Registry.known_names``), ``multiple_of`` for
+    integers, ``pattern`` (a regular expression the whole string must match).  Floats must also be finite."""
     return {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "multiple_of": multiple_of,
             "pattern": pattern}
 
@@ -75,12 +75,7 @@ def _choices(meta: dict[str, Any]) -> list[Any] | None:
     c = meta.get("choices")
     if c is None:
         return None
-    from .registry import Registry, load_plugins  # here: dsa.registry reads dsa.env, which uses this module
-
-    if isinstance(c, Registry):
-        load_plugins()  # names registered by plugin modules count too (once per process)
-        return c.names()
-    if callable(c):
+    if callable(c):  # e.g. a registry's known_names: the names plugin modules register count too
         return list(c())
     return list(c)
 

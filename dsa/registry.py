@@ -108,6 +108,12 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._entries)
 
+    def known_names(self) -> list[str]:
+        """The names, the plugin modules' included (they are imported first, once per process): what a
+        configuration field that names an entry may be."""
+        load_plugins()
+        return self.names()
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

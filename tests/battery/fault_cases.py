@@ -976,7 +976,8 @@ def main() -> None:
     try:
         battery.run_all(args.only)
     finally:
-        result = {"code": str(args.code), "work": str(args.work.resolve()), "load_at_start": load, "load_at_end": os.getloadavg(), "seconds": round(time.time() - started),
+        result = {"code": str(args.code), "work": str(args.work.resolve()), "load_at_start": load,
+                  "load_at_end": os.getloadavg(), "seconds": round(time.time() - started),
                   "cores": os.cpu_count(), "counts": counts(battery.rows), "rows": battery.rows}
         print(json.dumps(result["counts"]))
         if args.json:
