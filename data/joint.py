@@ -173,19 +173,23 @@ class TrainBatches:
             yield self.dataset.read_dsap(batch, pin_memory=self.pin_memory)
 
 
-def check_store_fits(store: Any, dataset: Any) -> None:
-    """Refuse, up front, a store that holds images precompute could not read, or whose images changed
-    since it was computed (a StoreError listing a few of them)."""
+def check_store_fits(store: Any, dataset: Any, min_found: float | None = None) -> None:
+    """Refuse, up front, a store that holds images precompute could not read, whose images changed since it
+    was computed or that it does not cover (``DSAPStore.check_fresh``: the checks ``precompute run`` makes
+    before it says "up to date"), or, with ``min_found``, in which the estimator found a person in fewer than
+    that share of the images (``data.min_found``): a StoreError listing a few of them."""
     train_keys = {it.key for it in dataset.train}
     unreadable = [f for f in store.unreadable() if f.get("key") in train_keys]
     if unreadable:
         examples = "; ".join(f"{f['key']} ({f['reason']})" for f in unreadable[:3])
         raise StoreError(f"{len(unreadable)} training image(s) could not be read when the store was computed: "
                          f"{examples}; replace or remove them, rerun `make precompute`, then rerun training")
-    stale = store.stale_keys(dataset.root, sorted(train_keys))
-    if stale:
-        raise StoreError(f"{len(stale)} training image(s) changed since the store {store.folder} was computed "
-                         f"(e.g. {', '.join(stale[:3])}); rerun `make precompute`, which recomputes them")
+    store.check_fresh(dataset.root, sorted(train_keys), "training ")
+    low = store.low_found(min_found, "required by data.min_found",
+                          "precompute the store with the right --estimator, or train on this one anyway with "
+                          "--set data.min_found=0") if min_found else None
+    if low:
+        raise StoreError(low)
 
 
 def build_train_data(cfg: Any, root: str | Path, *, rank: int = 0, world_size: int = 1, workers: int = 0,
@@ -203,7 +207,7 @@ def build_train_data(cfg: Any, root: str | Path, *, rank: int = 0, world_size: i
     if cfg.uses_dsap:
         store = open_store(root, cfg.data.dataset, cfg.data.estimator, cfg.data.tag, kind=cfg.data.input,
                            size=model.dsap_size)
-        check_store_fits(store, dataset)
+        check_store_fits(store, dataset, cfg.data.min_found)
     transform = build_train_transform(model.height, model.width, pad=recipe.pad, flip_p=recipe.flip,
                                       erasing_p=recipe.random_erasing)
     flip = chart_convention(store.estimator) if store is not None and recipe.dsap_flip else None

@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import re
 
+from dsa.config import NAME_PATTERN
 from dsa.errors import UserError
 
 #: what a run name may be: a name, never a path
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+RUN_NAME = re.compile(NAME_PATTERN)
 
 
 class RunError(UserError):
@@ -24,6 +25,17 @@ def check_name(name: str, what: str = "run name") -> str:
         raise RunError(f"the {what} {name!r} is not a plain name: use letters, digits and . _ + - "
                        f"(starting with a letter or digit, no / or ..)")
     return name
+
+
+def derived_name(text: str) -> str:
+    """The name of an output derived from ``text`` (a folder's name, the run names a plot compares): ``text``
+    itself when it is a plain name, else its plain characters and a digest of it (``my crops`` ->
+    ``my-crops+1a2b3c4d``), checked by :func:`check_name`: a derived output path never leaves its folder."""
+    if isinstance(text, str) and RUN_NAME.match(text) and len(text) <= 200:
+        return text
+    raw = str(text).encode("utf-8", "surrogateescape")
+    plain = re.sub(r"^[^A-Za-z0-9]+", "", re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)))[:60].rstrip(".-")
+    return check_name(f"{plain or 'name'}+{hashlib.sha256(raw).hexdigest()[:8]}", "derived name")
 
 
 #: dataset options that only choose a split of the same images (``data.datasets.holdout_split``): a store

@@ -40,7 +40,7 @@ import torch
 
 from dsa.config import ModelConfig
 
-from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock
+from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock, make_folder
 from .names import RUN_NAME, RunError, check_name, dataset_dirname  # noqa: F401 - re-exported
 
 FORMAT_VERSION = 3
@@ -103,6 +103,12 @@ class Checkpoint:
     config: dict[str, Any]
     model_state: dict[str, torch.Tensor]
     training: dict[str, Any] = field(default_factory=dict)
+
+    def non_finite(self) -> list[str]:
+        """The names of the floating-point weights that hold NaN or infinite values (resuming, evaluating,
+        exporting and searching all refuse such a checkpoint)."""
+        return [k for k, t in self.model_state.items()
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 #: the flat keys of a format-1/2 configuration that became the tree's ``data`` section
@@ -192,6 +198,7 @@ def resolve_checkpoint(run_or_path: str | os.PathLike, runs_dir: str | os.PathLi
     for c in candidates:
         if c.is_file():
             return c
+        RunFolder._not_a_folder(c)
     raise RunError(f"no checkpoint found for {str(run_or_path)!r} (looked at {', '.join(map(str, candidates))}); "
                    f"train the run first with `make train`")
 
@@ -231,18 +238,41 @@ class RunFolder:
     def lock(self) -> None:
         """Hold this run folder's lock (``.lock``) until the process ends: a second program training the
         same run is a :class:`data.io.LockError` naming the holder (exit 2)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         hold_lock(self.path / LOCK_NAME, f"the run {self.path}")
+
+    def remove_if_unused(self) -> bool:
+        """Remove the run folder when it holds nothing but its lock file (a start that failed before it wrote
+        anything, this one or an earlier one); True when removed.  Called by the lock's holder before it
+        releases the lock; a folder another process has meanwhile written into is left alone."""
+        try:
+            entries = list(self.path.iterdir())
+            if any(p.name != LOCK_NAME for p in entries):
+                return False
+            for p in entries:
+                p.unlink(missing_ok=True)
+            self.path.rmdir()
+        except OSError:  # gone already, or someone wrote into it meanwhile: not ours to remove
+            return False
+        return True
 
     def eval_dir(self, dataset: str) -> Path:
         """Where ``evaluate`` writes its outputs for ``dataset`` (a name, or a spec with options: see
         :func:`dataset_dirname`)."""
         return self.path / "eval" / dataset_dirname(dataset)
 
+    @staticmethod
+    def _not_a_folder(path: Path) -> None:
+        """A run file that exists as something else (a folder) is refused before the run starts."""
+        if path.exists() and not path.is_file():
+            raise RunError(f"{path} is not a file (a folder?), so the run cannot keep its {path.name} there; move it "
+                           f"away or use another run name")
+
     # ------------------------------------------------------------------ configuration
     def read_config(self) -> dict[str, Any] | None:
         """The saved configuration (None when there is none); an unreadable one is a sentence."""
         path = self.config_path
+        self._not_a_folder(path)
         if not path.is_file():
             return None
         try:
@@ -254,12 +284,13 @@ class RunFolder:
         return config
 
     def write_config(self, config: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         atomic_write_json(self.config_path, config)
 
     # ------------------------------------------------------------------ checkpoint
     def read_checkpoint(self, map_location: str | torch.device = "cpu") -> Checkpoint | None:
         """The run's checkpoint, or None when it has none yet."""
+        self._not_a_folder(self.checkpoint_path)
         if not self.checkpoint_path.is_file():
             return None
         return load_checkpoint(self.checkpoint_path, map_location)
@@ -269,7 +300,7 @@ class RunFolder:
         """Write ``checkpoint.pt`` atomically (temporary file in the folder, fsync, rename)."""
         state = {"format_version": FORMAT_VERSION, "config": config, "model": model_state, "epoch": int(epoch),
                  "step": int(step), "complete": bool(complete), "training": training}
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         buffer = io.BytesIO()  # serialised first: a write error is then an OSError of our own write (a full disk)
         torch.save(state, buffer)
         with atomic_output(self.checkpoint_path) as tmp, open(tmp, "wb") as f:
@@ -281,7 +312,7 @@ class RunFolder:
     # ------------------------------------------------------------------ log
     def append_log(self, record: dict[str, Any]) -> None:
         """Append one record; an unfinished last line (a kill mid-write) is ended first, never extended."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path)
         line = (json.dumps(record) + "\n").encode("utf-8")
         try:
             with open(self.log_path, "ab+") as f:

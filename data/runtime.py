@@ -26,6 +26,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Iterator
 
+from dsa.env import env_value
 from dsa.errors import UserError
 
 if TYPE_CHECKING:
@@ -80,8 +81,7 @@ def choose_threads(threads: int | None = None, workers: int = 0) -> int:
     """The policy's intra-op thread count: ``threads`` if > 0, else ``$DSA_THREADS`` if set, else the
     available cores minus the DataLoader ``workers``, at least 1."""
     if threads is None or threads <= 0:
-        env = os.environ.get(THREADS_ENV, "").strip()
-        threads = int(env) if env.isdigit() else 0
+        threads = env_value(THREADS_ENV) or 0  # a value that is not a whole number >= 0 is an EnvError
     if threads > 0:
         return threads
     return max(1, available_cores() - max(0, workers))
@@ -144,6 +144,24 @@ def quiet_openmp(environ: dict | None = None) -> bool:
         return env["OMP_WAIT_POLICY"].upper() == "PASSIVE"
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return environ is not None or "torch" not in sys.modules
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process: have the kernel SIGKILL it as soon as its parent dies (Linux), so that a killed
+    program leaves no orphans working or blocked; ``parent`` is the pid the parent read itself, and a
+    worker whose parent already died before the signal was armed exits at once."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the caller's own checks are the fallback
+            pass
+    if os.getppid() != parent:
+        raise SystemExit(1)
 
 
 def default_workers(device: torch.device | str) -> int:

@@ -49,7 +49,8 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from data.io import atomic_write_json, atomic_write_text, disk_full_error, file_sha256
+from data.io import (atomic_write_json, atomic_write_text, disk_full_error, file_sha256, library_output, make_folder,
+                     process_alive)
 from data.names import check_name, dataset_dirname, without_split_options
 from dsa.errors import UserError
 from dsa.dsap import coverage
@@ -66,6 +67,9 @@ COMPRESSIONS = (None, "lz4", "lzf", "gzip")
 #: what ``precompute run`` writes: LZ4 (HDF5 filter 32004, from ``hdf5plugin``) is as small as lzf on real
 #: DSAP images and reads as fast as uncompressed ones (``bench/bench_loader.py``, ``bench/bench_store.py``)
 DEFAULT_COMPRESSION = "lz4"
+#: the DSAP image sizes S a store may hold: ``written`` masks are packed 8 cells to a byte, and the
+#: network's ``model.dsap_size`` goes up to 256 (``precompute run --size`` is declared with these)
+DSAP_SIZES = {"min": 8, "max": 256, "multiple_of": 8}
 #: HDF5 filter ids the ``hdf5plugin`` package provides and this store may use
 PLUGIN_FILTERS = {32004: "lz4"}
 
@@ -166,6 +170,22 @@ def existing_shards(folder: Path) -> dict[int, Path]:
     return out
 
 
+_TEMPORARY = re.compile(r"\.tmp-(\d+)")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in a store folder (``shard-N.h5.tmp-PID``,
+    ``.shard-N.sha256.tmp-PID-...``, ``.manifest.json.tmp-PID-...``) whose process no longer runs; returns them."""
+    removed = []
+    for p in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        m = _TEMPORARY.search(p.name)
+        if m is None or not p.is_file() or int(m.group(1)) == os.getpid() or process_alive(int(m.group(1))):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
 def read_shard_header(path: Path) -> dict[str, Any]:
     """Attributes and keys of one shard: {format_version, size, kind, estimator, settings, failures, keys}."""
     with h5py.File(path, "r") as f:
@@ -215,11 +235,13 @@ class StoreSettings:
         return {k: other.get(k, _ABSENT) for k in fields}, {k: mine[k] for k in fields}
 
 
-def describe_differences(stored: dict[str, Any], current: dict[str, Any], most: int = 3) -> str:
+def describe_differences(stored: dict[str, Any], current: dict[str, Any], most: int = 3,
+                         sides: tuple[str, str] = ("in the store", "now")) -> str:
     """Where two JSON dicts differ, leaf by leaf: ``settings.threads is 2 in the store and 1 now`` (the first
-    ``most``, then how many more); a value one side lacks is "not recorded" there. Empty when they agree."""
+    ``most``, then how many more; ``sides`` words the two); a value one side lacks is "not recorded" there.
+    Empty when they agree."""
     found = _leaf_differences(stored, current)
-    words = [f"{path} is {_shown(theirs)} in the store and {_shown(ours)} now" for path, theirs, ours in found[:most]]
+    words = [f"{path} is {_shown(theirs)} {sides[0]} and {_shown(ours)} {sides[1]}" for path, theirs, ours in found[:most]]
     if len(found) > most:
         words.append(f"{len(found) - most} more")
     return "; ".join(words)
@@ -267,13 +289,13 @@ class StoreWriter:
     def __init__(self, folder: str | os.PathLike, settings: StoreSettings, compression: str | None = None) -> None:
         if settings.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {settings.kind!r}")
-        if settings.size % 8:
-            raise ValueError(f"the DSAP size must be a multiple of 8, not {settings.size}")
+        if not (DSAP_SIZES["min"] <= settings.size <= DSAP_SIZES["max"]) or settings.size % DSAP_SIZES["multiple_of"]:
+            raise ValueError(f"the DSAP size must be a multiple of 8 from 8 to 256, not {settings.size}")
         self.comp_options = compression_options(compression)
         self.folder = Path(folder)
         self.settings = settings
         self.compression = compression
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
 
     def shard_path(self, index: int) -> Path:
         return self.folder / shard_name(index)
@@ -438,6 +460,23 @@ def _manifest_problem(manifest: Any) -> str | None:
     return None
 
 
+def low_found_sentence(folder: str | os.PathLike, estimator: str, num_found: int, num_images: int,
+                       failures: Sequence[dict], min_found: float, required: str, way_out: str) -> str | None:
+    """A store (or a run's count of it) in which the estimator found a person in fewer than ``min_found``
+    of the images, in one sentence: almost always the wrong estimator for the images (``synthetic`` reads
+    the ground truth the synthetic generator writes beside its images; real crops need ``densepose`` or
+    ``pose``).  None when the share is reached (or there are no images)."""
+    if num_images == 0 or num_found >= min_found * num_images:
+        return None
+    example = ""
+    if failures and isinstance(failures[0], dict):
+        example = f"; {len(failures)} image(s) failed, e.g. {failures[0].get('key')}: {failures[0].get('reason')}"
+    return (f"the {estimator} estimator found a person in only {num_found} of {num_images} images of the store "
+            f"{folder} ({100 * num_found / num_images:.1f}%, below the {100 * min_found:g}% {required}){example}; "
+            f"this is most likely the wrong estimator for these images (synthetic reads the ground truth the "
+            f"synthetic generator writes beside its images, real crops need densepose or pose): {way_out}")
+
+
 def open_store(root: str | os.PathLike, dataset: str, estimator: str, tag: str | None = None, *,
                kind: str = "dsap", size: int | None = None) -> "DSAPStore":
     """The complete store of ``dataset`` by ``estimator`` (and ``tag``) under ``root``, checked to hold
@@ -577,6 +616,26 @@ class DSAPStore:
         recorded = self.source_signatures()
         return [k for k in keys if recorded.get(k) is not None and recorded[k] != source_signature(dataset_root, k)]
 
+    def check_fresh(self, dataset_root: str | os.PathLike, keys: Iterable[str], what: str = "") -> None:
+        """What a reader checks before it uses the store for ``keys`` (training, the fused evaluation and
+        ``precompute run``'s "up to date" alike): every shard against the manifest's checksum, every key in
+        the store, no image (or side file) changed since it was computed.  A StoreError names the first
+        problem; ``what`` words the images (``"training "``)."""
+        keys = list(keys)
+        self.check_checksums()
+        self.check_covers(keys)
+        stale = self.stale_keys(dataset_root, keys)
+        if stale:
+            raise StoreError(f"{len(stale)} {what}image(s) changed since the store {self.folder} was computed "
+                             f"(e.g. {', '.join(stale[:3])}); rerun `make precompute`, which recomputes them")
+
+    def low_found(self, min_found: float, required: str, way_out: str) -> str | None:
+        """The sentence of a store whose share of images with a person found is below ``min_found`` (None when
+        it is not): the likely cause, one recorded failure, ``required`` (which setting asks for the share)
+        and ``way_out``."""
+        return low_found_sentence(self.folder, self.estimator, int(self.manifest.get("num_found", 0)), len(self),
+                                  self.failures, min_found, required, way_out)
+
     def unreadable(self) -> list[dict]:
         """The failures recorded for images that could not be read at all ({key, reason})."""
         return [f for f in self.failures if isinstance(f, dict)
@@ -666,6 +725,7 @@ class DSAPStore:
                 path = self._shard_paths[s]
                 if file_sha256(path) != shard["sha256"]:
                     problems.append(f"{shard['name']}: checksum differs from the manifest")
+                said: list[str] = []
                 try:
                     with h5py.File(path, "r") as f:
                         n = f["keys"].shape[0]
@@ -677,9 +737,11 @@ class DSAPStore:
                         if _needs_plugins(f["dsap"]):
                             load_filter_plugins()
                         for row in range(n):  # chunk by chunk, so a damaged chunk is found
-                            f["dsap"][row]
-                            f["written"][row]
+                            with library_output() as said:  # a filter's own line goes into the problem
+                                f["dsap"][row]
+                                f["written"][row]
                             bar.update(1)
                 except (OSError, KeyError, ValueError) as e:
-                    problems.append(f"{shard['name']}: unreadable ({e})")
+                    detail = f"; the decompressor said: {said[0]}" if said else ""
+                    problems.append(f"{shard['name']}: unreadable ({e}{detail})")
         return problems

@@ -35,8 +35,8 @@ from dsa.errors import UserError
 from dsa.iuv import IUV, encode_iuv_png
 from dsa.parts import NUM_PARTS, part_colours
 
-from .console import Command
-from .io import atomic_write_json
+from .console import Command, IntRange, root_option
+from .io import atomic_write_json, process_alive
 from .synthetic_body import (KEYPOINT_NAMES, Identity, Raster, hsv_rgb as _hsv, make_identity, posed_body, quantise,
                              raycast, texture)
 
@@ -326,6 +326,14 @@ def render_spec(spec: ImageSpec, seed: int, height: int, width: int) -> Renderin
     return render(_identity(seed, spec.pid), view, cam, height, width)
 
 
+def _pool_worker(parent: int) -> None:
+    """A generator worker: one OpenCV thread, and killed with its parent (a killed ``synth`` leaves no workers)."""
+    from .runtime import die_with_parent
+
+    die_with_parent(parent)
+    cv2.setNumThreads(1)
+
+
 def _write_spec(args: tuple[ImageSpec, str, int, int, int]) -> tuple[str, list[list[float]]]:
     """Worker: render one image and write its JPEG and IUV PNG into the staging folder."""
     spec, out, seed, height, width = args
@@ -381,13 +389,16 @@ def write_preview(dataset_dir: str | os.PathLike, path: str | os.PathLike | None
 # --------------------------------------------------------------------------- generate
 
 
+#: what the generator's settings may be (the ``synth`` command's options are declared with these): 4-digit
+#: Market pids, one-digit cameras, crops from 32×16 up to 1024×512 pixels (a camera's scene is 4×12 crops)
+LIMITS = {"num_ids": (2, 9999), "num_cameras": (2, 9), "height": (32, 1024), "width": (16, 512)}
+
+
 def _validate(num_ids: int, num_cameras: int, height: int, width: int, train_fraction: float) -> None:
-    if not 2 <= num_ids <= 9999:
-        raise SyntheticError(f"The number of identities must be 2..9999 (4-digit Market pids), not {num_ids}.")
-    if not 2 <= num_cameras <= 9:
-        raise SyntheticError(f"The number of cameras must be 2..9 (one digit in Market names), not {num_cameras}.")
-    if height < 32 or width < 16:
-        raise SyntheticError(f"The crop must be at least 32×16 pixels, not {height}×{width}.")
+    for name, value in (("num_ids", num_ids), ("num_cameras", num_cameras), ("height", height), ("width", width)):
+        low, high = LIMITS[name]
+        if not low <= value <= high:
+            raise SyntheticError(f"The synthetic generator's {name} must be {low} to {high}, not {value}.")
     if not 0.0 < train_fraction < 1.0:
         raise SyntheticError(f"The train fraction must lie strictly between 0 and 1, not {train_fraction}.")
 
@@ -414,13 +425,9 @@ def _remove_stale_staging(out: Path) -> None:
         kind, _, pid = p.name.rpartition("-")
         if not (kind.endswith((".tmp", ".old")) and pid.isdigit() and p.is_dir()):
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not process_alive(int(pid)):
             log.info("removing %s, left by an interrupted run", p)
             shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:  # alive, owned by someone else
-            pass
 
 
 def generate(
@@ -472,7 +479,8 @@ def generate(
         if workers > 1:
             # spawn, not fork: forking after OpenCV has started its thread pool can deadlock the child
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_pool_worker,
+                                     initargs=(os.getpid(),)) as pool:
                 results = list(tqdm(pool.map(_write_spec, jobs, chunksize=32), **bar))
         else:
             results = [_write_spec(j) for j in tqdm(jobs, **bar)]
@@ -510,14 +518,16 @@ def generate(
 
 
 @click.command("synth", cls=Command)
-@click.option("--root", default=lambda: os.environ.get("DSA_ROOT", "datasets"), show_default="datasets",
-              type=click.Path(file_okay=False), help="Data root; the dataset goes to ROOT/synthetic.")
-@click.option("--ids", "num_ids", default=300, show_default=True, help="Number of identities (half train).")
-@click.option("--cameras", "num_cameras", default=4, show_default=True, help="Number of cameras.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (same seed: identical files).")
-@click.option("--height", default=128, show_default=True, help="Crop height in pixels.")
-@click.option("--width", default=64, show_default=True, help="Crop width in pixels.")
-@click.option("--workers", default=None, type=int, help="Worker processes [default: CPU count, at most 8].")
+@root_option("Data root; the dataset goes to ROOT/synthetic.")
+@click.option("--ids", "num_ids", default=300, show_default=True, type=IntRange(*LIMITS["num_ids"]),
+              help="Number of identities (half train).")
+@click.option("--cameras", "num_cameras", default=4, show_default=True, type=IntRange(*LIMITS["num_cameras"]),
+              help="Number of cameras.")
+@click.option("--seed", default=0, show_default=True, type=IntRange(0, 2**32 - 1),
+              help="Random seed (same seed: identical files).")
+@click.option("--height", default=128, show_default=True, type=IntRange(*LIMITS["height"]), help="Crop height in pixels.")
+@click.option("--width", default=64, show_default=True, type=IntRange(*LIMITS["width"]), help="Crop width in pixels.")
+@click.option("--workers", default=None, type=IntRange(min=1), help="Worker processes [default: CPU count, at most 8].")
 @click.option("--force", is_flag=True, help="Replace an existing dataset with other settings.")
 @click.option("--preview/--no-preview", default=True, show_default=True,
               help="Write ROOT/synthetic/preview.png (crops beside their part labels).")

@@ -8,28 +8,26 @@ pretrained weights, seed).  It is filled, in this order, from
    shipped in ``dsa/configs/*.yaml`` are such files, and a user's own file usually starts from one;
 2. ``--set section.field=value`` overrides (and the CLI options that are aliases of them).
 
-Every field declares its type and range beside its default (:func:`param`); :func:`validate` checks
-a whole tree before any work starts, and every problem is one sentence naming the field, the value
-and what is allowed (:class:`ConfigError`).  ``config.json`` of a run stores the resolved tree
+Every field declares its type and range beside its default (:func:`dsa.params.param`, the one
+validation layer, which the environment variables use too); constructing a tree checks every field
+before any work starts, and every problem is one sentence naming the field, the value and what is
+allowed (:class:`ConfigError`).  ``config.json`` of a run stores the resolved tree
 (:meth:`TrainConfig.to_dict`).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .registry import Registry, load_plugins
+from .params import NAME_PATTERN, SPEC_PATTERN, ConfigError, check_fields, convert, param
+from .registry import Registry
 
-
-class ConfigError(UserError, ValueError):
-    """A configuration value or file a user can fix; the message names the field and what is allowed."""
-
+__all__ = ["ConfigError", "PresetError", "NAME_PATTERN", "param", "convert", "TrainConfig", "DataConfig", "ModelConfig",
+           "Recipe", "load_config", "get_preset", "preset_names", "parse_overrides", "apply_overrides",
+           "override_keys", "resolve_config", "dump_yaml", "BACKBONES", "VARIANTS", "MIN_FOUND"]
 
 #: alias kept for code that caught the earlier name
 PresetError = ConfigError
@@ -52,71 +50,10 @@ VARIANTS: dict[str, tuple[bool, bool, bool, bool]] = {
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-
-def param(default: Any, doc: str = "", *, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None, choices: Any = None,
-          multiple_of: int | None = None) -> Any:
-    """A dataclass field with its allowed values declared beside it: ``ge``/``gt``/``le``/``lt`` bounds
-    for numbers (and for each element of a tuple), ``choices`` (a sequence, a Registry or a callable
-    returning the names), ``multiple_of`` for integers.  Floats must also be finite."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "multiple_of": multiple_of}
-    if isinstance(default, (list, dict)):
-        raise TypeError("use tuples for sequence defaults")
-    return field(default=default, metadata=meta)
-
-
-def _allowed(meta: dict[str, Any]) -> str:
-    parts = []
-    for key, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-        if meta.get(key) is not None:
-            parts.append(f"{sym} {meta[key]:g}")
-    if meta.get("multiple_of"):
-        parts.append(f"a multiple of {meta['multiple_of']}")
-    return " and ".join(parts)
-
-
-def _choices(meta: dict[str, Any]) -> list[Any] | None:
-    c = meta.get("choices")
-    if c is None:
-        return None
-    if isinstance(c, Registry):
-        load_plugins()  # names registered by plugin modules count too (once per process)
-        return c.names()
-    if callable(c):
-        return list(c())
-    return list(c)
-
-
-def _check_value(where: str, value: Any, kind: Any, meta: dict[str, Any]) -> None:
-    """One field's value against its declared type and range; a ConfigError sentence otherwise."""
-    choices = _choices(meta)
-    if value is None:
-        if type(None) in typing.get_args(kind):
-            return
-        raise ConfigError(f"{where} must be set (it has no 'none' value)")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
-    numbers = value if isinstance(value, tuple) else (value,)
-    for x in numbers:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
-            continue
-        if isinstance(x, float) and not math.isfinite(x):
-            raise ConfigError(f"{where}={x} is not a finite number")
-        ok = ((meta.get("ge") is None or x >= meta["ge"]) and (meta.get("gt") is None or x > meta["gt"])
-              and (meta.get("le") is None or x <= meta["le"]) and (meta.get("lt") is None or x < meta["lt"])
-              and (not meta.get("multiple_of") or x % meta["multiple_of"] == 0))
-        if not ok:
-            raise ConfigError(f"{where}={value!r} is out of range: it must be {_allowed(meta)}")
-
-
-def check_fields(obj: Any, section: str) -> None:
-    """Every field of the dataclass ``obj`` against its declaration (``section`` prefixes the names)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        if dataclasses.is_dataclass(getattr(obj, f.name)):
-            continue
-        where = f"{section}.{f.name}" if section else f.name
-        _check_value(where, getattr(obj, f.name), hints[f.name], dict(f.metadata))
+#: the least share of a DSAP store's images with a person found that training accepts by default
+#: (``data.min_found``; ``precompute run --min-found`` states the same share): a store below it was almost
+#: always computed with the wrong estimator for its images
+MIN_FOUND = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -127,10 +64,13 @@ def check_fields(obj: Any, section: str) -> None:
 class DataConfig:
     """What a run trains on."""
 
-    dataset: str = param("synthetic", "dataset spec: a registered name with options, name:key=value,...")
-    estimator: str = param("synthetic", "the estimator whose DSAP store to read")
-    tag: str | None = param(None, "store variant: ROOT/dsap/<dataset>/<estimator>-<tag>")
+    dataset: str = param("synthetic", "dataset spec: a registered name with options, name:key=value,...",
+                         pattern=SPEC_PATTERN)
+    estimator: str = param("synthetic", "the estimator whose DSAP store to read", pattern=NAME_PATTERN)
+    tag: str | None = param(None, "store variant: ROOT/dsap/<dataset>/<estimator>-<tag>", pattern=NAME_PATTERN)
     input: str = param("dsap", "DSAG-Stream input: dsap (dense) or csa (coarse, Table 4)", choices=("dsap", "csa"))
+    min_found: float = param(MIN_FOUND, "the least share of the store's images with a person found (a store below "
+                             "it was most likely computed with the wrong estimator; 0 accepts any)", ge=0.0, le=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
@@ -167,7 +107,8 @@ class ModelConfig:
     dsag_blocks: int = param(2, "basic blocks per DSAG stage", ge=1, le=64)
     dsap_size: int = param(32, "S: DSAP images are S x S", ge=4, le=256, multiple_of=4)
     classifier_dim: int = param(512, "hidden width of the two-FC classifiers", ge=1, le=65536)
-    backbone: str = param("resnet50", "MF-Stream backbone (registry dsa.config.BACKBONES)", choices=BACKBONES)
+    backbone: str = param("resnet50", "MF-Stream backbone (registry dsa.config.BACKBONES)",
+                          choices=BACKBONES.known_names)
     frozen_blocks: int = param(0, "mobilenet_v2: the first N backbone blocks stay fixed", ge=0, le=14)
 
     def __post_init__(self) -> None:
@@ -264,6 +205,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "")
+        if not self.pretrained.strip():
+            raise ConfigError("pretrained='' is not allowed: use none, imagenet or the path of a state-dict file")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "variant": self.variant,
@@ -292,58 +235,6 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "recipe":
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
-
-def convert(where: str, value: Any, kind: Any) -> Any:
-    """``value`` (from YAML, JSON or a ``--set`` string) as a value of the field type ``kind``."""
-    args = typing.get_args(kind)
-    optional = (typing.get_origin(kind) in (typing.Union, types.UnionType)) and type(None) in args
-    if optional:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", "")):
-            return None
-        kind = next(a for a in args if a is not type(None))
-    origin = typing.get_origin(kind)
-    try:
-        if origin is tuple:
-            items = value
-            if isinstance(value, str):
-                items = [x for x in value.strip().strip("[]()").replace(",", " ").split()]
-            if not isinstance(items, (list, tuple)):
-                raise ValueError(value)
-            inner = typing.get_args(kind)[0]
-            return tuple(convert(where, x, inner) for x in items)
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            low = str(value).strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = float(value) if isinstance(value, str) else value
-            if isinstance(number, float):
-                if not number.is_integer():
-                    raise ValueError(value)
-                number = int(number)
-            if not isinstance(number, int):
-                raise ValueError(value)
-            return number
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if kind is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError(value)
-            return str(value)
-    except (TypeError, ValueError, OverflowError):
-        name = getattr(kind, "__name__", str(kind))
-        article = "an" if name[:1] in "aeiou" else "a"
-        raise ConfigError(f"{where} needs {article} {name} value, not {value!r}") from None
-    return value
 
 
 def _build(cls: type, values: dict[str, Any], section: str, where: str = "the configuration") -> Any:

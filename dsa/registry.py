@@ -11,17 +11,19 @@ repository adds its own entries in two ways:
 - for the command-line programs, name that module in the environment variable ``DSA_PLUGINS``
   (comma-separated module names, importable from the current directory or ``PYTHONPATH``), or
   declare it as an entry point of the group ``dsa_reid.plugins`` in your package's metadata.  The
-  plugins are imported once, the first time a name is looked up that the registry does not know.
+  plugins are imported once: by every command-line program when it starts (``data.console``), so that
+  one that cannot be imported is said before any work, and by the Python API the first time a name is
+  looked up that the registry does not know.
 
 An unknown name is a :class:`RegistryError` (a ``UserError``) listing the names there are.
 """
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from .env import env_value
 from .errors import UserError
 
 T = TypeVar("T")
@@ -47,8 +49,8 @@ def load_plugins() -> list[str]:
     global _plugins_loaded
     if _plugins_loaded:
         return []
+    names = env_value(PLUGINS_ENV) or []  # not a list of module names: an EnvError sentence
     _plugins_loaded = True
-    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
     loaded = []
     for name in names:
         try:
@@ -56,6 +58,10 @@ def load_plugins() -> list[str]:
         except ImportError as e:
             raise RegistryError(f"the plugin module {name!r} named in ${PLUGINS_ENV} cannot be imported ({e}); "
                                 f"check the name and that its folder is on PYTHONPATH") from None
+        except Exception as e:  # noqa: BLE001 - the user's own module failed: where, in one sentence
+            raise RegistryError(f"the plugin module {name!r} named in ${PLUGINS_ENV} failed while it was imported "
+                                f"({type(e).__name__}: {e}, at {_where(e)}); fix it or remove it from "
+                                f"${PLUGINS_ENV}") from None
         loaded.append(name)
     from importlib.metadata import entry_points
 
@@ -63,6 +69,16 @@ def load_plugins() -> list[str]:
         ep.load()
         loaded.append(ep.value)
     return loaded
+
+
+def _where(error: BaseException) -> str:
+    """file:line where ``error`` was raised (a SyntaxError: where the bad line is)."""
+    if isinstance(error, SyntaxError):
+        return f"{error.filename} line {error.lineno}"
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{frames[-1].filename} line {frames[-1].lineno}" if frames else "its import"
 
 
 class Registry(Generic[T]):
@@ -91,6 +107,12 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return list(self._entries)
+
+    def known_names(self) -> list[str]:
+        """The names, the plugin modules' included (they are imported first, once per process): what a
+        configuration field that names an entry may be."""
+        load_plugins()
+        return self.names()
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

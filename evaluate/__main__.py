@@ -10,11 +10,12 @@ import logging
 
 import click
 
-from data.console import CONTEXT, Group, root_option
+from data.console import CONTEXT, Group, IntRange, root_option
 from data.runtime import apply_threads, quiet_openmp
 
 quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
 
+from evaluate.export import OPSETS  # noqa: E402
 from evaluate.features import DSAP_FEATURE_SETS, FEATURE_SETS  # noqa: E402
 from evaluate.metrics import AP_DEFINITIONS, DISTANCES  # noqa: E402
 
@@ -182,8 +183,10 @@ def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip,
     from evaluate.search import search as run_search
 
     model = ReidModel.from_run(run, device=device, feature_set=feature_set, runs_dir=runs_dir, threads=threads)
-    if out is None:
-        out = Path(model.checkpoint).parent / "search" / (Path(gallery).resolve().name or "gallery")
+    if out is None:  # a name derived from the gallery folder's: checked to be a plain name (data.names)
+        from data.names import derived_name
+
+        out = Path(model.checkpoint).parent / "search" / derived_name(Path(gallery).resolve().name or "gallery")
     record = run_search(model, query, gallery, top=top, out=out, distance=distance, flip=flip,
                         batch_size=batch_size, cache_dir=None if no_cache else "auto", index=index, nprobe=nprobe,
                         max_memory=max_memory, pictures=not no_pictures)
@@ -202,7 +205,8 @@ def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip,
 @click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f not in DSAP_FEATURE_SETS]), default="mf",
               show_default=True)
 @click.option("--out", default=None, help="ONNX path (default runs/RUN/model-<feature set>.onnx)")
-@click.option("--opset", default=17, show_default=True)
+@click.option("--opset", default=17, show_default=True, type=IntRange(*OPSETS),
+              help=f"ONNX opset ({OPSETS[0]} to {OPSETS[1]}: those of PyTorch's TorchScript exporter)")
 @click.option("--input", "input_kind", type=click.Choice(["float", "uint8"]), default="float", show_default=True,
               help="float: normalised float RGB [B,3,H,W]; uint8: raw RGB bytes [B,H,W,3], normalised inside the graph")
 @click.option("--no-check", is_flag=True, help="skip the onnxruntime equality check")
@@ -215,6 +219,9 @@ def export(run, runs_dir, feature_set, out, opset, input_kind, no_check, threads
     info = export_onnx(run, runs_dir=runs_dir, feature_set=feature_set, out=out, opset=opset,
                        check=not no_check, input_kind=input_kind)
     click.echo(json.dumps(info, indent=2))
+    if not info["complete"]:
+        click.echo(f"note: {run} is a checkpoint of an unfinished run (step {info['step']}): the exported model is not "
+                   f"the trained network; finish the run (rerun `make train`) and export again", err=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from dsa.transforms import IMAGENET_MEAN, IMAGENET_STD
 from evaluate.features import EvaluationError, build_model
 
 INPUT_KINDS = ("float", "uint8")
+#: the opsets PyTorch's TorchScript exporter writes (the CLI's --opset is declared with them)
+OPSETS = (7, 20)
 
 
 class Uint8Input(torch.nn.Module):
@@ -45,18 +47,26 @@ class Uint8Input(torch.nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+#: how the images are resized before the network (``data.transforms.build_test_transform``); another resize
+#: gives other features (OpenCV's default ``INTER_LINEAR`` does not antialias when it shrinks a crop)
+RESIZE = {"interpolation": "bilinear", "antialias": True,
+          "same_as": "PIL Image.resize((width, height), Image.BILINEAR), torchvision resize(antialias=True) "
+                     "(byte-identical on uint8 RGB)",
+          "not": "cv2.resize's defaults (INTER_LINEAR without antialiasing: other pixels when shrinking)"}
+
+
 def input_spec(input_kind: str, h: int, w: int) -> dict[str, Any]:
     """What the exported graph expects, for the JSON beside the .onnx and the README."""
+    resize = f"resize to {h}x{w} (height x width) with antialiased bilinear interpolation (PIL's BILINEAR)"
     if input_kind == "uint8":
         return {"name": "images", "dtype": "uint8", "layout": "NHWC", "shape": ["batch", h, w, 3],
                 "colour": "RGB", "range": [0, 255], "normalised_inside": True,
-                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                "preprocess": f"decode to RGB, resize to {h}x{w} (height x width), stack as uint8"}
+                "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": dict(RESIZE),
+                "preprocess": f"decode to RGB, {resize}, stack as uint8"}
     return {"name": "images", "dtype": "float32", "layout": "NCHW", "shape": ["batch", 3, h, w], "colour": "RGB",
             "range": "((x / 255) - mean) / std per channel", "normalised_inside": False,
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "preprocess": f"decode to RGB, resize to {h}x{w} (height x width), scale to [0, 1], subtract mean, "
-                          f"divide by std, channels first"}
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "resize": dict(RESIZE),
+            "preprocess": f"decode to RGB, {resize}, scale to [0, 1], subtract mean, divide by std, channels first"}
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,8 @@ def export_onnx(run: str | os.PathLike, *, runs_dir: str | os.PathLike = "runs",
         raise EvaluationError("Only the MF-Stream feature sets (mf, global, local) can be exported.")
     if input_kind not in INPUT_KINDS:
         raise EvaluationError(f"Unknown input kind {input_kind!r}; choose one of {', '.join(INPUT_KINDS)}.")
+    if not OPSETS[0] <= opset <= OPSETS[1]:
+        raise EvaluationError(f"The ONNX opset {opset} is not one the exporter writes; choose {OPSETS[0]} to {OPSETS[1]}.")
     ckpt = open_checkpoint(run, runs_dir)
     ckpt_path = ckpt.path
     model, (h, w) = build_model(ckpt, feature_set)
@@ -97,12 +109,15 @@ def export_onnx(run: str | os.PathLike, *, runs_dir: str | os.PathLike = "runs",
                             "feature_set": feature_set, "input_kind": input_kind, "input": input_spec(input_kind, h, w),
                             "output": {"name": "features", "dtype": "float32", "shape": ["batch", dim],
                                        "compare_with": "cosine distance (evaluate's default)"},
-                            "opset": opset}
+                            "opset": opset, "complete": bool(ckpt.info.complete), "step": ckpt.info.step}
     if check:
         info["max_abs_diff"] = check_onnx(model, out, (h, w), atol=atol, input_kind=input_kind)
     atomic_write_json(out.with_suffix(".json"), info)
     info["spec"] = str(out.with_suffix(".json"))
     log.info("exported %s -> %s", ckpt_path, out)
+    if not ckpt.info.complete:
+        log.warning("%s is a checkpoint of an unfinished run (epoch %d, step %d): the exported model is not the "
+                    "trained network", ckpt_path, ckpt.info.epoch, ckpt.info.step)
     return info
 
 

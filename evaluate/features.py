@@ -90,6 +90,10 @@ def build_model(ckpt: Checkpoint, feature_set: str = "mf") -> tuple[nn.Module, t
     """The evaluation network for ``feature_set`` (eval mode, CPU) and its input size (H, W)."""
     if feature_set not in FEATURE_SETS:
         raise EvaluationError(f"Unknown feature set {feature_set!r}; choose one of {', '.join(FEATURE_SETS)}.")
+    bad = ckpt.non_finite()
+    if bad:  # every feature would be NaN: refused before any image, for evaluate, export and search alike
+        raise EvaluationError(f"The checkpoint {ckpt.path} holds NaN or infinite weights ({len(bad)} tensors, e.g. "
+                              f"{bad[0]}); its features would be meaningless: use another run or checkpoint.")
     info = ckpt.info
     net = build_dsanet(info.model, info.num_classes, info.variant, ckpt.model_state)
     model = StreamFeatures(net, feature_set) if feature_set in DSAP_FEATURE_SETS else InferenceModel(net, feature_set)
@@ -270,7 +274,11 @@ def load_features(path: str | os.PathLike) -> Features:
     except (OSError, UnicodeDecodeError, TypeError, ValueError) as e:
         raise EvaluationError(f"Cannot read the features file {path}: {e}") from None
     expected = attrs.pop("content_sha256", None)
-    if expected is not None and expected != content_digest((parts["query"], parts["gallery"])):
+    if expected is None:
+        raise EvaluationError(f"The features file {path} has no checksum (content_sha256): it was edited, or written "
+                              f"by another program, so its content cannot be trusted; extract the features again "
+                              f"(`make eval`).")
+    if expected != content_digest((parts["query"], parts["gallery"])):
         raise EvaluationError(f"The features file {path} is damaged (its content differs from its checksum); "
                               f"extract the features again (`make eval`).")
     (qf, qp, qc, qk), (gf, gp, gc, gk) = parts["query"], parts["gallery"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from data.io import atomic_output
+from data.io import atomic_output, atomic_write_text, file_sha256
 from evaluate.features import EvaluationError, GalleryFile, gallery_blocks
 from evaluate.metrics import DISTANCES, prepare_features
 
@@ -37,6 +37,11 @@ INDEX_KINDS = ("flat", "ivf")
 INSTALL = "pip install faiss-cpu"
 #: training points per IVF cell (FAISS's advice is 39 to 256)
 TRAIN_PER_CELL = 64
+
+
+def _checksum_path(path: str | os.PathLike) -> Path:
+    """Where an index file's sha256 is kept beside it."""
+    return Path(f"{path}.sha256")
 
 
 def require_faiss() -> Any:
@@ -116,10 +121,21 @@ class GalleryIndex:
         return idx.astype(np.int64), dist.astype(np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the index atomically (FAISS's own format)."""
+        """Write the index atomically (FAISS's own format), and its sha256 beside it (``<path>.sha256``)."""
         faiss = require_faiss()
         with atomic_output(path) as tmp:
             faiss.write_index(self.index, str(tmp))
+        atomic_write_text(_checksum_path(path), file_sha256(path) + "\n")
+
+    @staticmethod
+    def intact(path: str | os.PathLike) -> bool:
+        """Whether the index file at ``path`` is the one :meth:`save` wrote (its sha256 is the one beside it):
+        an index changed since (or without a checksum) is not to be trusted with a ranking."""
+        try:
+            expected = _checksum_path(path).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return False
+        return Path(path).is_file() and file_sha256(path) == expected
 
     @classmethod
     def load(cls, path: str | os.PathLike, kind: str, metric: str, nprobe: int | None = None) -> "GalleryIndex":

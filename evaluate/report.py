@@ -20,9 +20,10 @@ import numpy as np
 
 from data.datasets import build_dataset
 from data.io import atomic_write_json, file_sha256
-from data.runs import RunFolder, dataset_dirname, open_checkpoint
+from data.names import derived_name
+from data.runs import RunFolder, check_name, dataset_dirname, open_checkpoint
 from data.runtime import default_workers, resolve_device
-from data.store import open_store
+from data.store import describe_differences, open_store
 from evaluate.features import (
     DSAP_FEATURE_SETS,
     EvaluationError,
@@ -207,7 +208,7 @@ def evaluate_run(
                     ckpt_path, info.epoch, info.step)
     model, size = build_model(ckpt, feature_set)
     ds = build_dataset(dataset, root)
-    store = _open_store(info, root, dataset, ds, feature_set) if feature_set in DSAP_FEATURE_SETS else None
+    store = _open_store(ckpt, root, dataset, ds, feature_set) if feature_set in DSAP_FEATURE_SETS else None
     setting = evaluation_name(feature_set=feature_set, flip=flip, rerank=rerank, distance=distance, ap=ap)
     out_dir = RunFolder(ckpt_path.parent).eval_dir(dataset) / setting
     splits = {}
@@ -254,14 +255,25 @@ def evaluation_name(*, feature_set: str = "mf", flip: bool = False, rerank: bool
     return "-".join(parts)
 
 
-def _open_store(info, root: str | os.PathLike, dataset: str, ds, feature_set: str = "fused") -> Any:
+def _open_store(ckpt, root: str | os.PathLike, dataset: str, ds, feature_set: str = "fused") -> Any:
     """The DSAP store the run was trained with, for ``dataset`` under ``root`` (the fused and dsag feature
-    sets), checked to cover query and gallery."""
+    sets), checked as training checks it (``DSAPStore.check_fresh``: checksums, coverage of query and gallery,
+    no image changed since) and, when the run recorded them, computed with the settings it was trained with."""
+    info = ckpt.info
     if not info.estimator:
         raise EvaluationError(f"The {feature_set!r} feature set needs the run's DSAP store, but its checkpoint names "
                               f"no estimator.")
     store = open_store(root, dataset, info.estimator, info.tag, kind=info.input_kind, size=info.model.dsap_size)
-    store.check_covers([it.key for it in (*ds.query, *ds.gallery)])
+    store.check_fresh(ds.root, [it.key for it in (*ds.query, *ds.gallery)], "query or gallery ")
+    trained = ((ckpt.config or {}).get("runtime") or {}).get("store_settings")
+    if trained:
+        now = {k: store.manifest.get(k) for k in trained}
+        if now != trained:
+            diffs = describe_differences(trained, now, sides=("at training", "in the store"))
+            raise EvaluationError(f"The store {store.folder} was computed with other settings than the store the run was "
+                                  f"trained with ({diffs}); its {feature_set!r} features would not be the trained "
+                                  f"network's: recompute the store with the run's settings (or a --tag), or evaluate "
+                                  f"the mf feature set.")
     return store
 
 
@@ -269,10 +281,19 @@ def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLi
                  plot: str | os.PathLike | None = None, setting: str = "") -> tuple[str, Path]:
     """The side-by-side table of the runs' metrics on ``dataset`` (the evaluations with ``setting``, see
     :func:`evaluation_name`) and one plot of their CMC curves (mAP and rank-1 in the legend); returns
-    (table, plot path)."""
+    (table, plot path).  The table ends with the metrics file it read for each run and the other settings
+    that run was evaluated with."""
+    if setting:
+        check_name(setting, "evaluation setting")
     rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
+    read = []
+    for r in runs:
+        path = metrics_path(r, dataset, runs_dir, setting)
+        others = _other_settings(path, setting)
+        also = f"; also evaluated with: {', '.join(others)}" if others else ""
+        read.append(f"{r}: read {path} ({setting or 'default settings'}{also})")
     if plot is None:
-        names = "_vs_".join(Path(str(r)).name for r in runs)
+        names = "_vs_".join(derived_name(Path(str(r)).name) for r in runs)
         plot = Path(runs_dir) / "compare" / dataset_dirname(dataset) / f"{names[:180]}.png"
     curves = {}
     for r, m in rows.items():
@@ -283,9 +304,16 @@ def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLi
         curves[label] = m.get("cmc") or [m[k] for k in ("rank1",)]
     protocols = sorted({str(m.get("protocol", "")) for m in rows.values()})
     plot = Path(plot)
-    plot.parent.mkdir(parents=True, exist_ok=True)
     plot_cmc(curves, plot, title=f"CMC: {dataset} ({', '.join(protocols)})")
-    return format_table(rows), plot
+    return "\n".join([format_table(rows), *read]), plot
+
+
+def _other_settings(path: Path, setting: str) -> list[str]:
+    """The other evaluations beside the metrics file ``path`` (of ``setting``): their settings' names."""
+    eval_dir = path.parent.parent if setting else path.parent
+    default = ["the defaults (no --setting)"] if setting and (eval_dir / "metrics.json").is_file() else []
+    return default + [f"--setting {p.parent.name}" for p in sorted(eval_dir.glob("*/metrics.json"))
+                      if p.parent.name != setting]
 
 
 def metrics_path(run: str, dataset: str, runs_dir: str | os.PathLike = "runs", setting: str = "") -> Path:
@@ -301,5 +329,21 @@ def metrics_path(run: str, dataset: str, runs_dir: str | os.PathLike = "runs", s
 
 
 def load_metrics(run: str, dataset: str, runs_dir: str | os.PathLike = "runs", setting: str = "") -> dict[str, Any]:
-    """runs/<RUN>/eval/<dataset>/[<setting>/]metrics.json (a sentence when it is missing)."""
-    return json.loads(metrics_path(run, dataset, runs_dir, setting).read_text(encoding="utf-8"))
+    """runs/<RUN>/eval/<dataset>/[<setting>/]metrics.json (a sentence when it is missing, unreadable or not
+    the metrics of an evaluation: rank-1 and mAP numbers, a CMC list of numbers)."""
+    path = metrics_path(run, dataset, runs_dir, setting)
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise EvaluationError(f"Cannot read the metrics file {path} ({e}); evaluate the run again "
+                              f"(`make eval RUN={run}`).") from None
+    number = (int, float)
+    problem = ("it holds a JSON " + type(m).__name__ + ", not an object" if not isinstance(m, dict) else
+               next((f"its {k} is {m.get(k)!r}, not a number" for k in ("rank1", "mAP")
+                     if not isinstance(m.get(k), number) or isinstance(m.get(k), bool)), None) or
+               ("its cmc is not a list of numbers" if not isinstance(m.get("cmc", []), list)
+                or not all(isinstance(x, number) for x in m.get("cmc", [])) else None))
+    if problem:
+        raise EvaluationError(f"The metrics file {path} is not the metrics of an evaluation ({problem}); evaluate "
+                              f"the run again (`make eval RUN={run}`).")
+    return m

@@ -34,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 from data.datasets.base import IMAGE_EXTS
-from data.io import atomic_write_json, atomic_write_text, file_sha256
+from data.io import atomic_write_json, atomic_write_text, file_sha256, make_folder
+from data.scan import is_utf8, link_reason, list_files
 from evaluate.features import EvaluationError, GalleryFile, GalleryWriter, gallery_blocks, now_iso
 from evaluate.metrics import (
     _check_dims,
@@ -66,11 +67,10 @@ class Extractor(Protocol):
     def extract(self, images: Sequence[Any], *, root: str | os.PathLike | None = None, batch_size: int = 64,
                 flip: bool = False, progress: bool = False) -> np.ndarray: ...
 
-_SIDE_FILES = ("_iuv.png", "_inds.png")
-
-
 def list_images(path: str | os.PathLike, what: str = "gallery") -> tuple[Path, list[str]]:
-    """(folder, sorted image paths relative to it) for a folder (searched recursively) or one image file."""
+    """(folder, sorted image paths relative to it) for a folder (searched recursively, by
+    :func:`data.scan.list_files`: loops and folders that cannot be read are sentences) or one image file.
+    Names that are not UTF-8 and links that cannot be followed are refused up front, with a few examples."""
     p = Path(path).expanduser()
     if p.is_file():
         if not p.name.lower().endswith(IMAGE_EXTS):
@@ -78,10 +78,19 @@ def list_images(path: str | os.PathLike, what: str = "gallery") -> tuple[Path, l
         return p.parent, [p.name]
     if not p.is_dir():
         raise EvaluationError(f"There is no {what} image or folder at {p}.")
-    names = sorted(Path(dp, f).relative_to(p).as_posix() for dp, _, fs in os.walk(p, followlinks=True) for f in fs
-                   if f.lower().endswith(IMAGE_EXTS) and not f.lower().endswith(_SIDE_FILES))
+    names = [f.relative_to(p).as_posix() for f in list_files(p, IMAGE_EXTS)]
     if not names:
         raise EvaluationError(f"The {what} folder {p} holds no images ({', '.join(IMAGE_EXTS)}).")
+    not_utf8 = [n for n in names if not is_utf8(n)]
+    if not_utf8:
+        raise EvaluationError(f"{len(not_utf8)} file name(s) in the {what} folder {p} are not valid UTF-8 (e.g. "
+                              f"{not_utf8[0].encode('utf-8', 'surrogateescape')!r}); rename them (the ranking names "
+                              f"images in UTF-8).")
+    broken = [(n, reason) for n in names if (reason := link_reason(p / n)) is not None]
+    if broken:
+        examples = "; ".join(f"{n} {reason}" for n, reason in broken[:3])
+        raise EvaluationError(f"{len(broken)} image(s) in the {what} folder {p} cannot be read: {examples}; "
+                              f"remove or fix them and rerun.")
     return p, names
 
 
@@ -266,7 +275,10 @@ def _index_search(g_feats, q_feats, top: int, distance: str, kind: str, nprobe: 
     if isinstance(g_feats, GalleryFile):
         path = g_feats.path.with_name(f"{g_feats.path.stem}-{kind}-{distance}-"
                                       f"{g_feats.attrs['content_sha256'][:16]}.faiss")
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and not GalleryIndex.intact(path):
+        log.warning("the index %s differs from the checksum written beside it (changed since it was built); "
+                    "building it again", path)
+    if path is not None and GalleryIndex.intact(path):
         idx = GalleryIndex.load(path, kind, distance, nprobe)
     else:
         idx = GalleryIndex.build(g_feats, kind, distance, nprobe=nprobe, progress=progress)
@@ -285,7 +297,7 @@ def _index_search(g_feats, q_feats, top: int, distance: str, kind: str, nprobe: 
 
 def write_outputs(record: dict[str, Any], out: Path, g_dir: Path, pictures: bool = True) -> None:
     """ranking.json, ranking.csv and (``pictures``) one ranked-list picture per query under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["query", "rank", "gallery", "distance"])
@@ -297,7 +309,7 @@ def write_outputs(record: dict[str, Any], out: Path, g_dir: Path, pictures: bool
         written = []
         for i, q in enumerate(record["queries"]):
             path = out / "pictures" / f"{i:03d}-{Path(q['query']).stem}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             ranked_list(q["query"], [g_dir / r["file"] for r in q["results"]], ["unlabelled"] * len(q["results"]),
                         [f"{r['rank']}: {r['distance']:.4g}" for r in q["results"]], path)
             written.append(str(path))

@@ -9,7 +9,10 @@ from typing import Any
 
 import click
 
-from data.console import CONTEXT, ROOT_ENV, Group
+from data.console import CONTEXT, ROOT_ENV, Group, IntRange
+from data.store import DSAP_SIZES
+from dsa.config import MIN_FOUND
+from precompute.runner import EARLY_IMAGES
 from data.runtime import apply_threads, quiet_openmp
 
 quiet_openmp()  # before torch starts: OMP_WAIT_POLICY=PASSIVE unless set (data.runtime)
@@ -43,14 +46,19 @@ def cli(verbose: bool) -> None:
 @click.option("--root", default="datasets", show_default=True, envvar=ROOT_ENV, show_envvar=True,
               type=click.Path(path_type=Path), help="Data root.")
 @click.option("--estimator", required=True, help="Estimator (synthetic, iuv, densepose, pose).")
-@click.option("--workers", default=1, show_default=True, type=int, help="Worker processes on this machine.")
+@click.option("--workers", default=1, show_default=True, type=IntRange(min=1), help="Worker processes on this machine.")
 @click.option("--kind", default="dsap", show_default=True, type=click.Choice(["dsap", "csa"]))
-@click.option("--size", default=32, show_default=True, type=int, help="DSAP image size S.")
-@click.option("--shard-size", default=500, show_default=True, type=int, help="Images per shard.")
-@click.option("--batch-size", default=None, type=int, help="Estimator batch size (default: the estimator's).")
+@click.option("--size", default=32, show_default=True, type=IntRange(**DSAP_SIZES),
+              help="DSAP image size S (a multiple of 8, at most 256).")
+@click.option("--shard-size", default=500, show_default=True, type=IntRange(min=1), help="Images per shard.")
+@click.option("--batch-size", default=None, type=IntRange(min=1), help="Estimator batch size (default: the estimator's).")
 @click.option("-o", "--option", "options", multiple=True, help="Estimator option key=value (repeatable).")
 @click.option("--tag", default=None, help="Store variant name: the store goes to <estimator>-<tag>.")
 @click.option("--force", is_flag=True, help="Replace an existing store computed with other settings.")
+@click.option("--min-found", default=MIN_FOUND, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="The least share of images with a person found: below it the run stops (early, after "
+                   f"{EARLY_IMAGES} images without anybody) or answers exit 2, as training refuses such a store "
+                   "(data.min_found); almost always the wrong estimator for the images. 0 accepts any.")
 @click.option("--compression", default="lz4", show_default=True, type=click.Choice(["lz4", "lzf", "none", "gzip"]),
               help="HDF5 compression of the DSAP arrays (lz4: as small as lzf, reads as fast as none; "
                    "needs hdf5plugin, which `make install` installs).")
@@ -60,8 +68,8 @@ def cli(verbose: bool) -> None:
                    "count pins it as a setting (densepose: -o threads=N, default 1), so the store's bytes do not "
                    "depend on --threads, --workers or --batch-size.")
 def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, size: int, shard_size: int,
-            batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, compression: str,
-            threads: int) -> None:
+            batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, min_found: float,
+            compression: str, threads: int) -> None:
     """Compute the DSAP store of DATASET with ESTIMATOR (resumable; parallel with --workers or torchrun)."""
     from precompute.runner import PrecomputeConfig, run_precompute
 
@@ -70,7 +78,7 @@ def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, s
     cfg = PrecomputeConfig(
         dataset=dataset, root=root, estimator=estimator, options=parse_options(options), workers=workers,
         kind=kind, size=size, shard_size=shard_size, batch_size=batch_size, tag=tag, force=force,
-        compression=None if compression == "none" else compression,
+        compression=None if compression == "none" else compression, min_found=min_found,
     )
     s = run_precompute(cfg)
     if s.get("up_to_date"):
@@ -95,8 +103,8 @@ def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, s
 @click.option("--tag", default=None, help="Store variant name (as given to `run --tag`).")
 @click.option("--verify", "do_verify", is_flag=True, help="Check checksums, every array, keys vs the dataset; exit 1 on problems.")
 @click.option("--montage", "montage_keys", multiple=True, help="Write a montage PNG for this key (repeatable).")
-@click.option("--montage-random", default=0, type=int, help="Write montages for N random keys.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for --montage-random.")
+@click.option("--montage-random", default=0, type=IntRange(min=0), help="Write montages for N random keys.")
+@click.option("--seed", default=0, show_default=True, type=IntRange(0, 2**32 - 1), help="Seed for --montage-random.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Folder for montages (default: STORE/inspect).")
 @click.option("-o", "--option", "options", multiple=True,
               help="Estimator option key=value for the montages' part-label maps (repeatable); the store's own "
@@ -135,9 +143,11 @@ def inspect_cmd(dataset: str, root: Path, estimator: str, tag: str | None, do_ve
 @click.option("--iuv", "iuv_path", required=True, type=click.Path(path_type=Path), help="Its DensePose *_IUV.png.")
 @click.option("--inds", "inds_path", required=True, type=click.Path(path_type=Path), help="Its *_INDS.png (person index).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder for the PNGs.")
-@click.option("--size", default=32, show_default=True, type=int, help="DSAP image size S.")
+@click.option("--size", default=32, show_default=True, type=IntRange(**DSAP_SIZES),
+              help="DSAP image size S (a multiple of 8, at most 256).")
 @click.option("--kind", default="dsap", show_default=True, type=click.Choice(["dsap", "csa"]))
-@click.option("--max-persons", default=6, show_default=True, type=int, help="At most this many persons (largest first).")
+@click.option("--max-persons", default=6, show_default=True, type=IntRange(min=1),
+              help="At most this many persons (largest first).")
 def inspect_iuv_cmd(image_path: Path, iuv_path: Path, inds_path: Path, out: Path, size: int, kind: str,
                     max_persons: int) -> None:
     """Montages and coverage figures of the persons in one image with its DensePose IUV + INDS output."""

@@ -14,7 +14,19 @@ its reason, stored as "not found" (DSAP images filled with mid-grey, nothing wri
 store's keys still cover the dataset, and the run goes on.  A failure that is the estimator's rather
 than an image's stops the run with one sentence instead (:class:`SystemicFailure`): the estimator
 failing for one and the same reason on as many consecutive images as a batch holds (at least 2; the
-image's own name removed from the reason), e.g. a model that cannot produce chart output at all.
+image's own name and folder removed from the reason), e.g. a model that cannot produce chart output at
+all, or the ``synthetic`` estimator on crops without the generator's ground truth.  So does an estimator
+that finds a person in (nearly) none of the images: a process that has computed :data:`EARLY_IMAGES`
+images without finding anybody stops, and a complete store whose share of images with a person found is
+below ``min_found`` (``--min-found``, the share training asks for by default, ``data.min_found``) is kept
+but answered with exit 2 and a sentence naming the likely cause, the wrong estimator, whenever it is
+computed or found "up to date".
+
+"Up to date" is decided by the checks training makes before it reads a store (``DSAPStore.check_fresh``:
+every shard against the manifest's checksum, every key covered, no image changed), after the runner's own:
+the manifest lists the planned shards, and each shard matches both the checksum beside it and the
+manifest's; a shard that does not is recomputed (its bytes do not depend on the run, so an intact one is
+rewritten identically).
 
 The stored bytes do not depend on how the work was scheduled (workers, ranks, batch size, the process's
 thread count, a resumed run): an estimator whose output depends on its thread count pins it as one of
@@ -27,8 +39,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import sys
 import queue as queue_mod
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -42,6 +54,8 @@ from tqdm import tqdm
 from data.io import file_sha256, hold_lock, release_lock
 from data.store import (
     DEFAULT_COMPRESSION,
+    DSAP_SIZES,
+    DSAPStore,
     LOCK_NAME,
     MANIFEST_NAME,
     StoreError,
@@ -52,18 +66,23 @@ from data.store import (
     describe_differences,
     existing_shards,
     fingerprint,
+    low_found_sentence,
     read_manifest,
     read_shard_header,
     recorded_checksum,
+    remove_stale_temporaries,
     source_signature,
     store_dir,
 )
+from dsa.config import MIN_FOUND
 from dsa.errors import UserError
 
 log = logging.getLogger(__name__)
 
 #: Fill value of the DSAP images of an image that could not be read (its mean is unknown).
 UNREADABLE_FILL = 128
+#: a process that has computed this many images without finding a single person stops (the wrong estimator)
+EARLY_IMAGES = 200
 
 
 class PrecomputeError(UserError):
@@ -74,6 +93,10 @@ class SystemicFailure(PrecomputeError):
     """The estimator fails the same way on every image of a batch: its problem, not the images'."""
 
 
+class NothingFound(PrecomputeError):
+    """The estimator finds a person in (nearly) none of the images: almost always the wrong estimator."""
+
+
 @dataclass
 class PrecomputeConfig:
     """Everything ``python -m precompute run`` takes."""
@@ -82,6 +105,7 @@ class PrecomputeConfig:
     root: Path
     estimator: str
     options: dict[str, Any] = field(default_factory=dict)
+    min_found: float = MIN_FOUND
     workers: int = 1
     kind: str = "dsap"
     size: int = 32
@@ -164,6 +188,8 @@ def failure_reason(error: BaseException, key: str, path: str | Path) -> str:
     for name in sorted({str(path), path.as_posix(), key, path.name, path.stem}, key=len, reverse=True):
         if name:
             text = text.replace(name, "<image>")
+    if str(path.parent) not in ("", "."):  # images of one identity per folder: the folder is the image's too
+        text = text.replace(str(path.parent), "<folder>")
     return text
 
 
@@ -198,8 +224,9 @@ def compute_shard(
         if streak[1] >= max(2, min(batch, batch_images)):  # a whole batch (of 2 or more) failed alike
             raise SystemicFailure(
                 f"the {getattr(estimator, 'name', '') or 'estimator'} estimator failed on {streak[1]} images in a row "
-                f"(the last {keys[i]}) for one reason, {reason.rstrip('.')}, which is a problem of the estimator or its "
-                "options rather than of the images: fix that and rerun (nothing of this shard was stored)")
+                f"(the last {keys[i]}) for one reason, {reason.rstrip('.')}, which is a problem of the estimator, its "
+                "options or the choice of estimator for these images rather than of the images: fix that and rerun "
+                "(nothing of this shard was stored)")
         fail(i, f"estimator failed: {error}")
 
     for start in range(0, n, batch):
@@ -240,6 +267,7 @@ class _Job:
     compression: str | None
     shards: list[tuple[int, list[str]]]
     parent: int = 0  # the pid of the process that started the workers (read there, never in a worker)
+    min_found: float = MIN_FOUND  # > 0: stop after EARLY_IMAGES images without a person found
     workers: int = 1
     rank: int = 0
     world: int = 1
@@ -300,27 +328,13 @@ def _write_shards(job: _Job, estimator: Any, progress: Callable[[int], None]) ->
         stats["found"] += int(found.sum())
         stats["failures"] += len(failures)
         stats["shards"] += 1
+        if job.min_found > 0 and stats["found"] == 0 and stats["images"] >= EARLY_IMAGES:
+            sentence = low_found_sentence(job.folder, job.settings.estimator, 0, stats["images"], failures,
+                                          job.min_found, "required by --min-found",
+                                          "the run stops here (the shards written are kept): rerun with the right "
+                                          "--estimator, or with --min-found 0 to compute it all the same")
+            raise NothingFound(sentence.replace("of the store", "computed so far for the store", 1))
     return stats
-
-
-def _die_with_parent() -> None:
-    """On Linux, have the kernel SIGKILL this worker as soon as its parent dies.
-
-    A worker orphaned by a killed run must not go on writing shards (or their temporary files) while
-    the rerun works in the same folder; the parent-pid check in ``progress`` is the portable fallback,
-    but it only runs between batches.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl: rely on the fallback
-        pass
 
 
 def _worker_main(job: _Job, q: Any) -> None:
@@ -329,12 +343,12 @@ def _worker_main(job: _Job, q: Any) -> None:
     The parent's pid comes with the job (read by the parent itself): a worker whose parent died
     during its start-up sees another parent pid than that after arming the death signal and stops,
     however early the parent died."""
-    from data.runtime import worker_threads
+    from data.runtime import die_with_parent, worker_threads
 
     parent = job.parent
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        raise SystemExit(1)
+    # a worker orphaned by a killed run must not go on writing shards (or their temporary files) while the
+    # rerun works in the same folder; the parent-pid check in ``progress`` is the portable fallback
+    die_with_parent(parent)
     worker_threads()  # N workers side by side: one intra-op thread each (an estimator may pin its own)
 
     def progress(n: int) -> None:
@@ -354,6 +368,16 @@ def _worker_main(job: _Job, q: Any) -> None:
         raise SystemExit(1)
 
 
+def _death_sentence(proc: Any) -> str:
+    """What a worker that died without reporting (killed by a signal, or exited) means for the user."""
+    code = proc.exitcode
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
+        else f"exited with code {code}"
+    return (f"a precompute worker (pid {proc.pid}) {how} without finishing its shards (out of memory, or stopped from "
+            "outside); the shards finished so far are kept: rerun the same command to compute the rest (with fewer "
+            "--workers if memory is short)")
+
+
 def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -368,8 +392,9 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
                 kind, payload = q.get(timeout=1.0)
             except queue_mod.Empty:
                 dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead and q.empty():
-                    errors.append(("error", f"a worker exited with code {dead[0].exitcode}"))
+                if dead and q.empty():  # died without a word: killed (the out-of-memory killer, a user)
+                    sentences.append(_death_sentence(dead[0]))
+                    errors.append(sentences[-1])
                     break
                 continue
             if kind == "progress":
@@ -403,9 +428,10 @@ def _run_workers(jobs: list[_Job], bar: tqdm) -> dict[str, int]:
 # --------------------------------------------------------------------------- the run
 def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: StoreSettings, force: bool,
                  signatures: dict[str, str], expected_sha: dict[str, str]) -> str:
-    """'done' when shard ``index`` is intact (its sha256 is the one recorded beside it or, for a shard
-    without one, in the manifest), holds these keys, settings and the current source signatures of
-    its images; else 'pending' (with a log line saying why, when the shard exists)."""
+    """'done' when shard ``index`` is intact (its sha256 is the one recorded beside it and the one the
+    manifest lists, where each exists: the manifest's is what training checks), holds these keys, settings
+    and the current source signatures of its images; else 'pending' (with a log line saying why, when the
+    shard exists)."""
     path = writer.shard_path(index)
     if not path.exists():
         return "pending"
@@ -419,10 +445,10 @@ def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: Sto
         raise settings_refusal(str(path), settings, header)
     if diffs or header["keys"] != keys:
         return "pending"
-    expected = recorded_checksum(path) or expected_sha.get(path.name)
-    if expected is None or file_sha256(path) != expected:
-        log.warning("shard %s is damaged (its checksum differs from the one recorded when it was written); "
-                    "recomputing it", path.name)
+    expected = {s for s in (recorded_checksum(path), expected_sha.get(path.name)) if s is not None}
+    if not expected or {file_sha256(path)} != expected:
+        log.warning("shard %s is damaged (its checksum differs from the one recorded when it was written, beside it "
+                    "or in the manifest); recomputing it", path.name)
         return "pending"
     if header["sources"] is not None:
         changed = [k for k, sig in zip(keys, header["sources"]) if sig != signatures[k]]
@@ -468,6 +494,34 @@ def _all_shards_current(writer: StoreWriter, plan: list[list[str]], settings: St
     return True
 
 
+def _reads_as_training_does(folder: Path, dataset_root: Path, keys: list[str]) -> bool:
+    """Whether the complete store passes the checks a reader (training) makes before it uses it; a log line
+    says why not (the shards are then checked one by one and what is damaged is recomputed)."""
+    try:
+        store = DSAPStore(folder)
+        try:
+            store.check_fresh(dataset_root, keys)
+        finally:
+            store.close()
+    except StoreError as e:
+        log.warning("the store is complete but a reader would refuse it (%s); checking it shard by shard", e)
+        return False
+    return True
+
+
+def _check_found(cfg: PrecomputeConfig, folder: Path, estimator: str, manifest: dict[str, Any]) -> None:
+    """A complete store whose share of images with a person found is below ``cfg.min_found`` is answered with
+    a NothingFound sentence (the store is kept: training refuses it by the same share)."""
+    sentence = low_found_sentence(folder, estimator, int(manifest.get("num_found", 0)),
+                                  int(manifest.get("num_images", 0)), manifest.get("failures") or [], cfg.min_found,
+                                  "required by --min-found, as training requires by default",
+                                  "the store is kept; compute it with the right --estimator (and --tag, or --force), "
+                                  "or pass --min-found 0 to accept it as it is (and train on it with --set "
+                                  "data.min_found=0)")
+    if sentence:
+        raise NothingFound(sentence)
+
+
 def run_precompute(
     cfg: PrecomputeConfig, *, dataset: Any = None, estimator_factory: Callable[[Path], Any] | None = None
 ) -> dict[str, Any]:
@@ -479,10 +533,15 @@ def run_precompute(
     """
     if cfg.kind not in ("dsap", "csa"):
         raise PrecomputeError(f"--kind must be dsap or csa, not {cfg.kind!r}")
-    if cfg.size < 8 or cfg.size % 8:
-        raise PrecomputeError(f"--size must be a positive multiple of 8, not {cfg.size}")
+    if not DSAP_SIZES["min"] <= cfg.size <= DSAP_SIZES["max"] or cfg.size % DSAP_SIZES["multiple_of"]:
+        raise PrecomputeError(f"--size must be a multiple of {DSAP_SIZES['multiple_of']} from {DSAP_SIZES['min']} "
+                              f"to {DSAP_SIZES['max']}, not {cfg.size}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        raise PrecomputeError(f"--batch-size must be at least 1, not {cfg.batch_size}")
     if cfg.workers < 1:
         raise PrecomputeError(f"--workers must be at least 1, not {cfg.workers}")
+    if not 0.0 <= cfg.min_found <= 1.0:
+        raise PrecomputeError(f"--min-found must be a share from 0 to 1, not {cfg.min_found}")
     t0 = time.perf_counter()
     rank, world = dist_env()
     if dataset is None:
@@ -540,8 +599,10 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
     states = {i: _shard_state(writer, i, plan[i], settings, cfg.force, signatures, expected_sha) for i in owned}
     up_to_date = (manifest is not None and not cfg.force and manifest.get("fingerprint") == fingerprint(keys)
                   and manifest.get("content_fingerprint") in (None, content_fingerprint(signatures))
-                  and all(v == "done" for v in states.values()))
+                  and [sh["name"] for sh in manifest["shards"]] == [writer.shard_path(i).name for i in range(len(plan))]
+                  and all(v == "done" for v in states.values()) and _reads_as_training_does(folder, dataset.root, keys))
     if up_to_date:
+        _check_found(cfg, folder, settings.estimator, manifest)
         log.info("the store at %s is complete and up to date (%d images); nothing to do", folder, manifest["num_images"])
         return {"folder": str(folder), "up_to_date": True, "num_images": manifest["num_images"],
                 "num_found": manifest["num_found"], "failures": manifest["failures"]}
@@ -555,7 +616,8 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
         cfg.dataset, cfg.estimator, len(keys), len(plan), rank, world, len(owned), len(pending), todo, cfg.workers,
     )
     job = dict(folder=str(folder), dataset_root=str(dataset.root), factory=factory, batch_size=cfg.batch_size,
-               settings=settings, compression=cfg.compression, parent=os.getpid(), rank=rank, world=world)
+               settings=settings, compression=cfg.compression, parent=os.getpid(), rank=rank, world=world,
+               min_found=cfg.min_found)
     with tqdm(total=todo, unit="img", desc=f"precompute {cfg.dataset}", disable=None) as bar:
         if cfg.workers == 1 or len(pending) <= 1:
             stats = _write_shards(_Job(**job, shards=[(i, plan[i]) for i in pending]), estimator, bar.update)
@@ -576,6 +638,8 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
         )
         summary.update(num_images=final["num_images"], num_found=final["num_found"], failures=final["failures"],
                        complete=True)
+        remove_stale_temporaries(folder)
+        _check_found(cfg, folder, settings.estimator, final)
     else:
         log.info("this process wrote its shards; others are still missing, the last rank to finish writes the manifest")
         summary["complete"] = False

@@ -107,7 +107,7 @@ def test_store_bytes_do_not_depend_on_threads_workers_or_batch_size(tmp_path):
 
     def build(tag: str, threads: int, **kw) -> dict:
         torch.set_num_threads(threads)
-        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=32, shard_size=2, tag=tag,
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", min_found=0, size=32, shard_size=2, tag=tag,
                                options={"config": str(R50), "weights": "random", "min_body_fraction": 0.0}, **kw)
         assert run_precompute(cfg, dataset=dataset)["complete"]
         return _shard_contents(store_dir(tmp_path, "toy", "densepose", tag))

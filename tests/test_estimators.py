@@ -401,7 +401,7 @@ def test_inspect_warns_about_random_weight_stores(tmp_path, fake_d2):
 
     iuv_cfg, _ = _configs(tmp_path / "configs")
     dataset = _toy_dataset(tmp_path / "data", 4)
-    cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose",
+    cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", min_found=0,
                            options={"config": str(iuv_cfg), "weights": "random"}, size=16)
     assert run_precompute(cfg, dataset=dataset)["complete"]
     summary = summarise(DSAPStore(store_dir(tmp_path, "toy", "densepose")))
@@ -639,7 +639,7 @@ def test_densepose_store_bytes_do_not_depend_on_scheduling(tmp_path, fake_d2, re
 
     def build(tag: str, threads: int = 1, **kw) -> Path:
         torch.set_num_threads(threads)
-        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", options={**options, **kw.pop("o", {})},
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", min_found=0, options={**options, **kw.pop("o", {})},
                                size=16, shard_size=3, tag=tag, **kw)
         assert run_precompute(cfg, dataset=dataset)["complete"]
         return store_dir(tmp_path, "toy", "densepose", tag)
@@ -683,7 +683,7 @@ def test_densepose_store_settings_are_contents_not_paths(tmp_path, fake_d2):
     dataset = _toy_dataset(tmp_path / "data", 3)
 
     def run(weights: Path, **options) -> dict:
-        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16,
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", min_found=0, size=16,
                                options={"config": str(iuv_cfg), "weights": str(weights), **options})
         return run_precompute(cfg, dataset=dataset)
 
@@ -712,7 +712,7 @@ def test_densepose_store_is_not_mixed_across_hardware(tmp_path, fake_d2, monkeyp
     dataset = _toy_dataset(tmp_path / "data", 4)
 
     def run(**kw) -> dict:
-        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16, shard_size=2,
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", min_found=0, size=16, shard_size=2,
                                options={"config": str(iuv_cfg), "weights": "random", "min_size": 64, "max_size": 128},
                                **kw)
         return run_precompute(cfg, dataset=dataset)
@@ -799,7 +799,7 @@ def test_inspect_refuses_label_maps_of_another_model(tmp_path, fake_d2, caplog):
     weights = _save_weights(tmp_path / "model.pth", iuv_cfg, fake_d2)
     other = _save_weights(tmp_path / "other.pth", iuv_cfg, fake_d2, **{"fine.bias": torch.ones(25)})
     dataset = _toy_dataset(tmp_path / "data", 2)
-    cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16,
+    cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", min_found=0, size=16,
                            options={"config": str(iuv_cfg), "weights": str(weights)})
     run_precompute(cfg, dataset=dataset)
     store = DSAPStore(store_dir(tmp_path, "toy", "densepose"))

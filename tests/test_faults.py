@@ -302,7 +302,7 @@ def test_train_cli_refuses_paths_as_names(tmp_path, run, tag):
 
     args = ["--dataset", "synthetic", "--root", str(tmp_path), "--run", run, "--runs-dir", str(tmp_path / "runs")]
     r = CliRunner().invoke(main, args + (["--tag", tag] if tag else []))
-    assert r.exit_code == 2 and r.output.startswith("error: the ") and "is not a plain name" in r.output, r.output
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "is not a plain name" in r.output, r.output
     assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
 
 
@@ -624,3 +624,449 @@ def test_a_full_disk_in_any_writer_is_a_sentence_at_the_command_line():
 
     r = CliRunner().invoke(plot, [])
     assert r.exit_code == 2 and r.output.startswith("error: cannot write cmc.png: no space left on device")
+
+
+# =========================================================================== the second battery
+# The cheap cases of tests/battery/fault_cases.py (docs/robustness.md): every bad value a sentence before
+# any work, folder scans that see loops, unreadable folders and dangling links, "up to date" decided by the
+# checks training makes, an estimator that finds nobody stopped, outputs that never land in the wrong place.
+from click.testing import CliRunner  # noqa: E402
+
+from data.scan import ScanError, link_reason, list_files  # noqa: E402
+from dsa.config import ConfigError, resolve_config  # noqa: E402
+from dsa.env import EnvError, check_environment  # noqa: E402
+
+
+# --------------------------------------------------------------------------- values of --set, options, environment
+@pytest.mark.parametrize("pair, says", [
+    ("recipe.lr_peak=nan", "not a finite number"), ("recipe.lr_decay_step=0", "≥ 1"),
+    ("recipe.optimizer=foo", "choose one of: adam"), ("recipe.label_smoothing=5", "< 1"),
+    ("recipe.random_erasing=2", "≤ 1"), ("recipe.flip=2", "≤ 1"), ("recipe.pad=-5", "≥ 0"),
+    ("recipe.weight_decay=-1", "≥ 0"), ("model.height=0", "≥ 16"), ("model.base_width=0", "≥ 1"),
+    ("model.last_stride=0", "choose one of: 1, 2"), ("model.classifier_dim=0", "≥ 1"), ("recipe.epochs=0", "≥ 1"),
+    ("recipe.epochs=-2", "≥ 1"), ("recipe.warmup_epochs=-1", "≥ 0"), ("recipe.margin=-1", "≥ 0"),
+    ("seed=-1", "≥ 0 and ≤ 4294967295"), ("seed=99999999999999999999999", "seed=99999999999999999999999 is out"),
+    ("data.min_found=1.5", "≤ 1"), ("pretrained=", "use none, imagenet or the path"),
+    ("data.estimator=../x", "is not a plain name"), ("data.tag=/../../x", "is not a plain name"),
+    ("data.dataset=../x:a=b", "does not start with a plain name"), ("data.tag=x:../../y", "is not a plain name"),
+    ("data.estimator=a:b", "is not a plain name"),
+])
+def test_every_set_value_out_of_range_is_one_sentence_naming_it(pair, says):
+    with pytest.raises(ConfigError) as e:
+        resolve_config("tiny", [pair])
+    text = str(e.value)
+    assert pair.partition("=")[0] in text and says in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("var, value", [("DSA_THREADS", "abc"), ("DSA_THREADS", "-2"), ("DSA_THREADS", "1.5"),
+                                        ("DSA_MAX_IMAGE_PIXELS", "abc"), ("DSA_MAX_IMAGE_PIXELS", "0"),
+                                        ("DSA_PLUGINS", "not a module"), ("DSA_PLUGINS", "a:b")])
+def test_environment_variables_are_checked_before_any_work(monkeypatch, tmp_path, var, value):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(EnvError, match=rf"the environment variable {var}='{value}' is not allowed: it must be"):
+        check_environment()
+    from data.cli import cli
+
+    r = CliRunner().invoke(cli, ["stats", "--dataset", "synthetic", "--root", str(tmp_path)])
+    assert r.exit_code == 2 and r.output.startswith(f"error: the environment variable {var}="), r.output
+
+
+def test_environment_variables_and_config_fields_share_one_validation_layer():
+    """The environment's declarations are dsa.params limits, checked by the code that checks --set."""
+    from dsa import params
+    from dsa.env import ENV_VARS, env_value
+
+    assert ENV_VARS["DSA_THREADS"].meta == params.limits(ge=0) and issubclass(EnvError, ConfigError)
+    assert env_value("DSA_THREADS", {"DSA_THREADS": " 3 "}) == 3
+    assert env_value("DSA_PLUGINS", {"DSA_PLUGINS": "a.b, c"}) == ["a.b", "c"]
+    assert env_value("DSA_THREADS", {"DSA_THREADS": ""}) is None
+
+
+def test_a_plugin_that_fails_while_imported_is_one_sentence(monkeypatch, tmp_path):
+    import dsa.registry as registry
+
+    (tmp_path / "brokenplugin.py").write_text("this is not python\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("DSA_PLUGINS", "brokenplugin")
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.raises(registry.RegistryError, match=r"'brokenplugin' .* failed while it was imported \(NameError: "
+                                                     r"name 'this' is not defined, at .*brokenplugin.py line 1\)"):
+        registry.load_plugins()
+
+
+@pytest.mark.parametrize("command, args, says", [
+    ("precompute", ["run", "--dataset", "x", "--estimator", "synthetic", "--size", "4096"], "4096 is not in the range"),
+    ("precompute", ["run", "--dataset", "x", "--estimator", "synthetic", "--size", "12"], "12 is not a multiple of 8"),
+    ("precompute", ["run", "--dataset", "x", "--estimator", "synthetic", "--batch-size", "0"], "'--batch-size'"),
+    ("precompute", ["run", "--dataset", "x", "--estimator", "synthetic", "--min-found", "2"], "'--min-found'"),
+    ("precompute", ["inspect", "--dataset", "x", "--estimator", "synthetic", "--montage-random", "-2"], "-2 is not"),
+    ("evaluate", ["export", "--run", "r", "--opset", "5"], "5 is not in the range 7<=x<=20"),
+    ("data", ["synth", "--height", "100000"], "100000 is not in the range 32<=x<=1024"),
+    ("data", ["synth", "--workers", "-1"], "'--workers'"),
+    ("data", ["stats", "--dataset", "synthetic", "--workers", "-1"], "'--workers'"),
+])
+def test_every_option_declares_its_range(command, args, says):
+    import importlib
+
+    module = importlib.import_module({"precompute": "precompute.__main__", "evaluate": "evaluate.__main__",
+                                      "data": "data.cli"}[command])
+    r = CliRunner().invoke(module.cli, args)
+    assert r.exit_code == 2 and "Error: Invalid value for" in r.output and says in r.output, r.output
+
+
+# --------------------------------------------------------------------------- folder scans
+def _market_split(folder: Path, make_images, n: int = 3) -> None:
+    make_images(folder, [f"{i + 1:04d}_c{i % 2 + 1}s1_{i:06d}_00.jpg" for i in range(n)])
+
+
+def test_a_directory_loop_is_a_sentence_in_every_layout(tmp_path, make_images):
+    from data.datasets import build_dataset
+    from evaluate.search import list_images
+
+    names = tmp_path / "names"
+    for d in ("train", "query", "gallery"):
+        _market_split(names / d, make_images)
+    (names / "train" / "loopdir").symlink_to(".")  # would list every image again and again
+    with pytest.raises(ScanError, match=r"loopdir leads back into .*train through a symbolic link \(a loop"):
+        build_dataset("folder", names)
+    ids = tmp_path / "ids"
+    for d in ("train", "query", "gallery"):
+        make_images(ids / d / "0001", ["0001_c1_a.jpg", "0001_c2_b.jpg"])
+    (ids / "train" / "0002").symlink_to(".")
+    with pytest.raises(ScanError, match="a loop"):
+        build_dataset("folder", ids)
+    with pytest.raises(ScanError, match="a loop"):
+        list_images(names / "train")
+    (ids / "train" / "0002").unlink()
+    (ids / "train" / "0003").symlink_to("0001")  # the same folder twice: its images twice
+    with pytest.raises(ScanError, match=r"0001 is reached a second time as .*0003 .*remove the link .*0003"):
+        build_dataset("folder", ids)
+
+
+def test_an_unreadable_folder_is_a_sentence_not_missing_identities(tmp_path, make_images, monkeypatch):
+    import data.scan as scan
+    from data.datasets import build_dataset
+
+    for d in ("train", "query", "gallery"):
+        make_images(tmp_path / d / "0001", ["0001_c1_a.jpg", "0001_c2_b.jpg"])
+        make_images(tmp_path / d / "0002", ["0002_c1_a.jpg", "0002_c2_b.jpg"])
+    hidden = tmp_path / "train" / "0002"
+    real = os.scandir
+
+    def scandir(path="."):  # root reads every folder: the permission error is made here
+        if Path(path) == hidden:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(scan.os, "scandir", scandir)
+    with pytest.raises(ScanError, match=r"cannot read the folder .*train/0002 \(Permission denied\): its images would "
+                                        r"be left out"):
+        build_dataset("folder", tmp_path)
+
+
+def test_a_dangling_link_is_listed_and_named_as_unreadable_in_every_layout(tmp_path, market_tree, make_images):
+    from data.cli import find_unreadable_images
+    from data.datasets import build_dataset
+    from evaluate.search import list_images
+
+    link = market_tree / "bounding_box_train" / "0005_c3s1_000098_00.jpg"
+    link.symlink_to("no-such-file.jpg")
+    ds = build_dataset("market1501", market_tree.parent)
+    assert link.name in {Path(it.key).name for it in ds.train}  # listed, never dropped without a word
+    checked, bad = find_unreadable_images(ds, workers=1)
+    assert [(Path(k).name, r) for k, r in bad] == [(link.name, "is a symbolic link to no-such-file.jpg, which does "
+                                                                 "not exist")]
+    assert link_reason(link) == "is a symbolic link to no-such-file.jpg, which does not exist"
+    assert link in list_files(market_tree / "bounding_box_train", (".jpg",), recursive=False)
+    from evaluate.features import EvaluationError as SearchError
+
+    with pytest.raises(SearchError, match=r"1 image\(s\) in the gallery folder .* cannot be read: "
+                                          r"0005_c3s1_000098_00.jpg is a symbolic link to no-such-file.jpg"):
+        list_images(market_tree / "bounding_box_train")
+
+
+def test_a_non_utf8_name_in_a_search_gallery_is_a_sentence(tmp_path, make_images):
+    from evaluate.search import list_images
+
+    make_images(tmp_path / "g", ["a.jpg"])
+    os.link(os.fsencode(tmp_path / "g" / "a.jpg"), os.fsencode(tmp_path / "g") + b"/b\xff\xfe.jpg")
+    with pytest.raises(EvaluationError, match=r"1 file name\(s\) in the gallery folder .* are not valid UTF-8"):
+        list_images(tmp_path / "g")
+
+
+# --------------------------------------------------------------------------- "up to date" as training sees it
+def _rewrite_sidecar(shard: Path) -> None:
+    import hashlib
+
+    shard.with_suffix(".sha256").write_text(hashlib.sha256(shard.read_bytes()).hexdigest() + "\n")
+
+
+@pytest.mark.parametrize("damage", ["shard damaged, .sha256 rewritten", "manifest checksum edited",
+                                    "shard dropped from the manifest"])
+def test_precompute_is_up_to_date_only_when_training_would_read_the_store(tmp_path, data, damage):
+    precompute(tmp_path / "clean", data)
+    precompute(tmp_path, data)
+    folder = store_folder(tmp_path)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    if damage.startswith("shard damaged"):
+        flip_byte(folder / "shard-00001.h5")
+        _rewrite_sidecar(folder / "shard-00001.h5")
+    elif damage.startswith("manifest checksum"):
+        manifest["shards"][0]["sha256"] = "0" * 64
+    else:
+        manifest["shards"].pop()
+    if not damage.startswith("shard damaged"):
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    summary = precompute(tmp_path, data)
+    assert not summary["up_to_date"] and summary["complete"]
+    store = open_store(tmp_path, "toy", "fake", size=tp.S)  # what training opens, and checks as it does
+    store.check_fresh(data, store.keys)
+    tp.assert_same_store(store_folder(tmp_path / "clean"), folder)
+    assert precompute(tmp_path, data)["up_to_date"]
+
+
+def test_a_completed_rerun_leaves_no_temporary_files_of_dead_writers(tmp_path, data):
+    precompute(tmp_path, data)
+    folder = store_folder(tmp_path)
+    left = [folder / ".shard-00000.sha256.tmp-999999-deadbeef", folder / "shard-00001.h5.tmp-999998"]
+    for p in left:
+        p.write_text("x")
+    flip_byte(folder / "shard-00000.h5")  # something to recompute: the run completes the store again
+    assert precompute(tmp_path, data)["complete"]
+    assert not any(p.exists() for p in left)
+
+
+def test_verify_keeps_a_decompressor_line_inside_its_problem(capfd):
+    from data.io import library_output
+
+    with library_output() as said:
+        os.write(1, b"decompressed size not the same: 1, != 2\n")
+        os.write(2, b"and a second line\n")
+    out, err = capfd.readouterr()
+    assert said == ["decompressed size not the same: 1, != 2", "and a second line"] and out == err == ""
+
+
+# --------------------------------------------------------------------------- an estimator that finds nobody
+class _Nobody(tp.FakeEstimator):
+    def estimate(self, images, paths, keys):
+        return [None] * len(images)
+
+
+def _nobody(dataset_root: Path) -> _Nobody:
+    return _Nobody()
+
+
+def test_an_estimator_that_finds_nobody_stops_with_the_likely_cause(tmp_path, data, monkeypatch):
+    from functools import partial
+
+    import precompute.runner as runner
+
+    def run(**kw):
+        return runner.run_precompute(tp.config(tmp_path, **kw), dataset=tp.FakeDataset(data), estimator_factory=_nobody)
+
+    with pytest.raises(runner.NothingFound, match=r"found a person in only 0 of 23 images of the store .*below the "
+                                                  r"50% required by --min-found.*most likely the wrong estimator"):
+        run()
+    assert (store_folder(tmp_path) / MANIFEST_NAME).is_file()  # the store is kept
+    with pytest.raises(runner.NothingFound):  # and "up to date" is answered the same way
+        run()
+    assert run(min_found=0)["up_to_date"]
+    store = DSAPStore(store_folder(tmp_path))
+    from data.joint import check_store_fits
+
+    class Train:
+        root, train = data, [tp.FakeItem(k) for k in store.keys]
+
+    with pytest.raises(StoreError, match=r"below the 50% required by data.min_found.*--set data.min_found=0"):
+        check_store_fits(store, Train, min_found=0.5)
+    check_store_fits(store, Train, min_found=0)
+    monkeypatch.setattr(runner, "EARLY_IMAGES", 5)  # a long run stops after a few shards without anybody
+    with pytest.raises(runner.NothingFound, match=r"computed so far .*the run stops here"):
+        runner.run_precompute(tp.config(tmp_path / "early", shard_size=5), dataset=tp.FakeDataset(data),
+                              estimator_factory=partial(_nobody))
+    assert len(list(store_folder(tmp_path / "early").glob("shard-*.h5"))) == 1
+
+
+def test_an_estimator_failing_alike_in_every_identity_folder_is_systemic(tmp_path):
+    from precompute.runner import failure_reason
+
+    def reason(key: str) -> str:  # the synthetic estimator on a crop without the generator's IUV file
+        side = (tmp_path / key).with_name(Path(key).stem + "_IUV.png")
+        return failure_reason(ImageReadError(side, "file does not exist"), key, tmp_path / key)
+
+    a, b = reason("train/0001/0001_c1s1_000001_00.jpg"), reason("train/0002/0002_c2s1_000002_00.jpg")
+    assert a == b == "ImageReadError: cannot read image <folder>/<image>_IUV.png: file does not exist"
+
+
+def test_a_killed_precompute_worker_is_a_sentence():
+    from precompute.runner import _death_sentence
+
+    class Proc:
+        pid, exitcode = 1234, -signal.SIGKILL
+
+    assert _death_sentence(Proc).startswith("a precompute worker (pid 1234) was killed by SIGKILL without finishing")
+
+
+def test_a_synth_worker_whose_parent_died_stops():
+    from data.synthetic import _pool_worker
+
+    with pytest.raises(SystemExit):
+        _pool_worker(os.getpid() + 10**6)
+
+
+# --------------------------------------------------------------------------- runs, outputs, evaluations
+def test_a_folder_where_a_run_file_goes_is_a_sentence(tmp_path):
+    from data.io import OutputPathError, atomic_write_text
+    from data.runs import resolve_checkpoint
+
+    run = RunFolder(tmp_path / "r")
+    run.checkpoint_path.mkdir(parents=True)
+    with pytest.raises(RunError, match=r"checkpoint.pt is not a file \(a folder\?\)"):
+        run.read_checkpoint()
+    with pytest.raises(RunError, match="is not a file"):
+        resolve_checkpoint(run.path)
+    (tmp_path / "out.onnx").mkdir()
+    with pytest.raises(OutputPathError, match="a folder of that name is in the way"):
+        atomic_write_text(tmp_path / "out.onnx", "x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputPathError, match="a file stands where the folder"):
+        atomic_write_text(tmp_path / "file" / "out.json", "x")
+    with pytest.raises(OutputPathError, match="a file stands where the folder .*file"):
+        RunFolder(tmp_path / "file").lock()  # a run name that is a file in the runs folder
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    from train.__main__ import main
+
+    r = CliRunner().invoke(main, ["--dataset", "synthetic", "--root", str(tmp_path / "nothing"), "--run", "r",
+                                  "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--preset", "tiny"])
+    assert r.exit_code == 2 and "No synthetic dataset" in r.output, r.output
+    assert not (tmp_path / "runs" / "r").exists()
+    (tmp_path / "runs" / "old").mkdir(parents=True)  # an earlier failed start left its lock behind
+    (tmp_path / "runs" / "old" / ".lock").write_text("pid 1")
+    (tmp_path / "runs" / "kept").mkdir()  # a run folder with something in it is never removed
+    (tmp_path / "runs" / "kept" / "notes.txt").write_text("mine")
+    for run in ("old", "kept"):
+        r = CliRunner().invoke(main, ["--dataset", "synthetic", "--root", str(tmp_path / "nothing"), "--run", run,
+                                      "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--preset", "tiny"])
+        assert r.exit_code == 2, r.output
+    assert not (tmp_path / "runs" / "old").exists()
+    assert (tmp_path / "runs" / "kept" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("text, says", [('{"rank1": 0.5, "mAP"', "Cannot read the metrics file"),
+                                        ('{"rank1": "high", "mAP": 0.5}', "its rank1 is 'high', not a number"),
+                                        ("[1, 2]", "it holds a JSON list, not an object")])
+def test_compare_refuses_metrics_that_are_not_metrics(tmp_path, text, says):
+    from evaluate.report import compare_runs
+
+    d = RunFolder(tmp_path / "a").eval_dir("toy")
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(text)
+    with pytest.raises(EvaluationError, match=says):
+        compare_runs([str(tmp_path / "a")], "toy", runs_dir=tmp_path)
+
+
+def test_compare_says_which_evaluation_it_reads_and_refuses_a_setting_that_is_a_path(tmp_path):
+    from evaluate.report import compare_runs
+
+    m = {"rank1": 0.5, "rank5": 0.6, "rank10": 0.7, "mAP": 0.4, "mINP": 0.1, "cmc": [0.5] * 20, "feature_set": "mf"}
+    for setting in ("", "mf-rerank"):
+        d = RunFolder(tmp_path / "a").eval_dir("toy") / setting
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.json").write_text(json.dumps(m))
+    table, _ = compare_runs([str(tmp_path / "a")], "toy", runs_dir=tmp_path)
+    assert f"read {tmp_path / 'a' / 'eval' / 'toy' / 'metrics.json'} (default settings; also evaluated with: " \
+           f"--setting mf-rerank)" in table
+    table, _ = compare_runs([str(tmp_path / "a")], "toy", runs_dir=tmp_path, setting="mf-rerank")
+    assert "(mf-rerank; also evaluated with: the defaults (no --setting))" in table
+    with pytest.raises(RunError, match="evaluation setting '../../x' is not a plain name"):
+        compare_runs([str(tmp_path / "a")], "toy", runs_dir=tmp_path, setting="../../x")
+
+
+def test_nan_weights_are_refused_by_evaluate_export_and_search_alike(tmp_path):
+    from conftest import write_tiny_run
+    from evaluate.features import build_model
+
+    path = write_tiny_run(tmp_path / "r")
+    ckpt = load_checkpoint(path)
+    next(t for t in ckpt.model_state.values() if t.is_floating_point()).fill_(float("nan"))
+    with pytest.raises(EvaluationError, match=r"holds NaN or infinite weights \(1 tensors"):
+        build_model(ckpt, "mf")
+
+
+def test_export_notes_an_unfinished_run_and_states_the_resize(tmp_path):
+    pytest.importorskip("onnx")
+    from conftest import write_tiny_run
+    from evaluate.__main__ import cli
+
+    write_tiny_run(tmp_path / "r", complete=False, step=3)
+    r = CliRunner().invoke(cli, ["export", "--run", str(tmp_path / "r"), "--no-check"])
+    assert r.exit_code == 0 and "note: " in r.output and "unfinished run (step 3)" in r.output, r.output
+    spec = json.loads((tmp_path / "r" / "model-mf.json").read_text())
+    assert spec["input"]["resize"]["antialias"] is True and "BILINEAR" in spec["input"]["preprocess"]
+    assert spec["complete"] is False
+
+
+def test_the_export_resize_is_pil_bilinear(tmp_path):
+    from PIL import Image
+
+    from data.transforms import build_test_transform
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    for h, w in ((64, 32), (256, 128)):
+        ours = build_test_transform(h, w)(image).numpy().transpose(1, 2, 0)
+        assert np.array_equal(ours, np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)))
+
+
+def test_a_features_file_without_its_checksum_is_refused(tmp_path):
+    import test_evaluate as te
+
+    path = tmp_path / "f.h5"
+    save_features(path, te._features())
+    with h5py.File(path, "r+") as f:
+        del f.attrs["content_sha256"]
+    with pytest.raises(EvaluationError, match=r"has no checksum \(content_sha256\)"):
+        load_features(path)
+
+
+def test_a_changed_faiss_index_is_rebuilt_not_used(tmp_path):
+    faiss = pytest.importorskip("faiss")
+    from evaluate.index import GalleryIndex
+
+    g = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    idx = GalleryIndex.build(g, "flat", "cosine")
+    idx.save(tmp_path / "g.faiss")
+    assert GalleryIndex.intact(tmp_path / "g.faiss")
+    other = faiss.IndexFlatIP(8)
+    other.add(g[::-1].copy())
+    faiss.write_index(other, str(tmp_path / "g.faiss"))
+    assert not GalleryIndex.intact(tmp_path / "g.faiss")
+
+
+def test_an_image_whose_size_its_header_does_not_give_is_not_decoded(tmp_path):
+    import cv2
+
+    ok, buf = cv2.imencode(".hdr", np.full((40, 30, 3), 0.5, np.float32))  # Radiance HDR: OpenCV reads it, Pillow not
+    path = tmp_path / "0001_c1s1_000001_00.jpg"
+    path.write_bytes(buf.tobytes())
+    with pytest.raises(ImageReadError, match="size in pixels cannot be read from its header before decoding"):
+        read_image(path)
+
+
+def test_mediapipe_gets_the_protobuf_method_it_calls():
+    message_factory = pytest.importorskip("google.protobuf.message_factory")
+    from precompute.estimators.pose import _protobuf_compat
+
+    _protobuf_compat()
+    assert hasattr(message_factory.MessageFactory, "GetPrototype")
+
+
+def test_derived_output_names_are_names():
+    from data.names import check_name, derived_name
+
+    for text in ("my crops", "..", "", "a/b", ".hidden", "x" * 300):
+        name = derived_name(text)
+        assert check_name(name) == name and "/" not in name and name not in (".", "..")
+    assert derived_name("gallery") == "gallery"

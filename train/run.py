@@ -88,7 +88,9 @@ MUST_MATCH = ("num_classes", "world_size", "init")
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     c = upgrade_config(config)
-    tree = {k: c.get(k) for k in ("variant", "pretrained", "seed", "data", "model")}
+    tree = {k: c.get(k) for k in ("variant", "pretrained", "seed", "model")}
+    # data.min_found is a gate on the store, not a setting of the training: a resumed run may change it
+    tree["data"] = {k: v for k, v in (c.get("data") or {}).items() if k != "min_found"}
     tree["recipe"] = {k: v for k, v in (c.get("recipe") or {}).items() if k != "epochs"}
     tree["num_classes"] = c.get("num_classes")
     tree["world_size"] = (c.get("runtime") or {}).get("world_size")
@@ -143,9 +145,11 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
     info = init_distributed(opts.device)
     workers = default_workers(info.device) if opts.workers is None else opts.workers
     apply_threads(opts.threads, workers)
+    locked = False
     try:
         if info.is_main:  # one process trains a run: a second one says who holds it (exit 2)
             run.lock()
+            locked = True
         set_deterministic(opts.deterministic)
         data, dataset, store = build_train_data(cfg, opts.root, rank=info.rank, world_size=info.world_size,
                                                 workers=workers, pin_memory=info.device.type == "cuda")
@@ -155,6 +159,8 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             "source": {"config": opts.config,
                        "overrides": parse_overrides([*alias_overrides(opts.aliases), *opts.overrides])},
             "runtime": {"root": str(opts.root), "store": str(store.folder) if store is not None else None,
+                        "store_settings": ({k: store.manifest.get(k) for k in ("estimator", "settings", "size", "kind")}
+                                           if store is not None else None),
                         "workers": workers, "device": str(info.device),
                         "amp": opts.amp and info.device.type == "cuda",
                         "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,
@@ -201,6 +207,8 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             return {"stopped_by": "complete", "epoch": trainer.epoch, "step": trainer.step}
         return trainer.fit()
     finally:
+        if locked:  # a start that failed before writing anything leaves no folder behind (removed under the lock)
+            run.remove_if_unused()
         if info.is_main:
             release_lock(run.path / LOCK_NAME)
         shutdown(info)

@@ -295,8 +295,7 @@ class Trainer:
     def resume(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt`` (this run's checkpoint, already loaded) and trim the log to it; a
         checkpoint whose weights are not finite is refused (it is nobody's last good checkpoint)."""
-        bad = [k for k, t in ckpt.model_state.items()
-               if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = ckpt.non_finite()
         if bad:
             raise TrainingError(f"the checkpoint {ckpt.path} holds NaN or infinite weights ({len(bad)} tensors, e.g. "
                                 f"{bad[0]}), so it cannot be resumed; move it away to start the run again, or use "

@@ -11,7 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
 from dsa.errors import UserError
+
+from ..scan import is_utf8, list_files
 
 __all__ = [
     "Item",
@@ -28,7 +31,6 @@ __all__ = [
 MARKET_PATTERN = r"(?P<pid>-?\d+)_c(?P<camid>\d+)"
 #: Image extensions the folder-style adapters list (DensePose side files ``*_IUV.png`` are skipped).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
-_SIDE_FILE_SUFFIXES = ("_iuv.png", "_inds.png")
 
 Triple = tuple[str, int, int]
 
@@ -47,15 +49,6 @@ class Item:
     camid: int
 
 
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` (a file name as Python decodes it: undecodable bytes become surrogates) is UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def inside_folder(sub: str, what: str, folder: Path) -> str:
     """``sub`` when it names a folder inside ``folder`` (relative, and not climbing out with ``..``,
     judged on the name itself so that a symlinked sub-folder stays allowed); else a DatasetError."""
@@ -64,15 +57,6 @@ def inside_folder(sub: str, what: str, folder: Path) -> str:
         raise DatasetError(f"The {what} {sub!r} points outside the dataset folder {folder}; give a folder inside it "
                            f"(relative to it, without climbing out with '..').")
     return norm
-
-
-def _entry_is_file(entry: os.DirEntry) -> bool:
-    """A directory entry that is (or should be read as) an image file: a symbolic link that cannot be
-    followed (a loop) is listed, so that every stage reports it as an unreadable image by name."""
-    try:
-        return entry.is_file()
-    except OSError:
-        return entry.is_symlink()
 
 
 def _split_stats(items: Sequence[Item]) -> dict[str, int]:
@@ -128,7 +112,7 @@ class ReidDataset:
             items: list[Item] = getattr(self, split)
             if not items:
                 raise DatasetError(f"The {self.name} dataset at {self.root} has no {split} images.")
-            not_utf8 = [it.key for it in items if not _is_utf8(it.key)]
+            not_utf8 = [it.key for it in items if not is_utf8(it.key)]
             if not_utf8:
                 raise DatasetError(
                     f"{len(not_utf8)} {split} file name(s) of the {self.name} dataset at {self.root} are not valid "
@@ -209,6 +193,8 @@ def scan_images(
     ``pattern`` is searched in each file name and must have named groups ``pid`` and ``camid``; ``camid``
     in the name counts from ``camid_base``. A name that does not match is a :class:`DatasetError` naming
     the pattern and a few offending files (DensePose side files ``*_IUV.png`` / ``*_INDS.png`` are skipped).
+    The folder is listed by :func:`data.scan.list_files` (loops and unreadable folders are sentences; a link
+    that cannot be followed is listed, to be named as an unreadable image).
     """
     regex = re.compile(pattern) if isinstance(pattern, str) else pattern
     missing = {"pid", "camid"} - set(regex.groupindex)
@@ -217,17 +203,10 @@ def scan_images(
     base = Path(root) / folder
     if not base.is_dir():
         raise DatasetError(f"Expected an image folder at {base}, but it is missing.")
-    if recursive:
-        files = [Path(dp, f) for dp, _, fs in os.walk(base) for f in fs]
-    else:
-        files = [Path(e.path) for e in os.scandir(base) if _entry_is_file(e)]
     triples: list[Triple] = []
     bad: list[str] = []
     not_numbers: list[str] = []
-    for f in sorted(files):
-        low = f.name.lower()
-        if not low.endswith(tuple(exts)) or low.endswith(_SIDE_FILE_SUFFIXES):
-            continue
+    for f in list_files(base, exts, recursive=recursive):
         m = regex.search(f.name)
         if m is None:
             bad.append(f.name)

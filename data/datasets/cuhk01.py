@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..scan import list_files
 from .base import DatasetError, ReidDataset, Triple, find_dataset_dir
 
 __all__ = ["CUHK01"]
@@ -33,9 +34,7 @@ class CUHK01(ReidDataset):
         self.split, self.seed = int(split), int(seed)
         by_pid: dict[int, list[Triple]] = defaultdict(list)
         bad: list[str] = []
-        for entry in sorted(os.scandir(folder / "campus"), key=lambda e: e.name):
-            if not entry.is_file() or not entry.name.lower().endswith(".png"):
-                continue
+        for entry in list_files(folder / "campus", (".png",), recursive=False):
             m = _NAME.match(entry.name)
             if m is None:
                 bad.append(entry.name)

@@ -20,7 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from .base import _SIDE_FILE_SUFFIXES, IMAGE_EXTS, MARKET_PATTERN, DatasetError, ReidDataset, Triple, inside_folder
+from ..scan import entry_kind, list_files, read_folder
+from .base import IMAGE_EXTS, MARKET_PATTERN, DatasetError, ReidDataset, Triple, inside_folder
 
 __all__ = ["FolderDataset"]
 
@@ -30,16 +31,11 @@ _INT = re.compile(r"^-?\d+$")
 NO_CAMERA = {"train": 0, "query": 0, "gallery": 1}
 
 
-def _images(base: Path) -> list[Path]:
-    return sorted(Path(dp, f) for dp, _, fs in os.walk(base, followlinks=True) for f in fs
-                  if f.lower().endswith(IMAGE_EXTS) and not f.lower().endswith(_SIDE_FILE_SUFFIXES))
-
-
 def _looks_per_identity(base: Path) -> bool:
     """Sub-folders with integer names and no images at the top: one folder per identity."""
-    entries = list(os.scandir(base))
-    has_id_dirs = any(e.is_dir() and _INT.match(e.name) for e in entries)
-    top_images = any(e.is_file() and e.name.lower().endswith(IMAGE_EXTS) for e in entries)
+    entries = read_folder(base)
+    has_id_dirs = any(entry_kind(e) == "dir" and _INT.match(e.name) for e in entries)
+    top_images = any(entry_kind(e) == "file" and e.name.lower().endswith(IMAGE_EXTS) for e in entries)
     return has_id_dirs and not top_images
 
 
@@ -94,7 +90,7 @@ class FolderDataset(ReidDataset):
         triples: list[Triple] = []
         bad: list[str] = []
         not_numbers: list[str] = []
-        for f in _images(base):
+        for f in list_files(base, IMAGE_EXTS):  # loops and unreadable folders are sentences (data.scan)
             rel = f.relative_to(folder).as_posix()
             m = regex.search(f.name)
             has_pid = m is not None and "pid" in regex.groupindex

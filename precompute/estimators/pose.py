@@ -66,6 +66,18 @@ def landmarks_to_crop(normalised: np.ndarray, canvas_side: int, scale: tuple[flo
     return out
 
 
+def _protobuf_compat() -> None:
+    """MediaPipe 0.10's graph calls ``MessageFactory.GetPrototype``, which protobuf 5 removed for
+    ``GetMessageClass``; ONNX needs protobuf 6, so the method is given back here (the same class protobuf
+    returns), instead of MediaPipe printing an ``AttributeError`` line on every start."""
+    try:
+        from google.protobuf import message_factory
+    except ImportError:  # no protobuf: no MediaPipe either, which says so itself
+        return
+    if not hasattr(message_factory.MessageFactory, "GetPrototype"):
+        message_factory.MessageFactory.GetPrototype = lambda self, descriptor: message_factory.GetMessageClass(descriptor)
+
+
 class PoseEstimator(Estimator):
     """MediaPipe Pose landmarks + person mask → approximate DensePose (I, U, V) per crop.
 
@@ -129,6 +141,7 @@ class PoseEstimator(Estimator):
         if self._model is None or self._model_pid != os.getpid():
             # MediaPipe's C++ side logs every graph start to stderr; keep warnings and errors only
             os.environ.setdefault("GLOG_minloglevel", "2")
+            _protobuf_compat()  # before MediaPipe is imported: its modules take the method when they load
             try:
                 import mediapipe as mp  # optional dependency, imported only when used
             except ImportError:
