@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from data.datasets import build_dataset
+from data.datasets import build_dataset, split_union
 from data.io import atomic_write_json, file_sha256
+from data.names import union_dirname
 from data.runs import RunFolder, open_checkpoint
 from data.runtime import default_workers, resolve_device
 from data.store import open_store
@@ -109,7 +110,8 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
                     f"{r.get('distance', '')}{rr} AP={r.get('ap', '')} q={r.get('num_evaluated')}"
                     f"(-{r.get('num_skipped')})")
         lines.append(f"{name:{name_w}}  {vals}  {settings}")
-    lines += [n for n in (unfinished_note(name, r) for name, r in rows.items()) if n]
+    notes = (unfinished_note(r.get("run") or name, r) for name, r in rows.items())
+    lines += list(dict.fromkeys(n for n in notes if n))  # a run's note once, however many of its sets are rows
     return "\n".join(lines)
 
 
@@ -183,6 +185,9 @@ def evaluate_run(
     if dataset is None:  # the dataset the run was trained on
         if not info.dataset:
             raise EvaluationError(f"The run {run!r} does not name the dataset it was trained on; pass --dataset.")
+        if len(info.datasets) > 1:
+            raise EvaluationError(f"The run {run!r} was trained on the union {info.dataset}; name the set to "
+                                  f"evaluate on, or evaluate on all of them with evaluate_sets.")
         dataset = info.dataset
     if not info.complete:
         log.warning("%s is a checkpoint of an unfinished run (epoch %d, step %d): the figures are not final",
@@ -237,24 +242,73 @@ def evaluation_name(*, feature_set: str = "mf", flip: bool = False, rerank: bool
 
 def _open_store(info, root: str | os.PathLike, dataset: str, ds, feature_set: str = "fused") -> Any:
     """The DSAP store the run was trained with, for ``dataset`` under ``root`` (the fused and dsag feature
-    sets), checked to cover query and gallery."""
-    if not info.estimator:
+    sets; a union's own store of that dataset), checked to cover query and gallery."""
+    estimator, tag = info.store_of(dataset)
+    if not estimator:
         raise EvaluationError(f"The {feature_set!r} feature set needs the run's DSAP store, but its checkpoint names "
-                              f"no estimator.")
-    store = open_store(root, dataset, info.estimator, info.tag, kind=info.input_kind, size=info.model.dsap_size)
+                              f"no one estimator for {dataset}.")
+    store = open_store(root, dataset, estimator, tag, kind=info.input_kind, size=info.model.dsap_size)
     store.check_covers([it.key for it in (*ds.query, *ds.gallery)])
     return store
+
+
+#: the one table of an evaluation on several sets, beside their own folders (``eval/<a>+<b>/[<settings>/]``)
+SETS_NAME = "sets.json"
+
+
+def evaluate_sets(run: str, datasets: str | Sequence[str] | None, root: str | os.PathLike, *,
+                  runs_dir: str | os.PathLike = "runs", **settings: Any) -> list[dict[str, Any]]:
+    """Evaluate ``run`` on each of several test sets (``"a+b"``, a list, or None: every dataset the run was
+    trained on), each one as :func:`evaluate_run` does (its own features, metrics and pictures in
+    ``eval/<set>/``, never mixed with another's), and, for more than one, write their table ``sets.json``
+    (one row per set, in order) to ``eval/<a>+<b>/[<settings>/]``; returns the metrics of each set."""
+    if datasets is None:
+        specs = list(open_checkpoint(run, runs_dir).info.datasets) or [None]
+    else:
+        specs = split_union([datasets] if isinstance(datasets, str) else list(datasets))
+    rows = [evaluate_run(run, spec, root, runs_dir=runs_dir, **settings) for spec in specs]
+    if len(rows) > 1:
+        path = sets_path(RunFolder(Path(rows[0]["checkpoint"]).parent), specs, rows[0]["setting"])
+        record = {"run": str(run), "datasets": specs, "setting": rows[0]["setting"], "created": now_iso(),
+                  "sets": [{k: v for k, v in r.items() if k != "ranked_lists"} for r in rows]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+        log.info("table of %d sets -> %s", len(rows), path)
+    return rows
+
+
+def sets_path(run: RunFolder, specs: Sequence[str], setting: str = "") -> Path:
+    """Where the table of ``run``'s evaluation on the sets ``specs`` with ``setting`` is."""
+    return run.eval_dir(list(specs)) / ("" if setting == "default" else setting) / SETS_NAME
+
+
+def load_sets(run: str, specs: Sequence[str], runs_dir: str | os.PathLike = "runs", setting: str = "") -> list[dict]:
+    """The rows of ``run``'s table on the sets ``specs`` (a sentence when it has none)."""
+    candidates = [sets_path(RunFolder(run), specs, setting), sets_path(RunFolder(Path(runs_dir) / run), specs, setting)]
+    for p in candidates:
+        if p.is_file():
+            return json.loads(p.read_text(encoding="utf-8"))["sets"]
+    joined = "+".join(specs)
+    raise EvaluationError(f"No evaluation of run {run!r} on the sets {joined} ({candidates[-1]}); run "
+                          f"`make eval RUN={run} DATASET={joined}` first.")
 
 
 def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLike = "runs",
                  plot: str | os.PathLike | None = None, setting: str = "") -> tuple[str, Path]:
     """The side-by-side table of the runs' metrics on ``dataset`` (the evaluations with ``setting``, see
     :func:`evaluation_name`) and one plot of their CMC curves (mAP and rank-1 in the legend); returns
-    (table, plot path)."""
-    rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
+    (table, plot path).  On several sets (``a+b``) each run's table of them (``sets.json``) is read: a row
+    per run and set, grouped by set."""
+    specs = split_union(dataset)
+    if len(specs) > 1:
+        tables = {r: load_sets(r, specs, runs_dir, setting) for r in runs}
+        rows = {f"{r} on {s}": tables[r][i] for i, s in enumerate(specs) for r in runs}
+        dataset = "+".join(specs)
+    else:
+        rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
     if plot is None:
         names = "_vs_".join(Path(str(r)).name for r in runs)
-        plot = Path(runs_dir) / "compare" / dataset / f"{names[:180]}.png"
+        plot = Path(runs_dir) / "compare" / (union_dirname(specs) if len(specs) > 1 else dataset) / f"{names[:180]}.png"
     curves = {}
     for r, m in rows.items():
         flip = "+flip" if m.get("flip") else ""
