@@ -134,6 +134,59 @@ def test_the_identities_and_cameras_of_two_datasets_never_collide(halves: Path) 
     assert get_preset("tiny").recipe.batch_p * get_preset("tiny").recipe.batch_k == batch["pid"].numel()
 
 
+class Store(dict):
+    """A store in memory: key -> DSAP images."""
+
+    def check_covers(self, keys) -> None:
+        assert set(keys) <= set(self)
+
+    def get(self, key: str):
+        return self[key]
+
+
+def test_each_item_is_read_from_its_own_store_and_mirrored_by_its_own_estimators_charts(tmp_path: Path) -> None:
+    """Two datasets with the same file names, stores by estimators of other chart conventions: an item's
+    image and DSAP images come from its own dataset, and a mirrored item's DSAP images are mirrored by its
+    own estimator's convention, in the worker as in the training process."""
+    import cv2
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from data.datasets import Item
+    from data.joint import JointDataset, Source
+    from data.sampler import PKSampler, SeededBatches
+    from data.transforms import build_train_transform
+    from dsa.parts import flip_dsap
+
+    rng = np.random.default_rng(0)
+    sources, items, source_of = [], [], []
+    for s, convention in enumerate(("synthetic", "densepose")):
+        folder = tmp_path / f"set{s}"
+        folder.mkdir()
+        store = Store()
+        for k in range(4):
+            cv2.imwrite(str(folder / f"img{k}.png"), np.full((40, 20, 3), 50 * s + 10 * k, np.uint8))
+            store[f"img{k}.png"] = rng.integers(0, 256, (24, 3, 8, 8), dtype=np.uint8)
+            items.append(Item(f"img{k}.png", 2 * s + k // 2, s))
+            source_of.append(s)
+        sources.append(Source(folder, store, convention))
+    transform = build_train_transform(32, 16, flip_p=0.5, erasing_p=0.0, pad=0)
+    seen = set()
+    for reader in ("worker", "main"):
+        ds = JointDataset(items, None, None, transform, dsap_reader=reader, sources=sources, source_of=source_of)
+        for seed in range(6):
+            for b in DataLoader(ds, batch_sampler=SeededBatches(PKSampler(ds.pids, 4, 2, seed=seed))):
+                b = ds.read_dsap(b)
+                for j, (i, f) in enumerate(zip(b["index"].tolist(), b["flipped"].tolist())):
+                    source = sources[source_of[i]]
+                    stored = source.store[items[i].key]
+                    want = flip_dsap(stored, source.flip) if f else stored
+                    assert np.array_equal(b["dsap"][j].numpy(), want)
+                    assert sorted(set(b["image"][j].flatten().tolist())) == [50 * source_of[i] + 10 * (i % 4)]
+                    seen.add((source.flip, f))
+    assert seen == {("synthetic", True), ("synthetic", False), ("densepose", True), ("densepose", False)}
+
+
 def test_balanced_batches_take_an_equal_share_of_each_dataset(halves: Path) -> None:
     from data.joint import build_train_data
     from train.run import RunOptions, resolve
