@@ -49,7 +49,8 @@ import torch
 
 from data.io import atomic_write_json
 from data.runtime import apply_threads
-from evaluate.metrics import evaluate_distances, evaluate_reference, pairwise_distance
+from evaluate.metrics import evaluate_distances, pairwise_distance
+from tests.oracles import encode_gather_all, evaluate_reference
 
 MARKET = (3368, 19732)
 
@@ -75,7 +76,7 @@ RANK_CY_PYX = "fastreid/evaluation/rank_cylib/rank_cy.pyx"
 def build_rank_cy(cache: Path):
     """torchreid's Cython evaluator (fast-reid's port, from its PyPI wheel) compiled into ``cache``; the module."""
     import glob
-    import importlib
+    import importlib.util
     import zipfile
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -97,8 +98,11 @@ def build_rank_cy(cache: Path):
                  "setup(script_args=['build_ext', '--inplace'], ext_modules=cythonize([Extension('rank_cy', "
                  "['rank_cy.pyx'], include_dirs=[np.get_include()], extra_compile_args=['-O3'])], quiet=True))")
         subprocess.run([sys.executable, "-c", build], cwd=cache, env=env, check=True, capture_output=True)
-    sys.path.insert(0, str(cache))
-    return importlib.import_module("rank_cy")
+    built = glob.glob(str(cache / "rank_cy*.so"))
+    spec = importlib.util.spec_from_file_location("rank_cy", built[0])  # the compiled module, by its file
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def timed(fn, repeat: int = 1):
@@ -203,7 +207,7 @@ def rerank_one(spec: dict) -> dict:
         import evaluate.rerank as rr
 
         if impl == "previous":
-            rr._encode = rr._encode_gather_all
+            rr._encode = encode_gather_all
         out = rr.k_reciprocal_rerank(qf, gf, metric="euclidean", progress=False)
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

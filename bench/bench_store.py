@@ -11,7 +11,6 @@ fill with a fraction of cells written with textured colour (so compression ratio
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch
 
 
 from data.io import atomic_write_json, read_image, read_iuv_png
-from dsa.dsap import warp_dsap, warp_dsap_reference, warp_dsap_torch
+from dsa.dsap import warp_dsap, warp_dsap_torch
+from tests.oracles import warp_dsap_reference
 
 DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "densepose-demo"
 H, W = 256, 128

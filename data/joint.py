@@ -162,9 +162,12 @@ class JointDataset(Dataset):
 
 def worker_init(worker_id: int) -> None:
     """DataLoader worker start: deterministic NumPy/Python seeds from the worker's torch seed (itself
-    derived from the loader's seeded generator), one thread (the thread policy), and SIGINT left to the
-    main process, which saves a checkpoint and shuts the workers down."""
+    derived from the loader's seeded generator), one thread (the thread policy), and SIGINT and SIGTERM
+    left to the main process, which saves a checkpoint and shuts the workers down: Ctrl-C and a batch
+    scheduler's SIGTERM reach the whole process group, and a worker that died of it would turn a clean stop
+    into a lost epoch (a worker whose main process is gone exits by itself: torch's watchdog)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     worker_threads(worker_id)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)

@@ -9,7 +9,11 @@ The thread policy (``apply_threads``; every CLI, the Python API and the benchmar
 * intra-op threads = ``--threads`` when given (> 0), else the cores this process may run on
   (``os.sched_getaffinity``, so ``taskset``, cgroups' cpusets and batch schedulers are honoured) minus
   the DataLoader workers, at least 1: the workers decode and augment images on their own cores;
-* every DataLoader worker runs with 1 thread (``worker_threads``, a ``worker_init_fn``);
+* every DataLoader worker runs with 1 thread (``worker_threads``, a ``worker_init_fn``), and so does every
+  ``precompute run --workers N`` process;
+* a computation whose result must not depend on the thread count (an estimator whose output goes into a
+  store) runs under ``pinned_threads(n)`` with an ``n`` that is one of its recorded settings: CPU kernels
+  split their sums by thread, so another thread count gives other low-order bits;
 * OpenMP threads do not spin-wait: ``OMP_WAIT_POLICY=PASSIVE`` unless the user has set it
   (``quiet_openmp``, called by the ``__main__`` modules before torch is imported, the only time the
   OpenMP runtime reads it).  Spinning threads fight for the cores with the workers and with other
@@ -17,9 +21,10 @@ The thread policy (``apply_threads``; every CLI, the Python API and the benchmar
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from dsa.errors import UserError
 
@@ -101,6 +106,32 @@ def worker_threads(worker_id: int = 0) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int) -> Iterator[int]:
+    """Run the block with exactly ``n`` intra-op threads, whatever the process's policy, then restore it."""
+    import torch
+
+    if n < 1:
+        raise ValueError(f"the thread count must be at least 1, not {n}")
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def thread_policy() -> dict[str, int | str | None]:
+    """What this process's thread policy is now (for provenance): intra-op threads, the cores it may use,
+    ``$DSA_THREADS`` and ``OMP_WAIT_POLICY``."""
+    import torch
+
+    return {"intra_op_threads": torch.get_num_threads(), "available_cores": available_cores(),
+            "DSA_THREADS": os.environ.get(THREADS_ENV), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def quiet_openmp(environ: dict | None = None) -> bool:

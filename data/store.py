@@ -8,8 +8,15 @@ Layout of one store folder ``ROOT/dsap/<dataset>/<estimator>[-<tag>]/``::
 Each shard holds ``keys`` (image paths relative to the dataset folder), ``dsap`` uint8
 [N, 24, 3, S, S] chunked one image per chunk, ``found`` bool [N], ``written`` uint8
 [N, 24, S, S/8] (``np.packbits`` over the last axis) and ``coverage`` float32 [N, 24], with the
-attributes ``format_version``, ``size``, ``kind``, ``estimator``, ``settings`` (JSON) and
-``failures`` (JSON list of {key, reason} for the images of this shard that could not be read).
+attributes ``format_version``, ``size``, ``kind``, ``estimator``, ``settings`` (JSON),
+``failures`` (JSON list of {key, reason} for the images of this shard that could not be read) and
+``provenance`` (JSON: how the shard was computed, see below; absent in shards of older versions).
+
+**Settings and provenance.**  ``settings`` is what decides whether two stores are interchangeable: the
+estimator's options and everything else that changes the stored bytes (model content by SHA-256, library
+versions where they matter, pinned thread counts), never a path.  ``provenance`` is the record: where
+the model files were read from, the versions of the libraries, the process's thread policy, workers and
+batch size; it never decides anything, and the manifest lists each distinct one with its shards.
 
 Readers (:class:`DSAPStore`) open HDF5 files lazily and per process: h5py handles do not survive
 ``fork``, so a store object handed to DataLoader workers re-opens its files in each worker.
@@ -172,6 +179,7 @@ def read_shard_header(path: Path) -> dict[str, Any]:
             "failures": json.loads(a.get("failures", "[]")),
             "keys": [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in f["keys"][()]],
             "sources": list(f["sources"].asstr()[()]) if "sources" in f else None,
+            "provenance": json.loads(a["provenance"]) if "provenance" in a else None,
         }
 
 
@@ -191,6 +199,62 @@ class StoreSettings:
         """Names of the fields where ``other`` (a manifest or shard header) differs from these settings."""
         mine = json.loads(json.dumps(self.as_dict()))  # normalise tuples etc. as JSON would
         return [k for k in ("estimator", "settings", "size", "kind") if mine[k] != other.get(k)]
+
+    def explain(self, other: dict[str, Any], most: int = 3) -> str:
+        """The differences from ``other`` (a manifest or shard header) in words, down to the estimator setting:
+        e.g. ``settings.threads is 2 in the store and 1 now``."""
+        return describe_differences(*self._pair(other), most)
+
+    def unrecorded(self, other: dict[str, Any]) -> list[str]:
+        """The settings of this run that ``other`` does not record at all (a store of an older version)."""
+        return [path for path, theirs, _ in _leaf_differences(*self._pair(other)) if theirs is _ABSENT]
+
+    def _pair(self, other: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        fields = ("estimator", "settings", "size", "kind")
+        mine = json.loads(json.dumps(self.as_dict()))  # normalise tuples etc. as JSON would
+        return {k: other.get(k, _ABSENT) for k in fields}, {k: mine[k] for k in fields}
+
+
+def describe_differences(stored: dict[str, Any], current: dict[str, Any], most: int = 3) -> str:
+    """Where two JSON dicts differ, leaf by leaf: ``settings.threads is 2 in the store and 1 now`` (the first
+    ``most``, then how many more); a value one side lacks is "not recorded" there. Empty when they agree."""
+    found = _leaf_differences(stored, current)
+    words = [f"{path} is {_shown(theirs)} in the store and {_shown(ours)} now" for path, theirs, ours in found[:most]]
+    if len(found) > most:
+        words.append(f"{len(found) - most} more")
+    return "; ".join(words)
+
+
+_ABSENT = object()
+
+
+def _leaf_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted path, stored value, current value) of every leaf where two JSON dicts differ."""
+    found: list[tuple[str, Any, Any]] = []
+
+    def walk(path: str, theirs: Any, ours: Any) -> None:
+        if isinstance(theirs, dict) or isinstance(ours, dict):
+            if isinstance(theirs, dict) == isinstance(ours, dict) or _ABSENT in (theirs, ours):
+                a = theirs if isinstance(theirs, dict) else {}
+                b = ours if isinstance(ours, dict) else {}
+                for k in sorted(set(a) | set(b)):
+                    walk(f"{path}.{k}" if path else k, a.get(k, _ABSENT), b.get(k, _ABSENT))
+                return
+        if theirs != ours:
+            found.append((path, theirs, ours))
+
+    walk("", stored, current)
+    return found
+
+
+def _shown(value: Any) -> str:
+    """A setting's value in a sentence: digests shortened, absent said as such."""
+    if value is _ABSENT:
+        return "not recorded"
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{40,64}", value):
+        return value[:12] + "..."
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class StoreWriter:
@@ -228,13 +292,15 @@ class StoreWriter:
         found: np.ndarray,
         failures: Sequence[dict] = (),
         sources: Sequence[str] | None = None,
+        provenance: dict | None = None,
     ) -> Path:
         """Write shard ``index`` atomically and return its final path.
 
         The HDF5 file is built in memory (so an HDF5 error is an exception here, not a message lost in a
         destructor), written with plain writes (a full disk raises), fsynced, read back and compared
         with the sha256 of the bytes meant to be written; only then are its checksum file and the shard
-        itself renamed into place.  ``sources`` are the images' :func:`source_signature` values.
+        itself renamed into place.  ``sources`` are the images' :func:`source_signature` values;
+        ``provenance`` (JSON-able) how the shard was computed.
         """
         n, s = len(keys), self.settings.size
         if dsap.shape != (n, NUM_PARTS, 3, s, s) or dsap.dtype != np.uint8:
@@ -264,6 +330,8 @@ class StoreWriter:
             f.attrs["estimator"] = self.settings.estimator
             f.attrs["settings"] = json.dumps(self.settings.settings, sort_keys=True)
             f.attrs["failures"] = json.dumps(list(failures))
+            if provenance is not None:
+                f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
         data = buffer.getbuffer()
         digest = hashlib.sha256(data).hexdigest()
         try:
@@ -289,12 +357,14 @@ class StoreWriter:
                        signatures: dict[str, str] | None = None) -> dict:
         """Gather the shards' counts, checksums and failures and write ``manifest.json`` (last, atomically)."""
         shards, failures, num_images, num_found = [], [], 0, 0
+        provenance: dict[str, list[str]] = {}  # distinct provenance (JSON text) -> its shards
         for i in range(num_shards):
             path = self.shard_path(i)
             with h5py.File(path, "r") as f:
                 count = int(f["keys"].shape[0])
                 num_found += int(np.count_nonzero(f["found"][()]))
                 failures.extend(json.loads(f.attrs.get("failures", "[]")))
+                provenance.setdefault(str(f.attrs.get("provenance", "null")), []).append(path.name)
             num_images += count
             digest = file_sha256(path)
             if recorded_checksum(path) not in (None, digest):
@@ -311,6 +381,7 @@ class StoreWriter:
             "num_found": num_found,
             "shards": shards,
             "failures": failures,
+            "provenance": [{"shards": names, **(json.loads(text) or {})} for text, names in provenance.items()],
             **(extra or {}),
         }
         atomic_write_json(self.folder / MANIFEST_NAME, manifest)
@@ -447,6 +518,11 @@ class DSAPStore:
     @property
     def estimator(self) -> str:
         return str(self.manifest["estimator"])
+
+    @property
+    def provenance(self) -> list[dict]:
+        """How the shards were computed: each distinct record with its ``shards`` (empty: an older store)."""
+        return list(self.manifest.get("provenance", []))
 
     @property
     def failures(self) -> list[dict]:

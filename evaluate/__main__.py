@@ -37,6 +37,33 @@ _json = click.option("--json", "as_json", is_flag=True, help="print the metrics 
 _device = click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu, cuda or cuda:N")
 _workers = click.option("--workers", default=None, type=click.IntRange(min=0),
                         help="DataLoader worker processes [default: up to 8 on a GPU, 0 on a CPU]")
+
+
+class Memory(click.ParamType):
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024; ``B``/``iB`` suffixes allowed)."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self.UNITS and text[-1:] else ""
+        try:
+            size = int(float(text[: len(text) - len(unit)]) * self.UNITS[unit])
+        except ValueError:
+            size = 0
+        if size <= 0:
+            self.fail(f"{value!r} is not a memory size (e.g. 512M, 2G)", param, ctx)
+        return size
+
+
+_block_size = click.option("--block-size", default=None, type=click.IntRange(min=1),
+                           help="queries ranked at once [default: as many as --max-memory holds]")
+_max_memory = click.option("--max-memory", default=None, type=Memory(),
+                           help="memory for the evaluation's blocks, e.g. 512M or 2G [default: a quarter of the "
+                                "available memory, at most 512M]; re-ranking refuses when it needs more")
 _threads = click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
                         help="intra-op CPU threads (0: the available cores minus --workers, at least 1)")
 
@@ -70,10 +97,12 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @_device
 @_workers
+@_block_size
+@_max_memory
 @_threads
 @_json
 def run(run, datasets, root, runs_dir, feature_set, old_feature_set, distance, rerank, flip, ap, queries, query_keys,
-        batch_size, device, workers, threads, as_json) -> None:
+        batch_size, device, workers, block_size, max_memory, threads, as_json) -> None:
     """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/ (each set's
     own folder when there are several, and their table)."""
     from evaluate.report import evaluate_sets, format_table
@@ -83,7 +112,8 @@ def run(run, datasets, root, runs_dir, feature_set, old_feature_set, distance, r
 
     rows = evaluate_sets(run, list(datasets) or None, root, runs_dir=runs_dir, feature_set=feature_set,
                          distance=distance, rerank=rerank, flip=flip, ap=ap, num_pictures=queries,
-                         query_keys=query_keys, batch_size=batch_size, device=device, workers=workers)
+                         query_keys=query_keys, batch_size=batch_size, device=device, workers=workers,
+                         block_size=block_size, max_memory=max_memory)
     if len(rows) == 1:
         _print(rows[0], run, as_json)
     elif as_json:
@@ -97,14 +127,16 @@ def run(run, datasets, root, runs_dir, feature_set, old_feature_set, distance, r
 @_distance
 @_rerank
 @_ap
+@_block_size
+@_max_memory
 @_threads
 @_json
-def features(path, distance, rerank, ap, threads, as_json) -> None:
+def features(path, distance, rerank, ap, block_size, max_memory, threads, as_json) -> None:
     """Evaluate a features file (HDF5 written by `run`) without the model."""
     from evaluate.report import evaluate_file
 
     apply_threads(threads)
-    m = evaluate_file(path, distance=distance, rerank=rerank, ap=ap)
+    m = evaluate_file(path, distance=distance, rerank=rerank, ap=ap, block_size=block_size, max_memory=max_memory)
     _print(m, path, as_json)
 
 
@@ -137,27 +169,37 @@ def compare(runs, dataset, runs_dir, plot, setting) -> None:
 @click.option("--feature-set", type=click.Choice([f for f in FEATURE_SETS if f not in DSAP_FEATURE_SETS]), default="mf")
 @_distance
 @click.option("--flip", is_flag=True, help="average features with the mirrored image")
-@click.option("--no-cache", is_flag=True, help="recompute the gallery features (and do not cache them)")
+@click.option("--no-cache", is_flag=True, help="recompute the gallery features and hold them in memory (no features file: small galleries)")
 @click.option("--no-pictures", is_flag=True, help="write only ranking.csv and ranking.json")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--index", "index", type=click.Choice(["flat", "ivf"]), default=None,
+              help="rank with a FAISS index (needs `pip install faiss-cpu`): flat = exact, ivf = approximate "
+                   "(8-bit vectors, --nprobe cells per query) [default: exact streamed ranking, no index]")
+@click.option("--nprobe", default=None, type=click.IntRange(min=1),
+              help="ivf: cells scanned per query (more: slower, closer to exact) [default: a quarter of the cells]")
+@click.option("--max-memory", default=None, type=Memory(),
+              help="memory for a block of distances, e.g. 512M [default: a quarter of the available memory, at most 512M]")
 @_device
+@_threads
 def search(run, query, gallery, top, out, runs_dir, feature_set, distance, flip, no_cache, no_pictures,
-           batch_size, device) -> None:
+           batch_size, index, nprobe, max_memory, device, threads) -> None:
     """Rank a folder of unlabeled crops for each query image (no pids or cameras in the file names)."""
     from pathlib import Path
 
     from evaluate.api import ReidModel
     from evaluate.search import search as run_search
 
-    model = ReidModel.from_run(run, device=device, feature_set=feature_set, runs_dir=runs_dir)
+    model = ReidModel.from_run(run, device=device, feature_set=feature_set, runs_dir=runs_dir, threads=threads)
     if out is None:
         out = Path(model.checkpoint).parent / "search" / (Path(gallery).resolve().name or "gallery")
     record = run_search(model, query, gallery, top=top, out=out, distance=distance, flip=flip,
-                        batch_size=batch_size, cache_dir=None if no_cache else "auto", pictures=not no_pictures)
+                        batch_size=batch_size, cache_dir=None if no_cache else "auto", index=index, nprobe=nprobe,
+                        max_memory=max_memory, pictures=not no_pictures)
     for q in record["queries"]:
         best = ", ".join(f"{r['file']} ({r['distance']:.4g})" for r in q["results"][:3])
         click.echo(f"{q['query']}: {best}{' ...' if len(q['results']) > 3 else ''}")
     cached = " (gallery features from the cache)" if record["gallery_cached"] else ""
+    cached += f", {index} index" if index else ""
     click.echo(f"{len(record['queries'])} queries x {record['num_gallery']} gallery images{cached}; "
                f"ranking.csv, ranking.json{'' if no_pictures else ', pictures/'} in {out}")
 

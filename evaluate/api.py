@@ -22,7 +22,8 @@ import torch
 from data.runs import open_checkpoint
 from data.runtime import apply_threads, resolve_device
 from evaluate.features import ImageList, build_model, extract
-from evaluate.metrics import pairwise_distance
+from evaluate.search import search
+from evaluate.search import top_k as _top_k
 
 
 class ReidModel:
@@ -59,15 +60,15 @@ class ReidModel:
     def search(self, query: str | os.PathLike, gallery: str | os.PathLike, *, top: int = 10,
                out: str | os.PathLike | None = None, **options: Any) -> dict[str, Any]:
         """Rank the images of the folder ``gallery`` for each image of ``query`` (an image or a folder):
-        ``evaluate.search.search`` with this model (options: distance, flip, batch_size, cache_dir, pictures)."""
-        from evaluate.search import search
-
+        ``evaluate.search.search`` with this model (options: distance, flip, batch_size, cache_dir, index,
+        nprobe, max_memory, pictures)."""
         return search(self, query, gallery, top=top, out=out, **options)
 
 
-def rank(query_feats, gallery_feats, top_k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
-    """Top-k gallery indices [Q, k] and their distances [Q, k], nearest first (ties: lower index)."""
-    dist = pairwise_distance(query_feats, gallery_feats, metric)
-    k = min(top_k, dist.shape[1])
-    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
-    return order.numpy(), torch.gather(dist, 1, order).numpy()
+def rank(query_feats, gallery_feats, top_k: int = 10, metric: str = "cosine", *,
+         max_memory: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k gallery indices [Q, k] and their distances [Q, k], nearest first (ties: lower index).
+
+    ``gallery_feats``: an array, or an ``evaluate.features.GalleryFile`` streamed by blocks of at most
+    ``max_memory`` bytes of distances (``evaluate.search.top_k``)."""
+    return _top_k(query_feats, gallery_feats, top_k, metric, max_memory=max_memory)

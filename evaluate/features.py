@@ -12,6 +12,14 @@ A features file (HDF5) holds everything the metrics need, so evaluation runs off
 ``content_sha256`` is the sha256 of the arrays (:func:`content_digest`): reading a file checks it, so a
 file whose bits flipped is refused instead of changing the metrics silently.
 
+A *gallery* features file (``splits = "gallery"``: what search at scale writes) has the ``/gallery``
+group only, its features stored as float32 or float16 (``storage``), and is written and read by blocks
+of rows: :class:`GalleryWriter` fills it chunk by chunk under ``<name>.partial`` (resumable: a rerun with
+the same ``resume_key`` continues after the last chunk written), then writes its checksum and renames it;
+:class:`GalleryFile` reads it a block at a time (float32 blocks), never the whole array.  Its
+``content_sha256`` is :func:`content_digest` of the gallery split alone (features as float32 blocks);
+pids and camids are -1 for unlabelled crops.
+
 Feature sets: ``mf`` (f_G ⊕ f_L, default), ``global`` (f_G), ``local`` (f_L), and two that need the
 DSAG-Stream and the run's DSAP store: ``fused`` (z_G ⊕ z_L with z = f + d; the paper's ablation) and
 ``dsag`` (d_G ⊕ d_L, the guiding stream alone: a diagnostic of what the DSAP images carry).
@@ -189,10 +197,17 @@ def now_iso() -> str:
 
 
 def content_digest(splits: Sequence[tuple[Any, Any, Any, Sequence[str]]]) -> str:
-    """sha256 of the features, pids, camids and keys of the (query, gallery) splits, as stored."""
+    """sha256 of the features, pids, camids and keys of the (query, gallery) splits, as stored.
+
+    A split's features may also be given as ``(shape, blocks)``: an iterator of float32 row blocks in
+    order (the digest is the same as for the whole array)."""
     h = hashlib.sha256()
     for x, pids, cams, keys in splits:
-        for a in (np.asarray(x, np.float32), np.asarray(pids, np.int64), np.asarray(cams, np.int64)):
+        shape, blocks = x if isinstance(x, tuple) else (np.shape(x), (x,))
+        h.update(str(tuple(shape)).encode())
+        for block in blocks:
+            h.update(np.ascontiguousarray(block, np.float32).tobytes())
+        for a in (np.asarray(pids, np.int64), np.asarray(cams, np.int64)):
             h.update(str(a.shape).encode())
             h.update(np.ascontiguousarray(a).tobytes())
         h.update("\n".join(keys).encode("utf-8"))
@@ -265,3 +280,144 @@ def load_features(path: str | os.PathLike) -> Features:
             f"shape {gf.shape}: their sizes do not match."
         )
     return Features(qf, gf, qp, gp, qc, gc, qk, gk, attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# gallery features files, by blocks
+
+STORAGE = ("float32", "float16")
+#: rows per block when a gallery features file is read whole (hashing, building an index)
+READ_ROWS = 16384
+
+
+class GalleryWriter:
+    """Write a gallery features file chunk by chunk, resumably, then atomically with its checksum.
+
+    The rows go to ``<path>.partial`` (features pre-sized [N, D], contiguous, so a block is one write);
+    after each :meth:`write` the number of rows done is stored and flushed.  A later writer with the same
+    ``resume_key``, keys and dimension continues at :attr:`done`; anything else starts afresh.
+    :meth:`finish` reads the rows back for the checksum and renames the file to ``path``."""
+
+    def __init__(self, path: str | os.PathLike, keys: Sequence[str], dim: int, *, resume_key: str = "",
+                 storage: str = "float32", attrs: dict[str, Any] | None = None):
+        if storage not in STORAGE:
+            raise EvaluationError(f"Unknown feature storage {storage!r}; choose one of {', '.join(STORAGE)}.")
+        self.path, self.keys = Path(path), list(keys)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self._reopen(resume_key, dim, storage)
+        if self.file is None:
+            self.file = h5py.File(self.partial, "w")
+            g = self.file.create_group("gallery")
+            g.create_dataset("features", shape=(len(self.keys), dim), dtype=storage)
+            g.create_dataset("keys", data=self.keys, dtype=h5py.string_dtype("utf-8"))
+            g.create_dataset("pids", data=np.full(len(self.keys), -1, np.int64))
+            g.create_dataset("camids", data=np.full(len(self.keys), -1, np.int64))
+            for k, v in (attrs or {}).items():
+                self.file.attrs[k] = "" if v is None else v
+            self.file.attrs.update(format_version=FORMAT_VERSION, splits="gallery", storage=storage,
+                                   resume_key=resume_key, rows_done=0)
+            self.file.flush()
+        self.done = int(self.file.attrs["rows_done"])
+
+    def _reopen(self, resume_key: str, dim: int, storage: str):
+        if not self.partial.is_file():
+            return None
+        try:
+            f = h5py.File(self.partial, "r+")
+        except OSError:  # torn by a crash: start again
+            return None
+        g = f.get("gallery")
+        if (f.attrs.get("resume_key") == resume_key and f.attrs.get("storage") == storage and g is not None
+                and g["features"].shape == (len(self.keys), dim) and list(g["keys"].asstr()[()]) == self.keys):
+            log.info("resuming %s after %d of %d rows", self.partial, int(f.attrs["rows_done"]), len(self.keys))
+            return f
+        f.close()
+        return None
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        """Rows ``start .. start + len(block)`` (in order: ``start`` must be :attr:`done`)."""
+        if start != self.done:
+            raise ValueError(f"rows must be written in order: {start} given, {self.done} expected")
+        self.file["gallery/features"][start : start + len(block)] = block
+        self.done = start + len(block)
+        self.file.attrs["rows_done"] = self.done
+        self.file.flush()
+
+    def finish(self) -> Path:
+        """Checksum, fsync and rename to ``path``; returns it."""
+        if self.done != len(self.keys):
+            raise ValueError(f"{self.done} of {len(self.keys)} rows written")
+        g = self.file["gallery"]
+        ds = g["features"]
+        blocks = (ds[s : s + READ_ROWS] for s in range(0, len(ds), READ_ROWS))
+        self.file.attrs["content_sha256"] = content_digest(
+            [((ds.shape, blocks), g["pids"][()], g["camids"][()], self.keys)])
+        self.file.attrs["complete_rows"] = self.done
+        self.file.close()
+        with open(self.partial, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def close(self) -> None:
+        """Leave the partial file as it is (for a later resume)."""
+        if self.file:
+            self.file.close()
+
+
+class GalleryFile:
+    """A gallery features file read by blocks of rows (float32), never the whole array at once.
+
+    ``verify`` re-computes the checksum (one pass over the file) and refuses a damaged one."""
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EvaluationError(f"No features file at {self.path}.")
+        try:
+            self.file = h5py.File(self.path, "r")
+            g = self.file["gallery"]
+            self.features = g["features"]
+            self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.file.attrs.items()}
+        except (OSError, KeyError) as e:
+            raise EvaluationError(f"Cannot read the gallery features file {self.path}: {e}") from None
+        if self.features.ndim != 2 or "content_sha256" not in self.attrs:
+            raise EvaluationError(f"The file {self.path} is not a complete gallery features file; extract again.")
+        if verify and self.digest() != self.attrs["content_sha256"]:
+            raise EvaluationError(f"The features file {self.path} is damaged (its content differs from its "
+                                  f"checksum); delete it and extract the features again.")
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.file["gallery/keys"].asstr()[()])
+
+    def blocks(self, rows: int = READ_ROWS):
+        """(start, float32 array [b, D]) for consecutive blocks of ``rows`` rows."""
+        for s in range(0, len(self), rows):
+            yield s, self.features[s : s + rows].astype(np.float32, copy=False)
+
+    def digest(self) -> str:
+        g = self.file["gallery"]
+        blocks = (b for _, b in self.blocks())
+        return content_digest([((self.features.shape, blocks), g["pids"][()], g["camids"][()], self.keys)])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def gallery_blocks(gallery, rows: int = READ_ROWS):
+    """(start, block) over a gallery's features: an array [G, D] sliced, or a :class:`GalleryFile` read."""
+    if isinstance(gallery, GalleryFile):
+        yield from gallery.blocks(rows)
+    else:
+        for s in range(0, len(gallery), rows):
+            yield s, gallery[s : s + rows]
+

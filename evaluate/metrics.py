@@ -13,8 +13,16 @@ by counting how many valid items come before it:
 * a per-query histogram of those counts and its cumulative sum give each positive's 0-based
   rank among the valid items.
 
-From these ranks CMC, AP and INP follow in closed form.  ``evaluate_reference`` is the classic
-per-query loop with a stable argsort; the tests hold both equal.
+From these ranks CMC, AP and INP follow in closed form.  The classic per-query loop with a stable
+argsort (``tests/oracles.py``) is the tests' oracle.
+
+Streaming: the query x gallery matrix is never needed whole.  :func:`evaluate_features` computes the
+distances by blocks of query rows and ranks each block as it comes, so memory is bounded by the block
+(:func:`block_rows`: from ``block_size``, ``max_memory`` or the memory available), not by Q x G.  The
+result does not depend on the blocks, bit for bit: ranks are exact integers whatever the block, the
+distance products are always computed on the same tiles of query rows (:func:`distance_tile`, a
+function of the gallery size only, the tiles of :func:`pairwise_distance` too), and CMC/AP/INP are
+summed over fixed chunks of ``chunk_size`` queries whatever the blocks inside them.
 
 Protocols:
 
@@ -32,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
 from dsa.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -107,24 +117,146 @@ def distance_block(q: torch.Tensor, g: torch.Tensor, metric: str, g_sq=None) -> 
     return d2.clamp_min_(0).sqrt_()
 
 
+#: bytes one tile of distances may take (the tile rows follow the gallery size: :func:`distance_tile`)
+TILE_BYTES = 256 << 20
+MIN_TILE, MAX_TILE = 64, 2048
+#: working memory per distance entry while a block is ranked (the distance, its int64 sort key or
+#: bucket, masks and temporaries), measured with ``bench/bench_scale.py``, rounded up
+RANK_BYTES_PER_ENTRY = 40
+#: the default budget for a block when none is given: a quarter of the memory available, within these
+MIN_BUDGET, MAX_BUDGET = 64 << 20, 512 << 20
+
+
+def distance_tile(num_gallery: int) -> int:
+    """Query rows of one distance product: the largest power of two in [64, 2048] whose tile of
+    distances fits :data:`TILE_BYTES`.  It depends on the gallery size only, so every path (one-shot
+    or streamed, any block) multiplies the same tiles and gets the same bits."""
+    rows = TILE_BYTES // (4 * max(1, num_gallery))
+    tile = MIN_TILE
+    while tile * 2 <= min(rows, MAX_TILE):
+        tile *= 2
+    return tile
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_budget(max_memory: int | None = None) -> int:
+    """Bytes a block of work may take: ``max_memory`` when given, else a quarter of the memory available,
+    between 64 MiB and 512 MiB (512 MiB where the available memory is unknown)."""
+    if max_memory is not None:
+        if max_memory <= 0:
+            raise MetricsError(f"The memory budget must be positive, not {max_memory} bytes.")
+        return int(max_memory)
+    avail = available_memory()
+    return MAX_BUDGET if avail is None else max(MIN_BUDGET, min(MAX_BUDGET, avail // 4))
+
+
+def block_rows(num_gallery: int, *, block_size: int | None = None, max_memory: int | None = None) -> int:
+    """Query rows ranked at once against ``num_gallery`` items: ``block_size`` when given, else as many
+    as the budget (:func:`memory_budget`) holds once one tile of distances is set aside (at least 1)."""
+    if block_size is not None:
+        if block_size < 1:
+            raise MetricsError(f"The block size must be at least 1 query, not {block_size}.")
+        return int(block_size)
+    n = max(1, num_gallery)
+    spare = memory_budget(max_memory) - distance_tile(n) * n * 4
+    return max(1, spare // (n * RANK_BYTES_PER_ENTRY))
+
+
+def _check_dims(q: torch.Tensor, g: torch.Tensor) -> None:
+    if q.shape[1] != g.shape[1]:
+        raise MetricsError(
+            f"Query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}."
+        )
+
+
+def _gallery_sq(g: torch.Tensor, metric: str):
+    return (g * g).sum(1) if metric == "euclidean" else None
+
+
+def _fill_rows(out: torch.Tensor, q, g, metric: str, g_sq, start: int, tile: int) -> torch.Tensor:
+    """Distances of the query rows ``start .. start + len(out)`` (``start`` a multiple of ``tile``), one
+    product per tile, written into ``out``."""
+    for s in range(0, out.shape[0], tile):
+        out[s : s + tile] = distance_block(q[start + s : start + s + tile], g, metric, g_sq)
+    return out
+
+
 def pairwise_distance(
-    qf, gf, metric: str = "cosine", chunk_size: int = 2048, device: str | None = None
+    qf, gf, metric: str = "cosine", chunk_size: int | None = None, device: str | None = None
 ) -> torch.Tensor:
-    """Distance matrix [Q, G] float32 between query and gallery features (torch matmul, chunked).
+    """Distance matrix [Q, G] float32 between query and gallery features (torch matmul, by tiles of
+    query rows: ``chunk_size``, default :func:`distance_tile`).
 
     ``cosine`` is ``1 - cos`` (features are L2-normalised on a copy, never in place);
     ``euclidean`` is the true Euclidean distance (it ranks like the squared one).
     """
     q, g = prepare_features(qf, metric, device), prepare_features(gf, metric, device)
-    if q.shape[1] != g.shape[1]:
-        raise MetricsError(
-            f"Query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}."
-        )
-    g_sq = (g * g).sum(1) if metric == "euclidean" else None
+    _check_dims(q, g)
     out = torch.empty(q.shape[0], g.shape[0], dtype=torch.float32, device=q.device)
-    for s in range(0, q.shape[0], chunk_size):
-        out[s : s + chunk_size] = distance_block(q[s : s + chunk_size], g, metric, g_sq)
+    return _fill_rows(out, q, g, metric, _gallery_sq(g, metric), 0, chunk_size or distance_tile(g.shape[0]))
+
+
+def distance_rows(qf, gf, rows, metric: str = "cosine", device: str | None = None) -> list[np.ndarray]:
+    """The distance rows [G] of the queries ``rows`` (indices), equal to those rows of
+    :func:`pairwise_distance`: each is cut from its own tile (one tile in memory at a time)."""
+    q, g = prepare_features(qf, metric, device), prepare_features(gf, metric, device)
+    _check_dims(q, g)
+    tile, g_sq, out = distance_tile(g.shape[0]), _gallery_sq(g, metric), []
+    for r in rows:
+        start = int(r) // tile * tile
+        block = distance_block(q[start : start + tile], g, metric, g_sq)
+        out.append(block[int(r) - start].cpu().numpy().copy())
     return out
+
+
+class _MatrixRows:
+    """Rows of a given distance matrix (float32, contiguous), for :func:`_evaluate_rows`."""
+
+    def __init__(self, dist: torch.Tensor):
+        self.dist = dist
+
+    def end(self, a: int) -> int:
+        return self.dist.shape[0]
+
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        return self.dist[a:b].to(torch.float32).contiguous()
+
+
+class _DistanceRows:
+    """Distance rows computed on demand from prepared features, a block of whole tiles at a time.
+
+    The blocks are the rows ``k * length .. (k + 1) * length``, ``length`` being ``block`` rounded down to
+    whole tiles (one tile at least); ``rows(a, b)`` returns rows a..b within one block (``b <= end(a)``)."""
+
+    def __init__(self, q, g, metric: str, block: int):
+        self.q, self.g, self.metric, self.g_sq = q, g, metric, _gallery_sq(g, metric)
+        self.tile = distance_tile(g.shape[0])
+        self.length = max(self.tile, block // self.tile * self.tile)
+        self.start, self.block = 0, None
+
+    def end(self, a: int) -> int:
+        """The end of the block that holds row ``a``."""
+        return (a // self.length + 1) * self.length
+
+    def rows(self, a: int, b: int) -> torch.Tensor:
+        if self.block is None or not (self.start <= a and b <= self.start + self.block.shape[0]):
+            self.block = None  # free the previous block before the next one is made
+            self.start = a // self.length * self.length
+            n = min(self.length, self.q.shape[0] - self.start)
+            out = torch.empty(n, self.g.shape[0], dtype=torch.float32, device=self.q.device)
+            self.block = _fill_rows(out, self.q, self.g, self.metric, self.g_sq, self.start, self.tile)
+        return self.block[a - self.start : b - self.start]
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,6 +267,23 @@ def _order_bits(d: torch.Tensor) -> torch.Tensor:
     """Order-preserving int64 image of float32 values (-0.0 and +0.0 map to the same value)."""
     bits = (d.to(torch.float32) + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0.0 into +0.0
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+
+
+def sort_keys(d: torch.Tensor, start: int, n: int) -> torch.Tensor:
+    """Exact int64 sort keys of a block of distances [q, b] whose columns are gallery items
+    ``start .. start + b`` of ``n``: ``bits(d) * n + j``, so that ordering keys orders by (distance,
+    gallery index), ties broken by index like a stable argsort of the row."""
+    j = torch.arange(start, start + d.shape[1], device=d.device)
+    return torch.add(j, _order_bits(d), alpha=n)
+
+
+def key_distances(keys: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gallery index int64, distance float32) of keys made by :func:`sort_keys` (the exact distance back)."""
+    bits = torch.div(keys, n, rounding_mode="floor")
+    index = keys - bits * n
+    bits = bits.to(torch.int32)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # the map of _order_bits is its own inverse
+    return index, bits.view(torch.float32)
 
 
 class _SamePid:
@@ -177,7 +326,7 @@ def _ranks_searchsorted(d, idx, pos, junk) -> torch.Tensor:
     [q, M] aligned with ``idx`` (entries that are not positives are meaningless).
     """
     q, n = d.shape
-    keys = torch.add(torch.arange(n, device=d.device), _order_bits(d), alpha=n)
+    keys = sort_keys(d, 0, n)
     big = torch.iinfo(torch.int64).max
     skeys = torch.gather(keys, 1, idx)
     pkeys = torch.sort(skeys.masked_fill(~pos, big), dim=1).values
@@ -260,13 +409,17 @@ def _positive_ranks(d, idx, pos, junk, method: str = "auto") -> tuple[torch.Tens
 
 
 def _validate(dist, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank):
+    if dist.ndim != 2:
+        raise MetricsError(f"The distance matrix must be 2-D, got shape {tuple(dist.shape)}.")
+    _validate_shape(dist.shape, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank)
+
+
+def _validate_shape(shape, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank):
     if protocol not in PROTOCOLS:
         raise MetricsError(f"Unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}.")
     if ap not in AP_DEFINITIONS:
         raise MetricsError(f"Unknown AP definition {ap!r}; choose one of {', '.join(AP_DEFINITIONS)}.")
-    if dist.ndim != 2:
-        raise MetricsError(f"The distance matrix must be 2-D, got shape {tuple(dist.shape)}.")
-    q, n = dist.shape
+    q, n = shape
     if n == 0:
         raise MetricsError("The gallery is empty: there is nothing to rank.")
     if len(q_pids) != q or len(q_camids) != q or len(g_pids) != n or len(g_camids) != n:
@@ -282,36 +435,48 @@ def _labels(x, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.int64, device=device)
 
 
-def evaluate_distances(
-    dist, q_pids, g_pids, q_camids, g_camids, *,
-    protocol: str = "market",
-    ap: str = "standard",
-    max_rank: int = 20,
-    chunk_size: int = 128,
-    method: str = "auto",
-) -> Metrics:
-    """CMC (1..max_rank), mAP and mINP from a [Q, G] distance matrix (numpy or torch, any device).
+def _pad_cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Sorted rank rows of several blocks as one [q, P] tensor, padded with the huge value like one block."""
+    out = torch.full((sum(p.shape[0] for p in parts), max(p.shape[1] for p in parts)),
+                     torch.iinfo(torch.int64).max, dtype=torch.int64, device=parts[0].device)
+    row = 0
+    for p in parts:
+        out[row : row + p.shape[0], : p.shape[1]] = p
+        row += p.shape[0]
+    return out
 
-    Queries are processed in chunks of ``chunk_size`` rows so memory stays bounded
-    (about 20 bytes per matrix entry of a chunk).  Ties: (distance, gallery index) order, as a
-    stable argsort of each row.  ``method`` picks the rank counter (``auto`` is the fast one;
-    the others exist for the tests).
-    """
-    dist = dist if isinstance(dist, torch.Tensor) else torch.from_numpy(np.asarray(dist))
-    _validate(dist, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank)
-    dev = dist.device
+
+def _evaluate_rows(rows, shape, q_pids, g_pids, q_camids, g_camids, *, protocol, ap, max_rank, chunk_size,
+                   block, method, device, progress, desc="evaluate") -> Metrics:
+    """The evaluation with distance rows from ``rows.rows(a, b)``: queries in fixed chunks of ``chunk_size``
+    (the sums), each ranked in blocks of at most ``block`` rows (the memory) that end where the chunk or
+    the rows' own block (``rows.end(a)``) ends."""
+    _validate_shape(shape, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank)
+    if chunk_size < 1:
+        raise MetricsError(f"The chunk size must be at least 1 query, not {chunk_size}.")
+    dev = device
     qp, gp = _labels(q_pids, dev), _labels(g_pids, dev)
     qc, gc = _labels(q_camids, dev), _labels(g_camids, dev)
     same_pid = _SamePid(gp, gc)
-    q = dist.shape[0]
+    q = shape[0]
     cmc_hits = torch.zeros(max_rank, dtype=torch.float64, device=dev)
     ap_sum = torch.zeros((), dtype=torch.float64, device=dev)
     inp_sum = torch.zeros((), dtype=torch.float64, device=dev)
     evaluated = 0
+    bar = tqdm(total=q, desc=desc, unit="query", disable=(not progress) or None, leave=False)  # None: a terminal only
     for s in range(0, q, chunk_size):
-        d = dist[s : s + chunk_size].to(torch.float32).contiguous()
-        idx, pos, junk = same_pid.lookup(qp[s : s + chunk_size], qc[s : s + chunk_size], protocol)
-        ranks, npos = _positive_ranks(d, idx, pos, junk, method)
+        e = min(q, s + chunk_size)
+        parts, counts = [], []
+        a = s
+        while a < e:
+            b = min(e, a + block, rows.end(a))
+            idx, pos, junk = same_pid.lookup(qp[a:b], qc[a:b], protocol)
+            r, n = _positive_ranks(rows.rows(a, b), idx, pos, junk, method)
+            parts.append(r)
+            counts.append(n)
+            bar.update(b - a)
+            a = b
+        ranks, npos = (parts[0], counts[0]) if len(parts) == 1 else (_pad_cat(parts), torch.cat(counts))
         keep = npos > 0
         if not bool(keep.any()):
             continue
@@ -333,7 +498,35 @@ def evaluate_distances(
         ap_sum += ap_q.sum()
         last = ranks.masked_fill(~real, -1).max(1).values.to(torch.float64)
         inp_sum += (npos / (last + 1.0)).sum()
+    bar.close()
     return _finish(cmc_hits, ap_sum, inp_sum, q, evaluated, protocol, ap, max_rank)
+
+
+def evaluate_distances(
+    dist, q_pids, g_pids, q_camids, g_camids, *,
+    protocol: str = "market",
+    ap: str = "standard",
+    max_rank: int = 20,
+    chunk_size: int = 128,
+    block_size: int | None = None,
+    method: str = "auto",
+    progress: bool = False,
+) -> Metrics:
+    """CMC (1..max_rank), mAP and mINP from a [Q, G] distance matrix (numpy or torch, any device).
+
+    Queries are summed in chunks of ``chunk_size`` rows and ranked in blocks of ``block_size`` rows
+    (default: the chunk), so the working memory stays bounded (about 40 bytes per matrix entry of a
+    block).  Ties: (distance, gallery index) order, as a stable argsort of each row.  ``method`` picks
+    the rank counter (``auto`` is the fast one; the others exist for the tests).
+    """
+    dist = dist if isinstance(dist, torch.Tensor) else torch.from_numpy(np.asarray(dist))
+    if dist.ndim != 2:
+        raise MetricsError(f"The distance matrix must be 2-D, got shape {tuple(dist.shape)}.")
+    block = block_rows(dist.shape[1], block_size=block_size or chunk_size)
+    return _evaluate_rows(_MatrixRows(dist), tuple(dist.shape),
+                          q_pids, g_pids, q_camids, g_camids, protocol=protocol, ap=ap, max_rank=max_rank,
+                          chunk_size=chunk_size, block=block, method=method, device=dist.device,
+                          progress=progress)
 
 
 def no_match_text(num_queries: int, protocol: str) -> str:
@@ -377,60 +570,26 @@ def evaluate_features(
     ap: str = "standard",
     max_rank: int = 20,
     chunk_size: int = 256,
+    block_size: int | None = None,
+    max_memory: int | None = None,
     device: str | None = None,
+    method: str = "auto",
+    progress: bool = False,
 ) -> Metrics:
-    """Evaluate features: the distance matrix (Q x G float32) then :func:`evaluate_distances`."""
-    dist = pairwise_distance(qf, gf, metric, device=device)
-    return evaluate_distances(
-        dist, q_pids, g_pids, q_camids, g_camids,
-        protocol=protocol, ap=ap, max_rank=max_rank, chunk_size=chunk_size,
-    )
+    """Evaluate features without the whole distance matrix: distances by blocks of query rows, each
+    ranked as it comes.
 
-
-# --------------------------------------------------------------------------------------------
-# the reference
-
-
-def evaluate_reference(
-    dist, q_pids, g_pids, q_camids, g_camids, *,
-    protocol: str = "market",
-    ap: str = "standard",
-    max_rank: int = 20,
-    queries=None,
-) -> Metrics:
-    """The classic per-query loop (stable argsort of each row), for tests and benchmarks.
-
-    ``queries`` optionally restricts the evaluation to a subset of query indices.
+    The block holds ``block_size`` queries, or as many as ``max_memory`` bytes hold (default: a quarter
+    of the memory available, at most 512 MiB; :func:`block_rows`).  Besides the block, memory holds a
+    float32 copy of the features (normalised for cosine) and the labels.  The figures equal, bit for
+    bit, those of :func:`evaluate_distances` on :func:`pairwise_distance` with the same ``chunk_size``.
     """
-    dist = np.asarray(dist.cpu() if isinstance(dist, torch.Tensor) else dist, dtype=np.float32)
-    _validate(dist, q_pids, g_pids, q_camids, g_camids, protocol, ap, max_rank)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
-    idx = range(dist.shape[0]) if queries is None else list(queries)
-    cmc_hits = np.zeros(max_rank)
-    ap_sum = inp_sum = 0.0
-    evaluated = 0
-    for i in idx:
-        order = np.argsort(dist[i], kind="stable")
-        if protocol in SAME_CAMERA_JUNK:
-            keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
-        else:
-            keep = np.ones(len(order), bool)
-        match = (g_pids[order] == q_pids[i])[keep]
-        if not match.any():
-            continue
-        evaluated += 1
-        hits = np.flatnonzero(match)
-        if hits[0] < max_rank:
-            cmc_hits[hits[0]] += 1
-        num = np.arange(1, len(hits) + 1)
-        prec = num / (hits + 1.0)
-        if ap == "standard":
-            ap_sum += prec.mean()
-        else:
-            old = np.where(hits > 0, (num - 1) / np.maximum(hits, 1), 1.0)
-            ap_sum += ((old + prec) / 2).mean()
-        inp_sum += len(hits) / (hits[-1] + 1.0)
-    return _finish(
-        torch.from_numpy(cmc_hits), ap_sum, inp_sum, len(idx), evaluated, protocol, ap, max_rank
-    )
+    q, g = prepare_features(qf, metric, device), prepare_features(gf, metric, device)
+    _check_dims(q, g)
+    block = block_rows(g.shape[0], block_size=block_size, max_memory=max_memory)
+    rows = _DistanceRows(q, g, metric, block)
+    log.debug("evaluation by blocks of %d queries (distance blocks of %d rows) against %d gallery items",
+              min(block, chunk_size), rows.length, g.shape[0])
+    return _evaluate_rows(rows, (q.shape[0], g.shape[0]), q_pids, g_pids, q_camids, g_camids,
+                          protocol=protocol, ap=ap, max_rank=max_rank, chunk_size=chunk_size,
+                          block=min(block, chunk_size), method=method, device=q.device, progress=progress)

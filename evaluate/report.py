@@ -20,7 +20,7 @@ import numpy as np
 
 from data.datasets import build_dataset, split_union
 from data.io import atomic_write_json, file_sha256
-from data.names import union_dirname
+from data.names import dataset_dirname, union_dirname
 from data.runs import RunFolder, open_checkpoint
 from data.runtime import default_workers, resolve_device
 from data.store import open_store
@@ -35,27 +35,40 @@ from evaluate.features import (
     now_iso,
     save_features,
 )
-from evaluate.metrics import SAME_CAMERA_JUNK, evaluate_distances, pairwise_distance
+from evaluate.metrics import SAME_CAMERA_JUNK, Metrics, distance_rows, evaluate_distances, evaluate_features
 from evaluate.plots import plot_cmc, ranked_list
 from evaluate.rerank import k_reciprocal_rerank
 
 log = logging.getLogger(__name__)
 
 RERANK = {"k1": 20, "k2": 6, "lambda": 0.3}
+#: queries summed together (``evaluate_distances``' default, which the figures written so far used)
+CHUNK = 128
 
 
-def distances_for(feats: Features, distance: str = "cosine", rerank: bool = False, progress: bool = True):
-    """The final query-gallery distance matrix (numpy float32), re-ranked on request."""
+def measure(feats: Features, distance: str = "cosine", rerank: bool = False, ap: str = "standard", *,
+            pictures: Sequence[int] = (), block_size: int | None = None, max_memory: int | None = None,
+            progress: bool = True) -> tuple[Metrics, dict[int, np.ndarray]]:
+    """The metrics of a features set and the distance rows of the queries in ``pictures``.
+
+    Without re-ranking the distances are streamed by blocks (``block_size`` queries, or as many as
+    ``max_memory`` bytes hold: ``evaluate.metrics.evaluate_features``), never the whole matrix; re-ranking
+    makes the whole re-ranked matrix (it refuses, with the memory it needs, where that does not fit)."""
+    labels = (feats.q_pids, feats.g_pids, feats.q_camids, feats.g_camids)
     if rerank:
-        return k_reciprocal_rerank(feats.query, feats.gallery, k1=RERANK["k1"], k2=RERANK["k2"],
-                                   lambda_value=RERANK["lambda"], metric=distance, progress=progress)
-    return pairwise_distance(feats.query, feats.gallery, distance).numpy()
+        dist = k_reciprocal_rerank(feats.query, feats.gallery, k1=RERANK["k1"], k2=RERANK["k2"],
+                                   lambda_value=RERANK["lambda"], metric=distance, max_memory=max_memory,
+                                   progress=progress)
+        m = evaluate_distances(dist, *labels, protocol=feats.protocol, ap=ap, block_size=block_size)
+        return m, {qi: dist[qi] for qi in pictures}
+    m = evaluate_features(feats.query, feats.gallery, *labels, metric=distance, protocol=feats.protocol, ap=ap,
+                          chunk_size=CHUNK, block_size=block_size, max_memory=max_memory, progress=progress)
+    rows = distance_rows(feats.query, feats.gallery, list(pictures), distance) if pictures else []
+    return m, dict(zip(pictures, rows))
 
 
-def score(feats: Features, dist: np.ndarray, *, distance: str, rerank: bool, ap: str) -> dict[str, Any]:
-    """metrics.json content for a features set and its distance matrix."""
-    m = evaluate_distances(dist, feats.q_pids, feats.g_pids, feats.q_camids, feats.g_camids,
-                           protocol=feats.protocol, ap=ap)
+def score(feats: Features, m: Metrics, *, distance: str, rerank: bool) -> dict[str, Any]:
+    """metrics.json content for a features set and its metrics."""
     a = feats.attrs
     out = {
         "dataset": a.get("dataset", ""),
@@ -65,7 +78,7 @@ def score(feats: Features, dist: np.ndarray, *, distance: str, rerank: bool, ap:
         "flip": bool(a.get("flip", False)),
         "distance": distance,
         "rerank": dict(RERANK) if rerank else False,
-        "ap": ap,
+        "ap": m.ap,
         "ap_definition": m.to_dict()["ap_definition"],
         "checkpoint": a.get("checkpoint", ""),
         "checkpoint_sha256": a.get("checkpoint_sha256", ""),
@@ -116,11 +129,12 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def evaluate_file(path: str | os.PathLike, *, distance: str = "cosine", rerank: bool = False,
-                  ap: str = "standard", progress: bool = True) -> dict[str, Any]:
-    """Metrics of a features file (no model, no images)."""
+                  ap: str = "standard", block_size: int | None = None, max_memory: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Metrics of a features file (no model, no images); ``block_size`` / ``max_memory``: see :func:`measure`."""
     feats = load_features(path)
-    dist = distances_for(feats, distance, rerank, progress)
-    out = score(feats, dist, distance=distance, rerank=rerank, ap=ap)
+    m, _ = measure(feats, distance, rerank, ap, block_size=block_size, max_memory=max_memory, progress=progress)
+    out = score(feats, m, distance=distance, rerank=rerank)
     out["features_file"] = str(path)
     return out
 
@@ -135,9 +149,10 @@ def _pick_queries(keys: Sequence[str], num: int, chosen: Sequence[str] | None, s
     return sorted(random.Random(seed).sample(range(len(keys)), min(num, len(keys))))
 
 
-def draw_ranked_lists(feats: Features, dist: np.ndarray, root: Path, out_dir: Path, queries: list[int],
+def draw_ranked_lists(feats: Features, dist: Any, root: Path, out_dir: Path, queries: list[int],
                       top_k: int = 10) -> list[Path]:
-    """One picture per query: query + top-k (green correct, red wrong, grey junk)."""
+    """One picture per query: query + top-k (green correct, red wrong, grey junk); ``dist[qi]`` is query
+    ``qi``'s distance row (a matrix, or a dict of the drawn rows)."""
     written = []
     for qi in queries:
         order = np.argsort(dist[qi], kind="stable")[:top_k]
@@ -172,11 +187,14 @@ def evaluate_run(
     batch_size: int = 64,
     device: str = "auto",
     workers: int | None = None,
+    block_size: int | None = None,
+    max_memory: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Extract features with the run's checkpoint, score them, write the outputs; returns metrics.
     ``dataset`` None: the dataset the run was trained on.
-    ``workers`` None: up to 8 DataLoader workers on a GPU, none on a CPU (the cores compute)."""
+    ``workers`` None: up to 8 DataLoader workers on a GPU, none on a CPU (the cores compute).
+    ``block_size`` / ``max_memory``: the evaluation's blocks (:func:`measure`)."""
     device = resolve_device(device)
     if workers is None:
         workers = default_workers(device) if device.type == "cuda" else 0
@@ -214,12 +232,13 @@ def evaluate_run(
                "height": size[0], "width": size[1], "created": now_iso()},
     )
     save_features(out_dir / "features.h5", feats)
-    dist = distances_for(feats, distance, rerank, progress)
-    metrics = score(feats, dist, distance=distance, rerank=rerank, ap=ap)
+    picks = _pick_queries(feats.q_keys, num_pictures, query_keys)
+    m, dist = measure(feats, distance, rerank, ap, pictures=picks, block_size=block_size, max_memory=max_memory,
+                      progress=progress)
+    metrics = score(feats, m, distance=distance, rerank=rerank)
     metrics.update(run=str(run), features_file=str(out_dir / "features.h5"), setting=setting or "default")
     plot_cmc({f"{Path(str(run)).name} ({feature_set})": metrics["cmc"]}, out_dir / "cmc.png",
              title=f"CMC: {dataset} ({ds.protocol})")
-    picks = _pick_queries(feats.q_keys, num_pictures, query_keys)
     metrics["ranked_lists"] = [str(p) for p in draw_ranked_lists(feats, dist, ds.root, out_dir / "ranked", picks)]
     atomic_write_json(out_dir / "metrics.json", metrics)
     log.info("evaluated %s on %s: rank-1 %.2f%%, mAP %.2f%% (%d queries, %d skipped) -> %s", run, dataset,
@@ -308,7 +327,8 @@ def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLi
         rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
     if plot is None:
         names = "_vs_".join(Path(str(r)).name for r in runs)
-        plot = Path(runs_dir) / "compare" / (union_dirname(specs) if len(specs) > 1 else dataset) / f"{names[:180]}.png"
+        plot = Path(runs_dir) / "compare" / (union_dirname(specs) if len(specs) > 1 else dataset_dirname(dataset)) \
+            / f"{names[:180]}.png"
     curves = {}
     for r, m in rows.items():
         flip = "+flip" if m.get("flip") else ""

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from evaluate.metrics import MetricsError, distance_block, prepare_features
+from evaluate.metrics import MetricsError, available_memory, distance_block, prepare_features
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,31 @@ def _encode(feats, metric, rows, cols, rowmax, n, block_bytes: int = 1 << 25) ->
     return sp.csr_matrix(((wn / total[r]).astype(np.float32), (r, c)), shape=(n, n))
 
 
+def memory_needed(num_query: int, num_gallery: int, dim: int, k1: int = 20, chunk_size: int = 512) -> int:
+    """Bytes :func:`k_reciprocal_rerank` needs, estimated from its arrays: the features twice (input
+    copy and concatenation), the query-gallery matrix twice (the output and the evaluation that reads
+    it), a chunk of full distance rows with its temporaries, the neighbour lists, k-reciprocal sets and
+    sparse encoding (about 400 int64 per item), the Jaccard blocks and the interpreter (256 MiB)."""
+    n = num_query + num_gallery
+    return (2 * n * dim * 4 + 2 * num_query * num_gallery * 4 + 3 * min(chunk_size, n) * n * 4
+            + n * max(400, 20 * k1) * 8 + (256 << 20))
+
+
+def check_fits(num_query: int, num_gallery: int, dim: int, k1: int = 20, chunk_size: int = 512,
+               max_memory: int | None = None) -> None:
+    """Raise a :class:`MetricsError` naming the memory re-ranking needs when it exceeds ``max_memory``
+    (default: the memory available now)."""
+    need = memory_needed(num_query, num_gallery, dim, k1, chunk_size)
+    have = max_memory if max_memory is not None else available_memory()
+    if have is not None and need > have:
+        where = "allowed (--max-memory)" if max_memory is not None else "available"
+        raise MetricsError(
+            f"Re-ranking {num_query:,} queries against {num_gallery:,} gallery items ({dim}-d) needs about "
+            f"{need / 2**30:.1f} GiB of memory but {have / 2**30:.1f} GiB is {where}: it builds the whole "
+            f"query x gallery matrix, so evaluate without re-ranking (streamed, memory-bounded) or on a "
+            f"machine with more memory.")
+
+
 def _jaccard_rows(vq: sp.csr_matrix, vg_t: sp.csr_matrix, num_gallery: int) -> np.ndarray:
     """sum_k min(Vq[i, k], Vg[j, k]) for the rows of ``vq`` against every gallery item j.
 
@@ -142,15 +167,21 @@ def k_reciprocal_rerank(
     metric: str = "euclidean",
     chunk_size: int = 512,
     device: str | None = None,
+    max_memory: int | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """Re-ranked query-gallery distances [Q, G] float32 (Zhong et al. 2017).
 
     final = (1 - lambda) * Jaccard(V) + lambda * d^2 / rowmax(d^2), with ``d`` the ``metric``
-    distance over query + gallery, as in the original implementation.
+    distance over query + gallery, as in the original implementation.  Exact; it refuses with a
+    sentence naming the memory it needs (:func:`memory_needed`) when that exceeds ``max_memory``
+    (default: the memory available).
     """
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise MetricsError("Re-ranking needs k1 >= 1, k2 >= 1 and 0 <= lambda <= 1.")
+    shape_q, shape_g = np.shape(qf), np.shape(gf)
+    if len(shape_q) == 2 and len(shape_g) == 2:
+        check_fits(shape_q[0], shape_g[0], shape_q[1], k1, chunk_size, max_memory)
     q_feats, g_feats = prepare_features(qf, metric, device), prepare_features(gf, metric, device)
     if q_feats.shape[1] != g_feats.shape[1]:
         raise MetricsError(
@@ -184,68 +215,3 @@ def k_reciprocal_rerank(
     log.info("re-ranked %d queries against %d gallery items (k1=%d, k2=%d, lambda=%.2f)",
              q, n - q, k1, k2, lambda_value)
     return final
-
-
-def _encode_gather_all(feats, metric, rows, cols, rowmax, n, chunk=1 << 20) -> sp.csr_matrix:
-    """The previous ``_encode`` (both ends' full feature vectors gathered for up to 2^20 pairs at
-    once: memory grows with the feature size); kept as the reference of ``bench/bench_metrics.py``."""
-    w = torch.empty(rows.shape[0], dtype=torch.float32)
-    for s in range(0, rows.shape[0], chunk):
-        a, b = feats[rows[s : s + chunk]], feats[cols[s : s + chunk]]
-        prod = (a * b).sum(1)
-        if metric == "cosine":
-            d = 1.0 - prod
-        else:
-            d = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * prod).clamp_min(0).sqrt()
-        w[s : s + chunk] = torch.exp(-(d * d) / rowmax[rows[s : s + chunk]]).cpu()
-    r, c, wn = rows.numpy(), cols.numpy(), w.numpy()
-    total = np.bincount(r, weights=wn, minlength=n)
-    return sp.csr_matrix(((wn / total[r]).astype(np.float32), (r, c)), shape=(n, n))
-
-
-def rerank_reference(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
-    """The original dense implementation (Zhong et al.'s code, argsort made stable), for tests.
-
-    Inputs are plain distance matrices; they are squared and normalised as in the original.
-    """
-    original_dist = np.concatenate(
-        [np.concatenate([q_q, q_g], axis=1), np.concatenate([q_g.T, g_g], axis=1)], axis=0
-    )
-    original_dist = np.power(original_dist, 2).astype(np.float32)
-    original_dist = np.transpose(1.0 * original_dist / np.max(original_dist, axis=0))
-    V = np.zeros_like(original_dist).astype(np.float32)
-    initial_rank = np.argsort(original_dist, kind="stable").astype(np.int32)
-    query_num = q_g.shape[0]
-    all_num = original_dist.shape[0]
-    kh = int(np.around(k1 / 2.0))
-    for i in range(all_num):
-        forward = initial_rank[i, : k1 + 1]
-        backward = initial_rank[forward, : k1 + 1]
-        k_recip = forward[np.where(backward == i)[0]]
-        expansion = k_recip
-        for candidate in k_recip:
-            c_forward = initial_rank[candidate, : kh + 1]
-            c_backward = initial_rank[c_forward, : kh + 1]
-            c_recip = c_forward[np.where(c_backward == candidate)[0]]
-            if len(np.intersect1d(c_recip, k_recip)) > 2.0 / 3 * len(c_recip):
-                expansion = np.append(expansion, c_recip)
-        expansion = np.unique(expansion)
-        weight = np.exp(-original_dist[i, expansion])
-        V[i, expansion] = 1.0 * weight / np.sum(weight)
-    original_dist = original_dist[:query_num]
-    if k2 != 1:
-        V_qe = np.zeros_like(V, dtype=np.float32)
-        for i in range(all_num):
-            V_qe[i, :] = np.mean(V[initial_rank[i, :k2], :], axis=0)
-        V = V_qe
-    inv_index = [np.where(V[:, i] != 0)[0] for i in range(all_num)]
-    jaccard = np.zeros_like(original_dist, dtype=np.float32)
-    for i in range(query_num):
-        temp_min = np.zeros(shape=[1, all_num], dtype=np.float32)
-        nonzero = np.where(V[i, :] != 0)[0]
-        for j in nonzero:
-            images = inv_index[j]
-            temp_min[0, images] += np.minimum(V[i, j], V[images, j])
-        jaccard[i] = 1 - temp_min / (2.0 - temp_min)
-    final = jaccard * (1 - lambda_value) + original_dist * lambda_value
-    return final[:query_num, query_num:]

@@ -56,7 +56,9 @@ def cli(verbose: bool) -> None:
                    "needs hdf5plugin, which `make install` installs).")
 @click.option("--threads", default=0, type=click.IntRange(min=0),
               help="Intra-op CPU threads of this process (0: the available cores; --workers N > 1 "
-                   "processes use 1 each).")
+                   "processes use 1 each). Scheduling only: an estimator whose output depends on its thread "
+                   "count pins it as a setting (densepose: -o threads=N, default 1), so the store's bytes do not "
+                   "depend on --threads, --workers or --batch-size.")
 def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, size: int, shard_size: int,
             batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, compression: str,
             threads: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from data.io import ImageReadError, atomic_output, read_image
-from data.store import DSAPStore, StoreError
+from data.store import DSAPStore, StoreError, describe_differences
 from dsa.dsap import merge_groups
 from dsa.parts import GROUP_NAMES, NUM_PARTS, PART_NAMES, PART_TO_GROUP, part_colours
 
@@ -67,7 +67,7 @@ def summarise(store: DSAPStore, dataset_keys: Sequence[str] | None = None) -> di
         "size": store.size, "settings": store.settings, "num_images": len(store), "num_found": int(found.sum()),
         "found_rate": round(float(found.mean()), 4) if len(found) else 0.0, "num_shards": len(m["shards"]),
         "summary": m.get("summary"), "parts": parts, "groups": groups, "problems": problems,
-        "warnings": store_warnings(store.settings),
+        "warnings": store_warnings(store.settings), "provenance": store.provenance,
     }
 
 
@@ -80,6 +80,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"({100 * s['found_rate']:.1f}%)",
     ]
     lines += [f"WARNING    {w}" for w in s.get("warnings", [])]
+    lines += [f"computed   {provenance_line(r)}" for r in s.get("provenance", [])]
     lines += ["", f"{'part':>4}  {'name':<22} {'group':<11} {'coverage':>8} {'(found)':>8}"]
     for p in s["parts"]:
         lines.append(f"{p['part']:>4}  {p['name']:<22} {p['group']:<11} {100 * p['coverage']:>7.1f}% "
@@ -97,6 +98,23 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"extra      {pr['extra_keys']} store keys not in the dataset"
                      + (f" (e.g. {', '.join(pr['extra_examples'][:3])})" if pr["extra_keys"] else ""))
     return "\n".join(lines)
+
+
+def provenance_line(record: dict[str, Any]) -> str:
+    """One provenance record of a store in a line: its shards, the process's threads, workers and batch size,
+    and where the estimator's model files came from."""
+    shards = record.get("shards", [])
+    process = record.get("process") or {}
+    versions = record.get("versions") or {}
+    est = record.get("estimator") or {}
+    parts = [f"{len(shards)} shard(s)"]
+    if process:
+        parts.append(f"{process.get('intra_op_threads')} thread(s) per process, {process.get('workers')} worker(s), "
+                     f"batch {process.get('batch_size')}, rank {process.get('rank')}/{process.get('world_size')}")
+    if versions:
+        parts.append(f"torch {versions.get('torch')}")
+    parts += [f"{k} {est[k]}" for k in ("config", "weights", "model_zoo") if est.get(k)]
+    return "; ".join(parts) if len(parts) > 1 else parts[0] + " (no record: written by an older version)"
 
 
 def verify(store: DSAPStore, dataset_keys: Sequence[str] | None = None, dataset_root: Path | None = None) -> list[str]:
@@ -126,12 +144,20 @@ def verify(store: DSAPStore, dataset_keys: Sequence[str] | None = None, dataset_
 EXPLICIT_ONLY_OPTIONS = ("dump", "weights", "config")
 
 
-def label_map_estimator(estimator: str, dataset_root: Path, settings: dict, options: dict[str, Any]) -> Any:
+class OtherModelError(StoreError):
+    """``inspect -o config=… -o weights=…`` names another model than the one the store was computed with."""
+
+
+def label_map_estimator(estimator: str, dataset_root: Path, settings: dict, options: dict[str, Any],
+                        provenance: Sequence[dict] = ()) -> Any:
     """The store's estimator, rebuilt to draw part-label maps that match the store's DSAP images.
 
     The store's settings that are options of the estimator are reused (simulated errors, seeds, thresholds),
     except :data:`EXPLICIT_ONLY_OPTIONS`; ``options`` (``inspect -o``) override them. Returns ``None`` with a
-    warning when it cannot be built: the montages are drawn without label maps rather than with wrong ones."""
+    warning when it cannot be built: the montages are drawn without label maps rather than with wrong ones.
+    An estimator whose model differs from the store's (its ``model_settings``, e.g. the SHA-256s of the
+    config and weights) is refused with :class:`OtherModelError`, naming the files the store was computed
+    with (from its ``provenance``); other differences are a warning."""
     from precompute.estimators import build_estimator, estimator_options
 
     if options:  # asked for explicitly: a wrong option is the user's to fix (one sentence, exit 2)
@@ -141,11 +167,30 @@ def label_map_estimator(estimator: str, dataset_root: Path, settings: dict, opti
     try:
         accepted = estimator_options(estimator)
         reused = {k: v for k, v in settings.items() if k in accepted and k not in EXPLICIT_ONLY_OPTIONS}
-        return build_estimator(estimator, dataset_root, **{**reused, **options})
+        est = build_estimator(estimator, dataset_root, **{**reused, **options})
     except Exception as e:  # noqa: BLE001 - the montage is still useful without the label map
         log.warning("montages without part-label maps: the %s estimator cannot be rebuilt (%s); pass its options "
                     "with -o KEY=VALUE", estimator, e)
         return None
+    check_same_model(est, settings, provenance)
+    return est
+
+
+def check_same_model(est: Any, settings: dict, provenance: Sequence[dict] = ()) -> None:
+    """Refuse an estimator whose model is not the store's; warn when only other settings differ."""
+    ours = est.settings()
+    keys = [k for k in getattr(est, "model_settings", ()) if k in settings]  # a store may predate a key
+    model = describe_differences({k: settings[k] for k in keys}, {k: ours.get(k) for k in keys})
+    if model:
+        files = sorted({f"{r['estimator'].get(k)}" for r in provenance for k in ("config", "weights")
+                        if isinstance(r.get("estimator"), dict) and r["estimator"].get(k)})
+        where = f" (the store's provenance names {', '.join(files)})" if files else ""
+        raise OtherModelError(
+            f"the part-label maps would come from another model than the one the store was computed with: {model}; "
+            f"pass the store's own config and weights with -o config=... -o weights=...{where}")
+    rest = describe_differences(settings, ours)
+    if rest:
+        log.warning("the part-label maps are drawn with other settings than the store's: %s", rest)
 
 
 def label_map(est: Any, image: Any, path: Path, key: str) -> Any:
@@ -178,7 +223,8 @@ def inspect_store(store: DSAPStore, dataset: Any, *, check: bool = False, montag
     for key in chosen:
         if key not in store:
             raise StoreError(f"{key!r} is not a key of the store; keys are paths relative to the dataset folder")
-    est = label_map_estimator(store.estimator, dataset.root, store.settings, options or {}) if chosen else None
+    est = (label_map_estimator(store.estimator, dataset.root, store.settings, options or {}, store.provenance)
+           if chosen else None)
     written_files = []
     for key in chosen:
         try:

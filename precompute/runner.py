@@ -15,6 +15,12 @@ store's keys still cover the dataset, and the run goes on.  A failure that is th
 than an image's stops the run with one sentence instead (:class:`SystemicFailure`): the estimator
 failing for one and the same reason on as many consecutive images as a batch holds (at least 2; the
 image's own name removed from the reason), e.g. a model that cannot produce chart output at all.
+
+The stored bytes do not depend on how the work was scheduled (workers, ranks, batch size, the process's
+thread count, a resumed run): an estimator whose output depends on its thread count pins it as one of
+its settings (``densepose``'s ``threads``).  Each shard records how it was computed (its
+``provenance``: the estimator's record, library versions, this process's thread policy, workers, batch
+size, rank), and the manifest lists the distinct records with their shards.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ from data.store import (
     StoreWriter,
     checksum_path,
     content_fingerprint,
+    describe_differences,
     existing_shards,
     fingerprint,
     read_manifest,
@@ -83,6 +90,18 @@ class PrecomputeConfig:
     tag: str | None = None
     force: bool = False
     compression: str | None = DEFAULT_COMPRESSION
+
+
+def settings_refusal(what: str, settings: StoreSettings, stored: dict[str, Any]) -> PrecomputeError:
+    """``what`` (a store or a shard) was computed with other settings: which ones, and how to go on."""
+    if settings.unrecorded(stored):
+        way_out = ("it was written by an older version of this program, which did not record them: pass --force to "
+                   "recompute it, or --tag NAME to keep it and compute a new one")
+    else:
+        way_out = ("run with the store's settings to complete it, pass --force to recompute it with these, or "
+                   "--tag NAME to keep both")
+    return PrecomputeError(f"{what} was computed with other settings than this run's: "
+                           f"{settings.explain(stored)}; {way_out}")
 
 
 def plan_shards(keys: Sequence[str], shard_size: int) -> list[list[str]]:
@@ -221,6 +240,9 @@ class _Job:
     compression: str | None
     shards: list[tuple[int, list[str]]]
     parent: int = 0  # the pid of the process that started the workers (read there, never in a worker)
+    workers: int = 1
+    rank: int = 0
+    world: int = 1
 
 
 def registry_estimator(name: str, dataset_root: Path, options: dict | None = None) -> Any:
@@ -237,16 +259,43 @@ def _make_estimator(factory: Callable[[Path], Any], dataset_root: str | Path, ba
     return est
 
 
+def shard_provenance(job: _Job, estimator: Any) -> dict[str, Any]:
+    """How this process computes its shards: the estimator's record, library versions, the thread policy,
+    workers, batch size and rank (stored with each shard; never compared)."""
+    import platform
+
+    import cv2
+    import h5py
+
+    from data.runtime import thread_policy
+
+    return {
+        "estimator": estimator.provenance() if hasattr(estimator, "provenance") else {},
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+                     "h5py": h5py.version.version, "torch": _torch_version()},
+        "process": {**thread_policy(), "workers": job.workers,
+                    "batch_size": int(getattr(estimator, "batch_size", 1) or 1), "rank": job.rank,
+                    "world_size": job.world},
+    }
+
+
+def _torch_version() -> str:
+    import torch
+
+    return str(torch.__version__)
+
+
 def _write_shards(job: _Job, estimator: Any, progress: Callable[[int], None]) -> dict[str, int]:
     writer = StoreWriter(job.folder, job.settings, compression=job.compression)
     stats = {"images": 0, "found": 0, "failures": 0, "shards": 0}
+    provenance = shard_provenance(job, estimator)
     for index, keys in job.shards:
         # taken before the images are read: an image changed while it is computed is stale on the next run
         sources = [source_signature(job.dataset_root, k) for k in keys]
         dsap, written, found, failures = compute_shard(
             keys, Path(job.dataset_root), estimator, job.settings.kind, job.settings.size, progress
         )
-        writer.write_shard(index, keys, dsap, written, found, failures, sources=sources)
+        writer.write_shard(index, keys, dsap, written, found, failures, sources=sources, provenance=provenance)
         stats["images"] += len(keys)
         stats["found"] += int(found.sum())
         stats["failures"] += len(failures)
@@ -280,10 +329,13 @@ def _worker_main(job: _Job, q: Any) -> None:
     The parent's pid comes with the job (read by the parent itself): a worker whose parent died
     during its start-up sees another parent pid than that after arming the death signal and stops,
     however early the parent died."""
+    from data.runtime import worker_threads
+
     parent = job.parent
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the signal was armed
         raise SystemExit(1)
+    worker_threads()  # N workers side by side: one intra-op thread each (an estimator may pin its own)
 
     def progress(n: int) -> None:
         if os.getppid() != parent:  # the parent was killed: stop rather than compete with a rerun
@@ -364,10 +416,7 @@ def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: Sto
         return "pending"
     diffs = settings.differences(header)
     if diffs and not force:
-        raise PrecomputeError(
-            f"{path} was computed with other settings ({', '.join(diffs)} differ); pass --force to replace "
-            f"the store or --tag NAME to keep both"
-        )
+        raise settings_refusal(str(path), settings, header)
     if diffs or header["keys"] != keys:
         return "pending"
     expected = recorded_checksum(path) or expected_sha.get(path.name)
@@ -382,6 +431,25 @@ def _shard_state(writer: StoreWriter, index: int, keys: list[str], settings: Sto
                         path.name, len(changed), changed[0])
             return "pending"
     return "done"
+
+
+def check_same_hardware(writer: StoreWriter, plan: list[list[str]], pending: list[int], estimator: Any) -> None:
+    """Refuse to compute shards beside shards that the estimator computed on other hardware (its provenance's
+    ``hardware``: e.g. another CPU instruction set or GPU), whose kernels may give other low-order bits."""
+    here = (estimator.provenance() if pending and hasattr(estimator, "provenance") else {}).get("hardware")
+    if not here:
+        return
+    for i in sorted(set(range(len(plan))) - set(pending)):
+        try:
+            header = read_shard_header(writer.shard_path(i))
+        except (OSError, KeyError, ValueError):
+            continue
+        there = ((header.get("provenance") or {}).get("estimator") or {}).get("hardware")
+        if there and there != here:
+            raise PrecomputeError(
+                f"{writer.shard_path(i)} was computed on other hardware than this run's ({describe_differences(there, here)}), "
+                "whose kernels may give other low-order bits, and this run would add shards to it: finish the store "
+                "where it was started, pass --force to recompute it here, or --tag NAME to keep both")
 
 
 def _all_shards_current(writer: StoreWriter, plan: list[list[str]], settings: StoreSettings,
@@ -457,12 +525,8 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
         manifest = None
     expected_sha = {sh["name"]: sh["sha256"] for sh in (manifest or {}).get("shards", [])}
     if manifest is not None and not cfg.force:
-        diffs = settings.differences(manifest)
-        if diffs:
-            raise PrecomputeError(
-                f"the store at {folder} was computed with other settings ({', '.join(diffs)} differ); "
-                f"pass --force to replace it or --tag NAME to keep both"
-            )
+        if settings.differences(manifest):
+            raise settings_refusal(f"the store at {folder}", settings, manifest)
     if cfg.force:
         for i in owned:
             writer.shard_path(i).unlink(missing_ok=True)
@@ -484,19 +548,20 @@ def _run_locked(cfg: PrecomputeConfig, dataset: Any, factory: Callable, estimato
     if manifest is not None:  # the dataset or an image changed, a shard is damaged, or --force: incomplete again
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
     pending = [i for i in owned if states[i] == "pending"]
+    check_same_hardware(writer, plan, pending, estimator)
     todo = sum(len(plan[i]) for i in pending)
     log.info(
         "precompute %s with %s: %d images in %d shards; rank %d/%d owns %d shards, %d to compute (%d images) on %d worker(s)",
         cfg.dataset, cfg.estimator, len(keys), len(plan), rank, world, len(owned), len(pending), todo, cfg.workers,
     )
     job = dict(folder=str(folder), dataset_root=str(dataset.root), factory=factory, batch_size=cfg.batch_size,
-               settings=settings, compression=cfg.compression, parent=os.getpid())
+               settings=settings, compression=cfg.compression, parent=os.getpid(), rank=rank, world=world)
     with tqdm(total=todo, unit="img", desc=f"precompute {cfg.dataset}", disable=None) as bar:
         if cfg.workers == 1 or len(pending) <= 1:
             stats = _write_shards(_Job(**job, shards=[(i, plan[i]) for i in pending]), estimator, bar.update)
         else:
             n = min(cfg.workers, len(pending))
-            jobs = [_Job(**job, shards=[(i, plan[i]) for i in pending[w::n]]) for w in range(n)]
+            jobs = [_Job(**job, shards=[(i, plan[i]) for i in pending[w::n]], workers=n) for w in range(n)]
             stats = _run_workers(jobs, bar)
     elapsed = time.perf_counter() - t0
     summary: dict[str, Any] = {

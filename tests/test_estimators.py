@@ -304,15 +304,18 @@ def fake_d2(monkeypatch):
     _forget_detectron2()
 
 
+#: the fake's base config: as detectron2's Base-DensePose-RCNN-FPN.yaml, it names the DensePose ROI heads
+BASE_YAML = 'MODEL:\n  WIDTH: 4\n  ROI_HEADS:\n    NAME: "DensePoseROIHeads"\n'
+
+
 def _configs(folder: Path) -> tuple[Path, Path]:
     """An IUV-like config and a CSE-like config with the same file name (as detectron2's two
     densepose_rcnn_R_50_FPN_s1x.yaml), each with a _BASE_."""
     (folder / "cse").mkdir(parents=True, exist_ok=True)
-    (folder / "Base.yaml").write_text("MODEL:\n  WIDTH: 4\n")
+    (folder / "Base.yaml").write_text(BASE_YAML)
     iuv = folder / "densepose_rcnn_R_50_FPN_s1x.yaml"
     iuv.write_text('_BASE_: "Base.yaml"\n# a comment\nINPUT:\n  FORMAT: "BGR"\n')
-    (folder / "cse" / "Base.yaml").write_text(
-        'MODEL:\n  WIDTH: 4\n  ROI_DENSEPOSE_HEAD:\n    PREDICTOR_NAME: "DensePoseEmbeddingPredictor"\n')
+    (folder / "cse" / "Base.yaml").write_text(BASE_YAML + '  ROI_DENSEPOSE_HEAD:\n    PREDICTOR_NAME: "DensePoseEmbeddingPredictor"\n')
     cse = folder / "cse" / "densepose_rcnn_R_50_FPN_s1x.yaml"
     cse.write_text('_BASE_: "Base.yaml"\n# a comment\nINPUT:\n  FORMAT: "BGR"\n')
     return iuv, cse
@@ -350,6 +353,7 @@ def test_densepose_install_hint_names_the_working_commands():
 
 
 def test_make_install_densepose_commands(tmp_path):
+    import os
     import shutil
     import subprocess
 
@@ -360,8 +364,9 @@ def test_make_install_densepose_commands(tmp_path):
     (checkout / "setup.py").write_text("")
 
     def commands(*args: str) -> list[str]:
+        env = {k: v for k, v in os.environ.items() if k != "DETECTRON2"}  # the Makefile's default, not the user's
         done = subprocess.run(["make", "-n", "-o", ".venv/.installed", "install-densepose", *args], cwd=REPO,
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True, env=env)
         return [line for line in done.stdout.splitlines() if "pip install" in line]
 
     local = commands(f"DETECTRON2={checkout}")
@@ -395,13 +400,7 @@ def test_inspect_warns_about_random_weight_stores(tmp_path, fake_d2):
     from precompute.runner import PrecomputeConfig, run_precompute
 
     iuv_cfg, _ = _configs(tmp_path / "configs")
-    data = tmp_path / "data"
-    for i, crop in enumerate(_crops(4)):
-        path = data / f"query/{i:04d}_c1s1_000001_00.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), crop)
-    keys = [p.relative_to(data).as_posix() for p in sorted(data.rglob("*.jpg"))]
-    dataset = SimpleNamespace(root=data, all_items=lambda: [SimpleNamespace(path=k, key=k) for k in keys])
+    dataset = _toy_dataset(tmp_path / "data", 4)
     cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose",
                            options={"config": str(iuv_cfg), "weights": "random"}, size=16)
     assert run_precompute(cfg, dataset=dataset)["complete"]
@@ -409,6 +408,20 @@ def test_inspect_warns_about_random_weight_stores(tmp_path, fake_d2):
     assert summary["warnings"] and "for testing only" in summary["warnings"][0]
     assert "WARNING    this store is for testing only" in format_summary(summary)
     assert summary["settings"]["batching"] == "shape" and summary["settings"]["config_sha256"]
+    assert "computed   1 shard(s); " in format_summary(summary) and f"config {iuv_cfg}" in format_summary(summary)
+
+
+def _toy_dataset(data: Path, n: int, seed: int = 0) -> SimpleNamespace:
+    """``n`` crops of a few sizes (sizes repeat, so shape batching has groups) under ``data/query``, as a dataset."""
+    rng = np.random.default_rng(seed)
+    sizes = [(323, 91), (128, 64), (300, 110), (128, 64), (256, 100), (97, 40)]
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        path = data / f"query/{i:04d}_c1s1_000001_00.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    keys = [p.relative_to(data).as_posix() for p in sorted(data.rglob("*.jpg"))]
+    return SimpleNamespace(root=data, all_items=lambda: [SimpleNamespace(path=k, key=k) for k in keys])
 
 
 def test_densepose_weights_that_fail_are_one_sentence_before_any_image(tmp_path, fake_d2):
@@ -427,9 +440,9 @@ def test_densepose_weights_that_fail_are_one_sentence_before_any_image(tmp_path,
     fails(str(garbage), "cannot read the weights .*garbage.pth")
     empty = tmp_path / "empty.pth"
     torch.save({"model": {}}, empty)
-    fails(str(empty), r"do not fit the config densepose_rcnn_R_50_FPN_s1x.yaml: 8 of 8 model tensors")
+    fails(str(empty), r"do not fit the config densepose_rcnn_R_50_FPN_s1x.yaml: 40 of 40 model tensors")
     wrong = _save_weights(tmp_path / "wrong.pth", iuv_cfg, fake_d2, **{"fine.weight": torch.zeros(3, 4, 1, 1)})
-    fails(str(wrong), r"1 of 8 model tensors are missing or of another shape \(e.g. fine.weight\)")
+    fails(str(wrong), r"1 of 40 model tensors are missing or of another shape \(e.g. fine.weight\)")
     fails(str(tmp_path / "absent.pth"), "does not exist")
     good = _save_weights(tmp_path / "good.pth", iuv_cfg, fake_d2)
     est = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights=str(good))
@@ -551,8 +564,10 @@ def test_densepose_provenance_zoo_fallback_by_content(tmp_path, fake_d2, monkeyp
     monkeypatch.setitem(dp.MODEL_ZOO, "densepose_rcnn_R_50_FPN_s1x", url)
     monkeypatch.setattr(dp, "ZOO_CONFIG_DIGESTS", {dp.config_digest(iuv_cfg): "densepose_rcnn_R_50_FPN_s1x"})
     monkeypatch.setitem(fake_d2.checkpoint.DOWNLOADS, url, str(weights))
-    s = build_estimator("densepose", tmp_path, config=str(iuv_cfg)).settings()
-    assert s["model_zoo"] == "densepose_rcnn_R_50_FPN_s1x" and s["weights"] == url
+    est = build_estimator("densepose", tmp_path, config=str(iuv_cfg))
+    s, where = est.settings(), est.provenance()
+    assert where["model_zoo"] == "densepose_rcnn_R_50_FPN_s1x" and where["weights"] == url
+    assert "weights" not in s and "model_zoo" not in s  # names and places are provenance, contents are settings
     assert s["config_sha256"] == dp.config_digest(iuv_cfg)
     assert s["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     with pytest.raises(EstimatorError, match="is not one of the model zoo's configs"):
@@ -567,3 +582,241 @@ def test_zoo_config_digests_cover_the_four_zoo_models():
 
     assert set(ZOO_CONFIG_DIGESTS.values()) == set(MODEL_ZOO)
     assert all(len(d) == 64 and int(d, 16) >= 0 for d in ZOO_CONFIG_DIGESTS)
+
+
+# ------------------------------------------- reproducible stores, the wrong model refused (fake detectron2)
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_densepose_pins_its_thread_count(tmp_path, fake_d2, restore_threads):
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    est = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights="random", min_body_fraction=0.0)
+    assert est.settings()["threads"] == 1
+    crops = _crops(4)
+    runs = {}
+    for n in (1, 2):  # the process's own thread count (--threads) is scheduling: the output does not move
+        torch.set_num_threads(n)
+        runs[n] = est.estimate(crops, ["x"] * 4, ["k"] * 4)
+        assert torch.get_num_threads() == n  # restored after the model ran
+    for a, b in zip(runs[1], runs[2]):
+        for name in "IUV":
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    # the fake, like a CPU backbone, gives other low-order bits with another thread count: threads= is a setting
+    two = build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights="random", min_body_fraction=0.0,
+                          threads=2)
+    assert two.settings()["threads"] == 2
+    assert any(not np.array_equal(a.U, b.U) for a, b in zip(runs[1], two.estimate(crops, ["x"] * 4, ["k"] * 4)))
+    with pytest.raises(EstimatorError, match="threads must be at least 1.*--workers N"):
+        build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights="random", threads=0)
+
+
+def _shard_contents(folder: Path) -> dict[str, tuple]:
+    """Every shard's arrays as bytes and its settings: what a store holds, without its provenance record."""
+    import h5py
+
+    out = {}
+    for shard in sorted(folder.glob("shard-*.h5")):
+        with h5py.File(shard, "r") as f:
+            out[shard.name] = (tuple(f[name][()].tobytes() for name in ("dsap", "written", "found", "coverage")),
+                               list(f["keys"].asstr()[()]), f.attrs["settings"])
+    return out
+
+
+def test_densepose_store_bytes_do_not_depend_on_scheduling(tmp_path, fake_d2, restore_threads):
+    """One store built at 1 and 2 threads, with 2 workers, batch sizes 1 and 32, and resumed with other
+    threads and batch size: the same bytes; the provenance says how each shard was computed."""
+    from data.store import DSAPStore, StoreSettings, store_dir
+    from precompute.runner import PrecomputeConfig, PrecomputeError, run_precompute
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    dataset = _toy_dataset(tmp_path / "data", 10)
+    options = {"config": str(iuv_cfg), "weights": "random", "min_body_fraction": 0.0, "min_size": 64,
+               "max_size": 128}  # small crops: a fast test
+
+    def build(tag: str, threads: int = 1, **kw) -> Path:
+        torch.set_num_threads(threads)
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", options={**options, **kw.pop("o", {})},
+                               size=16, shard_size=3, tag=tag, **kw)
+        assert run_precompute(cfg, dataset=dataset)["complete"]
+        return store_dir(tmp_path, "toy", "densepose", tag)
+
+    reference = _shard_contents(build("t1", threads=1))
+    assert len(reference) == 4
+    stores = {"t2": build("t2", threads=2), "w2": build("w2", threads=2, workers=2),
+              "b1": build("b1", threads=2, batch_size=1), "b32": build("b32", threads=1, batch_size=32)}
+    resumed = build("resumed", threads=2, batch_size=2)
+    for name in ("shard-00001.h5", "shard-00003.h5", "manifest.json"):  # a killed run: resume it otherwise
+        (resumed / name).unlink()
+    stores["resumed"] = build("resumed", threads=1, batch_size=5)
+    for tag, folder in stores.items():
+        assert _shard_contents(folder) == reference, tag
+
+    record = {tag: DSAPStore(folder).provenance for tag, folder in stores.items()}
+    assert [r["process"]["intra_op_threads"] for r in record["t2"]] == [2]
+    # each of the 2 workers ran with 1 thread (as --help says), whatever the parent's
+    assert [(r["process"]["workers"], r["process"]["intra_op_threads"], len(r["shards"])) for r in record["w2"]] == [
+        (2, 1, 4)]
+    assert sorted(tuple(r["shards"]) for r in record["resumed"]) == [
+        ("shard-00000.h5", "shard-00002.h5"), ("shard-00001.h5", "shard-00003.h5")]
+    assert record["b1"][0]["estimator"]["config"] == str(iuv_cfg)
+
+    # a model thread count other than the store's gives other bytes, so it is refused rather than mixed in
+    other = build("two-threads", threads=1, o={"threads": 2})
+    assert _shard_contents(other) != reference
+    (other / "shard-00002.h5").unlink()
+    with pytest.raises(PrecomputeError, match=r"settings\.threads is 2 in the store and 1 now; .*--force"):
+        build("two-threads", threads=2)
+    assert StoreSettings("densepose", {}).explain({"estimator": "densepose", "settings": {}, "size": 32,
+                                                   "kind": "dsap"}) == ""
+
+
+def test_densepose_store_settings_are_contents_not_paths(tmp_path, fake_d2):
+    from data.store import store_dir
+    from precompute.runner import PrecomputeConfig, PrecomputeError, run_precompute
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    weights = _save_weights(tmp_path / "a" / "model.pth", iuv_cfg, fake_d2) if (tmp_path / "a").mkdir() is None else None
+    dataset = _toy_dataset(tmp_path / "data", 3)
+
+    def run(weights: Path, **options) -> dict:
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16,
+                               options={"config": str(iuv_cfg), "weights": str(weights), **options})
+        return run_precompute(cfg, dataset=dataset)
+
+    assert run(weights)["complete"]
+    moved = tmp_path / "b" / "renamed.pth"
+    moved.parent.mkdir()
+    weights.rename(moved)
+    assert run(moved)["up_to_date"]  # the same content elsewhere: the same settings
+    with pytest.raises(PrecomputeError) as err:
+        run(moved, min_size=128)
+    assert "settings.min_size is 256 in the store and 128 now; run with the store's settings" in str(err.value)
+    assert "--force" in str(err.value) and "--tag NAME" in str(err.value)
+    other = _save_weights(tmp_path / "b" / "other.pth", iuv_cfg, fake_d2, **{"fine.bias": torch.ones(25)})
+    with pytest.raises(PrecomputeError, match=r"settings\.weights_sha256 is [0-9a-f]{12}\.\.\. in the store and "
+                                              r"[0-9a-f]{12}\.\.\. now"):
+        run(other)
+    assert store_dir(tmp_path, "toy", "densepose").is_dir()
+
+
+def test_densepose_store_is_not_mixed_across_hardware(tmp_path, fake_d2, monkeypatch):
+    from data.store import DSAPStore, store_dir
+    from precompute.estimators import densepose as dp
+    from precompute.runner import PrecomputeConfig, PrecomputeError, run_precompute
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    dataset = _toy_dataset(tmp_path / "data", 4)
+
+    def run(**kw) -> dict:
+        cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16, shard_size=2,
+                               options={"config": str(iuv_cfg), "weights": "random", "min_size": 64, "max_size": 128},
+                               **kw)
+        return run_precompute(cfg, dataset=dataset)
+
+    assert run()["complete"]
+    folder = store_dir(tmp_path, "toy", "densepose")
+    here = DSAPStore(folder).provenance[0]["estimator"]["hardware"]
+    assert set(here) == {"cpu_capability"}
+    monkeypatch.setattr(dp.DensePoseEstimator, "_hardware", lambda self: {"cpu_capability": "OTHER"})
+    assert run()["up_to_date"]  # complete: nothing to compute here, nothing mixed
+    (folder / "shard-00001.h5").unlink()
+    with pytest.raises(PrecomputeError) as err:
+        run()
+    assert (f"shard-00000.h5 was computed on other hardware than this run's (cpu_capability is "
+            f"'{here['cpu_capability']}' in the store and 'OTHER' now)") in str(err.value)
+    assert "finish the store where it was started, pass --force" in str(err.value)
+    assert run(force=True)["complete"]
+
+
+def _config_of_depth(folder: Path, depth: int) -> Path:
+    path = folder / f"densepose_rcnn_R_{depth}_FPN_s1x.yaml"
+    path.write_text(f'_BASE_: "Base.yaml"\nMODEL:\n  RESNETS:\n    DEPTH: {depth}\n')
+    return path
+
+
+def test_densepose_weights_of_another_model_are_refused_naming_it(tmp_path, fake_d2):
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    r50, r101 = (_config_of_depth(tmp_path / "configs", d) for d in (50, 101))
+    w50 = _save_weights(tmp_path / "r50.pth", r50, fake_d2)
+    w101 = _save_weights(tmp_path / "r101.pth", r101, fake_d2)
+
+    def refusal(config: Path, weights: Path, **changes) -> str:
+        if changes:
+            state = torch.load(weights, weights_only=True)["model"]
+            state.update(changes)
+            weights = tmp_path / "changed.pth"
+            torch.save({"model": state}, weights)
+        with pytest.raises(EstimatorError) as err:
+            build_estimator("densepose", tmp_path, config=str(config), weights=str(weights))
+        assert fake_d2.modeling.CALLS == [] and "\n" not in str(err.value)
+        return str(err.value)
+
+    msg = refusal(r50, w101)  # 17 more res4 blocks: once only a warning, now the model is named
+    assert "are of another model than the config densepose_rcnn_R_50_FPN_s1x.yaml: 34 of their tensors" in msg
+    assert ("they hold a ResNet-101 (3-4-23-3 blocks in res2-res5) and the config builds a ResNet-50 (3-4-6-3 "
+            "blocks in res2-res5): pass the config they were trained with (densepose_rcnn_R_101_FPN_*)") in msg
+    msg = refusal(r101, w50)
+    assert "do not fit the config densepose_rcnn_R_101_FPN_s1x.yaml: 34 of 74 model tensors are missing" in msg
+    assert "they hold a ResNet-50 (3-4-6-3 blocks in res2-res5) and the config builds a ResNet-101" in msg
+    msg = refusal(r50, w50, **{"fine.extra": torch.zeros(3)})  # a head tensor this model does not have
+    assert "1 of their tensors are not in this model (e.g. fine.extra); pass the config they were trained with" in msg
+    # tensors outside the model's modules (e.g. an EMA copy kept beside it) are only logged
+    state = {**torch.load(w50, weights_only=True)["model"], "ema.stem.weight": torch.zeros(1)}
+    torch.save({"model": state}, tmp_path / "ema.pth")
+    assert build_estimator("densepose", tmp_path, config=str(r50), weights=str(tmp_path / "ema.pth"))
+
+
+def test_densepose_config_without_densepose_heads_is_refused_before_any_image(tmp_path, fake_d2):
+    (tmp_path / "mask_rcnn_R_50_FPN_3x.yaml").write_text('MODEL:\n  ROI_HEADS:\n    NAME: "StandardROIHeads"\n')
+    with pytest.raises(EstimatorError, match=r"mask_rcnn_R_50_FPN_3x.yaml is not a DensePose config: its ROI heads "
+                                             r"are StandardROIHeads, which give no DensePose output"):
+        build_estimator("densepose", tmp_path, config=str(tmp_path / "mask_rcnn_R_50_FPN_3x.yaml"), weights="random")
+    assert fake_d2.modeling.CALLS == []
+
+
+def test_densepose_text_file_as_weights_is_named(tmp_path, fake_d2):
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    notes = tmp_path / "notes.pth"
+    notes.write_text("this is not a checkpoint\n")
+    with pytest.raises(EstimatorError, match=r"cannot read the weights .*notes.pth: it is a text file beginning "
+                                             r"'this is not a checkpoint', not a detectron2 DensePose checkpoint"):
+        build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights=str(notes))
+    notes.write_bytes(b"")
+    with pytest.raises(EstimatorError, match=r"notes.pth: it is an empty file, not a detectron2 DensePose checkpoint"):
+        build_estimator("densepose", tmp_path, config=str(iuv_cfg), weights=str(notes))
+
+
+def test_inspect_refuses_label_maps_of_another_model(tmp_path, fake_d2, caplog):
+    from data.store import DSAPStore, store_dir
+    from precompute.inspect import OtherModelError, inspect_store
+    from precompute.runner import PrecomputeConfig, run_precompute
+
+    iuv_cfg, _ = _configs(tmp_path / "configs")
+    weights = _save_weights(tmp_path / "model.pth", iuv_cfg, fake_d2)
+    other = _save_weights(tmp_path / "other.pth", iuv_cfg, fake_d2, **{"fine.bias": torch.ones(25)})
+    dataset = _toy_dataset(tmp_path / "data", 2)
+    cfg = PrecomputeConfig(dataset="toy", root=tmp_path, estimator="densepose", size=16,
+                           options={"config": str(iuv_cfg), "weights": str(weights)})
+    run_precompute(cfg, dataset=dataset)
+    store = DSAPStore(store_dir(tmp_path, "toy", "densepose"))
+    key = store.keys[0]
+
+    def montage(**options) -> dict:
+        return inspect_store(store, dataset, montage_keys=[key], out=tmp_path / "montages",
+                             options={"config": str(iuv_cfg), **options})
+
+    with pytest.raises(OtherModelError) as err:
+        montage(weights=str(other))
+    assert "settings.weights_sha256 is" not in str(err.value) and "weights_sha256 is" in str(err.value)
+    assert f"the store's provenance names {iuv_cfg}, {weights}" in str(err.value)
+    copy = tmp_path / "copy" / "same.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(weights.read_bytes())
+    assert len(montage(weights=str(copy))["montages"]) == 1  # the same model under another name draws
+    caplog.clear()
+    assert len(montage(weights=str(copy), min_size=128)["montages"]) == 1
+    assert "drawn with other settings than the store's: min_size is 256 in the store and 128 now" in caplog.text

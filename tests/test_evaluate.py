@@ -16,7 +16,8 @@ from conftest import write_tiny_run
 from data.runtime import DeviceError
 from evaluate.api import ReidModel, rank
 from evaluate.features import EvaluationError, Features, load_features, save_features
-from evaluate.metrics import evaluate_reference, pairwise_distance
+from evaluate.metrics import pairwise_distance
+from tests.oracles import evaluate_reference
 
 
 def _tiny_checkpoint(folder: Path, variant: str = "dsa") -> Path:
@@ -237,3 +238,34 @@ def test_feature_set_is_one_name_with_the_old_one_hidden(run_dir, market_tree):
     assert seen == [("global", 32), ("global", 32)]
     helptext = CliRunner().invoke(cli, ["run", "-h"]).output
     assert "--feature-set" in helptext and "--features " not in helptext
+
+
+def test_compare_plot_stays_inside_the_runs_folder_whatever_the_dataset_spec(run_dir, tmp_path):
+    """A dataset spec with options (a regex, a folder path) never becomes a path: the plot goes to
+    RUNS_DIR/compare/<name>+<digest>/."""
+    import json as _json
+
+    from data.runs import RunFolder, dataset_dirname
+    from evaluate.report import compare_runs
+
+    spec = "folder:pattern=(?P<pid>\\d+)/../../../x,train_dir=a/b"
+    for r in ("r1", "r2"):
+        d = RunFolder(run_dir / r).eval_dir(spec)
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(_json.dumps({"rank1": 0.5, "rank5": 0.6, "rank10": 0.7, "mAP": 0.4,
+                                                     "mINP": 0.1, "cmc": [0.5] * 20, "feature_set": "mf"}))
+    _, plot = compare_runs(["r1", "r2"], spec, runs_dir=run_dir)
+    assert plot.resolve().parent == (run_dir / "compare" / dataset_dirname(spec)).resolve() and plot.is_file()
+
+
+def test_features_cli_block_options_give_the_same_figures(tmp_path):
+    path = tmp_path / "f.h5"
+    save_features(path, _features())
+    outs = []
+    for extra in ([], ["--block-size", "1"], ["--max-memory", "64M"], ["--block-size", "2", "--max-memory", "1G"]):
+        res = CliRunner().invoke(cli, ["features", str(path), "--json", *extra])
+        assert res.exit_code == 0, res.output
+        outs.append({k: v for k, v in json.loads(res.output).items() if k != "created"})
+    assert all(o == outs[0] for o in outs[1:]) and outs[0]["num_evaluated"] > 0
+    res = CliRunner().invoke(cli, ["features", str(path), "--max-memory", "lots"])
+    assert res.exit_code == 2 and "is not a memory size" in res.output

@@ -9,9 +9,9 @@ from evaluate.metrics import (
     MetricsError,
     evaluate_distances,
     evaluate_features,
-    evaluate_reference,
     pairwise_distance,
 )
+from tests.oracles import evaluate_reference
 
 METHODS = ("auto", "buckets", "searchsorted")
 
@@ -155,3 +155,97 @@ def test_evaluate_features_equals_distance_path():
         a = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric)
         b = evaluate_reference(pairwise_distance(qf, gf, metric), qp, gp, qc, gc)
         assert a.mAP == pytest.approx(b.mAP) and a.cmc == b.cmc
+
+
+# --------------------------------------------------------------------------------------------
+# streaming: blocks of any size give the one-shot figures bit for bit
+
+
+def _tied_features(seed, q=70, g=300, dim=12, ids=15, cams=3):
+    """Features with exact ties: coarse values, duplicated gallery rows and queries equal to gallery rows."""
+    rng = np.random.default_rng(seed)
+    gf = np.round(rng.normal(size=(g, dim)) * 2) / 2
+    gf[1::7] = gf[0::7][: len(gf[1::7])]  # duplicated gallery rows: tied distances for every query
+    qf = np.round(rng.normal(size=(q, dim)) * 2) / 2
+    qf[:5] = gf[10:15]  # a query equal to a gallery row: distance 0 (and -0.0 / +0.0)
+    return (qf.astype(np.float32), gf.astype(np.float32), rng.integers(0, ids, q), rng.integers(0, ids, g),
+            rng.integers(0, cams, q), rng.integers(0, cams, g))
+
+
+def _same_bits(a, b):
+    return (a.cmc_curve, a.mAP, a.mINP, a.num_evaluated, a.num_skipped) == \
+        (b.cmc_curve, b.mAP, b.mINP, b.num_evaluated, b.num_skipped)
+
+
+@pytest.mark.parametrize("protocol", ["market", "cuhk03-new", "cuhk01-single-shot"])
+@pytest.mark.parametrize("ap", ["standard", "market"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_streaming_equals_one_shot_bit_for_bit(protocol, ap, metric):
+    for seed in range(2):
+        qf, gf, qp, gp, qc, gc = _tied_features(seed)
+        one_shot = evaluate_distances(pairwise_distance(qf, gf, metric), qp, gp, qc, gc, protocol=protocol,
+                                      ap=ap, chunk_size=256)
+        assert one_shot.num_evaluated > 0
+        for block in (1, 2, 3, 7, 64, None):
+            m = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, protocol=protocol, ap=ap,
+                                  block_size=block)
+            assert _same_bits(m, one_shot), (seed, block)
+        for method in METHODS:  # blocks that straddle the summing chunks, each rank counter
+            m = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, protocol=protocol, ap=ap,
+                                  block_size=3, chunk_size=11, method=method)
+            ref = evaluate_distances(pairwise_distance(qf, gf, metric), qp, gp, qc, gc, protocol=protocol,
+                                     ap=ap, chunk_size=11, method=method)
+            assert _same_bits(m, ref), method
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_distance_matrix_blocks_equal_one_shot(seed):
+    """evaluate_distances ranked in blocks smaller than its chunks: the same bits (ties, inf rows, junk)."""
+    dist, qp, gp, qc, gc = _random_problem(seed)
+    for ap in AP:
+        whole = evaluate_distances(dist, qp, gp, qc, gc, ap=ap, chunk_size=32)
+        for block in (1, 5, 32):
+            assert _same_bits(evaluate_distances(dist, qp, gp, qc, gc, ap=ap, chunk_size=32, block_size=block),
+                              whole)
+        ref = evaluate_reference(dist, qp, gp, qc, gc, ap=ap)
+        assert whole.mAP == pytest.approx(ref.mAP, abs=1e-12)
+
+
+AP = ("standard", "market")
+
+
+def test_streaming_holds_a_block_never_the_matrix(monkeypatch):
+    """With tiles of 64 rows (a gallery made 'large' by a small tile budget) and a small memory budget, the
+    distances are made one tile at a time, each once, and the figures are still the one-shot ones."""
+    from evaluate import metrics
+
+    qf, gf, qp, gp, qc, gc = _tied_features(3, q=700, g=200)
+    one_shot = evaluate_distances(pairwise_distance(qf, gf), qp, gp, qc, gc, chunk_size=256)
+    monkeypatch.setattr(metrics, "TILE_BYTES", 64 * 200 * 4)
+    assert metrics.distance_tile(200) == 64
+    made = []
+    fill = metrics._fill_rows
+    monkeypatch.setattr(metrics, "_fill_rows", lambda out, *a: made.append(out.shape[0]) or fill(out, *a))
+    budget = 64 * 200 * 4 + 10 * 200 * metrics.RANK_BYTES_PER_ENTRY  # one tile and 10 rows
+    assert metrics.block_rows(200, max_memory=budget) == 10
+    m = evaluate_features(qf, gf, qp, gp, qc, gc, max_memory=budget)
+    assert _same_bits(m, one_shot)
+    assert made and max(made) == 64 and sum(made) == 700  # one tile at a time, each row computed once
+    made.clear()
+    m = evaluate_features(qf, gf, qp, gp, qc, gc, block_size=150)  # blocks of two whole tiles
+    assert _same_bits(m, one_shot) and max(made) == 128 and sum(made) == 700
+
+
+def test_block_size_and_memory_options():
+    from evaluate.metrics import available_memory, block_rows, distance_tile, memory_budget
+
+    assert distance_tile(82161) == 512 and distance_tile(10**6) == 64 and distance_tile(10) == 2048
+    avail = available_memory()
+    assert avail is None or avail > 0
+    assert 64 << 20 <= memory_budget() <= 512 << 20
+    assert block_rows(1000, block_size=3) == 3
+    assert block_rows(10**6, max_memory=1) == 1  # never less than one row
+    assert block_rows(10**5, max_memory=1 << 30) < block_rows(10**4, max_memory=1 << 30)
+    for bad in ({"block_size": 0}, {"max_memory": 0}):
+        with pytest.raises(MetricsError, match="must be"):
+            block_rows(100, **bad)

@@ -218,6 +218,20 @@ def test_unknown_variant_and_preset():
     assert set(preset_names()) == {"paper", "small", "tiny", "mobilenet", "mobilenet-cpu", "bench", "paper-drop-d"}
 
 
+def test_paper_preset_is_the_papers_text_and_the_fields_defaults():
+    """`paper` spells out every field, and they are the dataclasses' defaults; the readings the paper's text
+    fixes: 9 MF ID terms at 0.5 (§3.2.4, §4.2: the 8 part terms summed), ImageNet initialisation (§4.2), the
+    DSAP images mirrored with a mirrored image."""
+    from dsa.config import Recipe
+
+    p = get_preset("paper")
+    assert p.model == ModelConfig() and p.recipe == Recipe()
+    assert p.recipe.part_id_reduction == "sum" and p.recipe.dsap_flip and p.pretrained == "imagenet"
+    assert p.variant == "dsa" and p.recipe.w_id_mf == 0.5
+    for name in ("small", "tiny", "bench"):  # widths without ImageNet weights start from scratch
+        assert get_preset(name).pretrained == "none"
+
+
 def test_paper_recipe():
     r = get_preset("paper").recipe
     assert (r.epochs, r.warmup_epochs, r.lr_start, r.lr_peak, r.lr_decay_step, r.lr_decay_gamma) == \

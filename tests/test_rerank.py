@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from evaluate.metrics import MetricsError, evaluate_distances, pairwise_distance
-from evaluate.rerank import k_reciprocal_rerank, rerank_reference
+from evaluate.rerank import k_reciprocal_rerank
+from tests.oracles import encode_gather_all, rerank_reference
 
 
 def _features(seed, q=24, g=70, dim=16):
@@ -64,6 +65,22 @@ def test_blocked_encoding_equals_the_previous_one(metric):
     rank, rowmax, _ = rr._neighbours(feats, metric, 20, 21, 16, False)
     rows, cols = rr._expansion_sets(rank, 20)
     new = rr._encode(feats, metric, rows, cols, rowmax, 80, block_bytes=40 * 4 * 7)  # 7 pairs per block
-    old = rr._encode_gather_all(feats, metric, rows, cols, rowmax, 80)
+    old = encode_gather_all(feats, metric, rows, cols, rowmax, 80)
     assert new.nnz == old.nnz > 0
     np.testing.assert_allclose(new.toarray(), old.toarray(), atol=1e-6)
+
+
+def test_refuses_with_the_memory_it_needs_where_it_does_not_fit():
+    from evaluate.rerank import check_fits, memory_needed
+
+    qf, gf, _, _ = _features(0)
+    need = memory_needed(len(qf), len(gf), qf.shape[1])
+    out = k_reciprocal_rerank(qf, gf, max_memory=need, progress=False)  # fits exactly: exact result
+    assert out.shape == (len(qf), len(gf))
+    with pytest.raises(MetricsError, match=r"needs about 0\.\d GiB of memory but 0\.\d GiB is allowed"):
+        k_reciprocal_rerank(qf, gf, max_memory=need - 1, progress=False)
+    # MSMT17 size fits a 24 GB machine; a million-crop gallery with 10,000 queries does not
+    assert memory_needed(11659, 82161, 512) < 12 * 2**30
+    with pytest.raises(MetricsError, match=r"10,000 queries against 1,000,000 gallery items \(512-d\) needs about "
+                                           r"\d+\.\d GiB"):
+        check_fits(10_000, 1_000_000, 512, max_memory=24 * 2**30)

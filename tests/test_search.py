@@ -119,3 +119,19 @@ def test_search_errors_are_sentences(crops, tmp_path: Path) -> None:
         res = invoke("--run", str(crops["run"]), "--query", str(crops["query"]), "--device", "cpu",
                      "--out", str(tmp_path / "o"), *args)
         assert res.exit_code == 2 and res.output.startswith("error: ") and message in res.output, res.output
+
+
+def test_search_with_an_index_ranks_like_the_exact_search(crops, tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    args = ["--run", str(crops["run"]), "--query", str(crops["query"]), "--gallery", str(crops["gallery"]),
+            "--top", "4", "--device", "cpu", "--no-pictures"]
+    exact = invoke(*args, "--out", str(tmp_path / "exact"))
+    flat = invoke(*args, "--out", str(tmp_path / "flat"), "--index", "flat")
+    assert exact.exit_code == 0 and flat.exit_code == 0, flat.output
+    a, b = (json.loads((tmp_path / d / "ranking.json").read_text()) for d in ("exact", "flat"))
+    assert b["index"] == "flat" and a["index"] == "exact"
+    assert [[r["file"] for r in q["results"]] for q in a["queries"]] == \
+        [[r["file"] for r in q["results"]] for q in b["queries"]]
+    assert len(list((crops["run"] / "search-cache").glob("*-flat-cosine-*.faiss"))) == 1
+    again = invoke(*args, "--out", str(tmp_path / "again"), "--index", "ivf", "--nprobe", "64", "--max-memory", "64M")
+    assert again.exit_code == 0 and "ivf index" in again.output, again.output

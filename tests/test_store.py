@@ -185,6 +185,41 @@ def test_shard_header(tmp_path):
     assert StoreSettings("fake", {"noise": 0.1}, size=S).differences(h) == ["settings"]
 
 
+def test_settings_differences_are_named_in_words():
+    stored = {"estimator": "fake", "settings": {"noise": 0.1, "weights_sha256": "a" * 64, "path": "/x/y"},
+              "size": S, "kind": "dsap"}
+    now = StoreSettings("fake", {"noise": 0.2, "weights_sha256": "b" * 64, "threads": 1}, size=S)
+    text = now.explain(stored, most=4)
+    assert text.startswith("settings.noise is 0.1 in the store and 0.2 now; settings.path is '/x/y' in the store "
+                           "and not recorded now; settings.threads is not recorded in the store and 1 now; "
+                           "settings.weights_sha256 is aaaaaaaaaaaa... in the store and bbbbbbbbbbbb... now")
+    assert now.unrecorded(stored) == ["settings.threads"]
+    assert now.explain(stored, most=1) == "settings.noise is 0.1 in the store and 0.2 now; 3 more"
+    nested = StoreSettings("fake", {"software": {"torch": "2.14"}}, size=S)
+    assert nested.explain({**stored, "settings": {}}) == ("settings.software.torch is not recorded in the store "
+                                                          "and '2.14' now")
+    assert nested.explain({**stored, "settings": {"software": {"torch": "2.13"}}}) == (
+        "settings.software.torch is '2.13' in the store and '2.14' now")
+    assert SETTINGS.explain({**SETTINGS.as_dict(), "size": 8}) == f"size is 8 in the store and {S} now"
+    assert SETTINGS.explain(SETTINGS.as_dict()) == ""
+
+
+def test_provenance_per_shard_and_grouped_in_the_manifest(tmp_path):
+    writer = StoreWriter(tmp_path, SETTINGS)
+    arrays = fake_rows(KEYS)
+    for i, (start, who) in enumerate([(0, {"threads": 2}), (4, {"threads": 1}), (8, {"threads": 2})]):
+        sl = slice(start, start + 4)
+        writer.write_shard(i, KEYS[sl], arrays[0][sl], arrays[1][sl], arrays[2][sl], provenance=who)
+    writer.write_manifest("toy", KEYS, 3)
+    assert read_shard_header(tmp_path / "shard-00001.h5")["provenance"] == {"threads": 1}
+    assert DSAPStore(tmp_path).provenance == [{"shards": ["shard-00000.h5", "shard-00002.h5"], "threads": 2},
+                                              {"shards": ["shard-00001.h5"], "threads": 1}]
+    old = tmp_path / "old"
+    make_store(old, KEYS)  # shards without a record (older versions) read, with an empty record
+    assert read_shard_header(old / "shard-00000.h5")["provenance"] is None
+    assert DSAPStore(old).provenance == [{"shards": ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]}]
+
+
 def test_writer_rejects_wrong_shapes(tmp_path):
     dsap, written, found = fake_rows(KEYS[:2])
     with pytest.raises(ValueError, match="dsap must be"):

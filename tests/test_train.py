@@ -449,3 +449,63 @@ def test_ddp_two_processes_agree(tmp_path: Path) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--ddp-worker"]:
     ddp_worker(Path(sys.argv[2]))
+
+
+def test_a_user_config_file_end_to_end(tmp_path: Path, synth_root: Path) -> None:
+    """A user's YAML inheriting a preset, then --set: the tree --print-config shows is the one trained and
+    stored in config.json; an alias option is the same as its --set key; a bad file is one sentence."""
+    import yaml
+    from click.testing import CliRunner
+
+    from dsa.config import load_config
+    from train.__main__ import main
+
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("_base_: tiny\ndata:\n  dataset: synthetic\nrecipe:\n  epochs: 5\n  lr_peak: 2.0e-3\nmodel:\n  height: 96\n")
+    common = ["--config", str(cfg), "--set", "recipe.epochs=2", "--root", str(synth_root)]
+    printed = CliRunner().invoke(main, [*common, "--print-config"])
+    assert printed.exit_code == 0, printed.output
+    tree = yaml.safe_load(printed.output)
+    assert tree["name"] == "my" and tree["recipe"]["epochs"] == 2 and tree["recipe"]["lr_peak"] == 2e-3
+    assert tree["model"]["height"] == 96 and tree["model"]["width"] == load_config("tiny").model.width
+    assert load_config(cfg).recipe.epochs == 5  # the file alone
+    res = CliRunner().invoke(main, [*common, "--run", "mine", "--runs-dir", str(tmp_path / "runs"), "--workers", "0",
+                                    "--device", "cpu", "--max-steps", "1"])
+    assert res.exit_code == 0, res.output
+    stored = json.loads((tmp_path / "runs" / "mine" / "config.json").read_text())
+    assert {k: stored[k] for k in tree} == tree
+    assert stored["source"] == {"config": str(cfg), "overrides": {"recipe.epochs": 2}}
+    # --epochs is an alias of --set recipe.epochs: the same tree
+    alias = CliRunner().invoke(main, ["--config", str(cfg), "--epochs", "2", "--root", str(synth_root), "--print-config"])
+    assert yaml.safe_load(alias.output) == tree
+    (tmp_path / "bad.yaml").write_text("recipe: [1, 2\n")
+    bad = CliRunner().invoke(main, ["--config", str(tmp_path / "bad.yaml"), "--print-config"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: the config file") and "not valid YAML" in bad.output
+    wrong = CliRunner().invoke(main, ["--config", str(cfg), "--set", "recipe.lr_peak=nan", "--print-config"])
+    assert wrong.exit_code == 2 and "recipe.lr_peak=nan is not a finite number" in wrong.output
+
+
+def test_sigterm_to_the_whole_process_group_saves_a_checkpoint(tmp_path: Path) -> None:
+    """A batch scheduler (or `kill -- -PGID`) sends SIGTERM to every process of the job, DataLoader workers
+    included: the workers leave it to the main process, which saves and exits like a single SIGTERM."""
+    code = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from pathlib import Path
+import tests.test_train as tt
+
+class GroupKill(tt.Loss):
+    def __call__(self, out, pids):
+        if self.calls == 2:
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+        return super().__call__(out, pids)
+
+trainer = tt.make_trainer(Path({str(tmp_path / 'run')!r}), tt.make_data(Path({str(tmp_path / 'data')!r})),
+                          workers=1, loss=GroupKill())
+print(trainer.fit()["stopped_by"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "signal", out.stderr[-2000:]
+    ckpt = raw_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == 3 and not ckpt["complete"]

@@ -163,7 +163,7 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             from data.names import check_name
 
             check_name(tag, "store tag")
-    recipe, model_cfg = cfg.recipe, cfg.model
+    recipe = cfg.recipe
 
     info = init_distributed(opts.device)
     workers = default_workers(info.device) if opts.workers is None else opts.workers

@@ -57,13 +57,22 @@ class Estimator(ABC):
     name: ClassVar[str] = ""
     #: how many images :meth:`estimate` gets at once (the runner may override it)
     batch_size: int = 16
+    #: the :meth:`settings` that identify the model itself (e.g. SHA-256s of its files): ``inspect`` refuses
+    #: to draw a store's part-label maps with an estimator that differs from the store's in one of them
+    model_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, dataset_root: str | Path) -> None:
         self.dataset_root = Path(dataset_root)
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
-        """JSON-able description of everything that changes the output (goes into the store)."""
+        """JSON-able description of everything that changes the output (goes into the store and decides
+        whether two stores are interchangeable): contents, never paths."""
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-able record of what is not a setting but a reader may want to know (where the model files were
+        read from, library sources); stored with every shard, never compared."""
+        return {}
 
     @abstractmethod
     def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],

@@ -17,8 +17,19 @@ batch never needs padding.  The choice is part of the store's settings.
 random initialisation (seeded, for smoke tests only: the store's settings say so and ``inspect`` warns);
 empty means the model-zoo weights of the config, looked up by the config's *content* (a CSE config has
 the same file name as an IUV one).  Weights that cannot be fetched or read, or that do not fit the
-config, stop the estimator with one sentence before any image is processed.  The store's settings hold
-a SHA-256 of the config (with its ``_BASE_`` files) and of the weights file.
+config either way (tensors missing or of another shape, or tensors of another model: a ResNet-101
+checkpoint with a ResNet-50 config), stop the estimator with one sentence before any image is processed,
+and so does a config without DensePose heads (e.g. COCO Mask R-CNN).
+
+**Settings and provenance.**  The store's settings (what makes two stores interchangeable) are contents,
+never paths: a SHA-256 of the config (with its ``_BASE_`` files) and of the weights file, the options,
+the device type, the pinned thread count and the versions of torch, detectron2 (with its commit when
+pip recorded one) and DensePose.  Where the files were read from is provenance, stored beside them.
+
+**Threads.**  On a CPU the backbone's sums are split by thread, so another intra-op thread count moves U
+and V by up to about 5e-3 and some pixels into other cells.  The model therefore always runs with
+``threads`` intra-op threads (default 1), whatever ``--threads`` or ``--workers`` say; ``threads`` is a
+setting, so stores computed with different values are never mixed.  Use ``--workers N`` to use N cores.
 
 The chart output (coarse segmentation, fine segmentation, U, V in box coordinates) is turned into
 full-crop I/U/V maps by :func:`chart_output_to_iuv`, a pure function of tensors that follows DensePose's
@@ -29,8 +40,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +51,7 @@ import cv2
 import numpy as np
 
 from data.io import file_sha256
+from data.runtime import pinned_threads
 from dsa.iuv import IUV
 
 from .base import DETECTRON2_INSTALL, Estimator, EstimatorError
@@ -145,6 +159,107 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+# --------------------------------------------------------------------------- model identity
+#: a ResNet block's tensors: ``backbone.bottom_up.res4.22.conv1.weight`` (detectron2) or ``res4_22_branch2a_w``
+#: (Caffe2/Detectron pickles, before detectron2 renames them)
+_BLOCK_KEY = re.compile(r"(?:^|[._])res([2-5])[._](\d+)[._]")
+#: blocks in res2..res5 → the backbone, and the model-zoo configs that use it
+RESNETS: dict[tuple[int, ...], tuple[str, str]] = {
+    (3, 4, 6, 3): ("ResNet-50", "densepose_rcnn_R_50_FPN_*"),
+    (3, 4, 23, 3): ("ResNet-101", "densepose_rcnn_R_101_FPN_*"),
+    (3, 8, 36, 3): ("ResNet-152", "a R_152 config"),
+}
+
+
+def backbone_blocks(keys: Any) -> tuple[int, ...] | None:
+    """How many ResNet blocks the tensor names ``keys`` hold in res2, res3, res4 and res5 (None: no ResNet)."""
+    blocks: dict[int, set[int]] = {}
+    for key in keys:
+        match = _BLOCK_KEY.search(str(key))
+        if match:
+            blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    return tuple(len(blocks.get(stage, ())) for stage in (2, 3, 4, 5)) if blocks else None
+
+
+def describe_backbone(blocks: tuple[int, ...]) -> str:
+    """``a ResNet-101 (3-4-23-3 blocks in res2-res5)``, or the block counts alone for an unknown depth."""
+    counts = "-".join(map(str, blocks))
+    name = RESNETS.get(blocks, ("a ResNet", ""))[0]
+    return f"{'a ' if name != 'a ResNet' else ''}{name} ({counts} blocks in res2-res5)"
+
+
+def _described_file(path: str | Path) -> str | None:
+    """What a file that is not a readable checkpoint is, in words (None: it looks like one)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip, a binary pickle
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file beginning {first!r}"
+    return None
+
+
+def software_versions() -> dict[str, str | None]:
+    """The versions of what computes the chart output: torch, detectron2 (and the commit pip recorded when it
+    was installed from git) and DensePose. Part of the store's settings: another version may give other bytes."""
+    import torch
+
+    d2 = _distribution("detectron2")
+    return {"torch": str(torch.__version__), "detectron2": _module_version("detectron2"),
+            "detectron2_commit": (d2.get("vcs_info") or {}).get("commit_id"),
+            "densepose": _distribution("detectron2-densepose").get("version") or _module_version("densepose")}
+
+
+def _module_version(name: str) -> str | None:
+    import importlib
+
+    try:
+        return str(getattr(importlib.import_module(name), "__version__", None) or "") or None
+    except ImportError:
+        return None
+
+
+def _distribution(name: str) -> dict[str, Any]:
+    """An installed distribution's version and pip's record of where it came from (``direct_url.json``)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return {}
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        direct = {}
+    return {"version": dist.version, **direct}
+
+
+def _source_of(name: str) -> dict[str, Any]:
+    """Provenance of an installed package: pip's source URL and, for a local git checkout, its HEAD now."""
+    info = _distribution(name)
+    out: dict[str, Any] = {k: info[k] for k in ("version", "url") if k in info}
+    url = str(info.get("url", ""))
+    if url.startswith("file://") and not info.get("vcs_info"):
+        try:
+            done = subprocess.run(["git", "-C", url[len("file://"):], "rev-parse", "HEAD"], capture_output=True,
+                                  text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            done = None
+        if done is not None and done.returncode == 0:
+            out["checkout_head_at_run"] = done.stdout.strip()
+    return out
+
+
 # ------------------------------------------------------------------------------ chart output
 def chart_output_to_iuv(coarse_segm: Any, fine_segm: Any, u: Any, v: Any, box_xyxy: Sequence[float],
                         image_hw: tuple[int, int]) -> IUV:
@@ -186,10 +301,11 @@ class DensePoseEstimator(Estimator):
 
     name = "densepose"
     batch_size = 32
+    model_settings = ("config_sha256", "weights_sha256", "weights")
 
     def __init__(self, dataset_root: str | Path, config: str = "", weights: str = "", device: str = "auto",
                  min_size: int = 256, max_size: int = 512, min_body_fraction: float = 0.01,
-                 batching: str = "shape") -> None:
+                 batching: str = "shape", threads: int = 1) -> None:
         super().__init__(dataset_root)
         if importlib.util.find_spec("detectron2") is None or importlib.util.find_spec("densepose") is None:
             raise EstimatorError(INSTALL_HINT)
@@ -199,6 +315,10 @@ class DensePoseEstimator(Estimator):
             raise EstimatorError(f"estimator 'densepose': min_body_fraction must be in [0, 1), got {min_body_fraction}")
         if batching not in BATCHING:
             raise EstimatorError(f"estimator 'densepose': batching must be one of {', '.join(BATCHING)}, not {batching!r}")
+        if threads < 1:
+            raise EstimatorError(f"estimator 'densepose': threads must be at least 1, not {threads} (it is the model's "
+                                 "own intra-op thread count, a setting of the store; use --workers N for N cores)")
+        self.threads = int(threads)
         if not config:
             raise EstimatorError(
                 "estimator 'densepose' needs config=PATH to a DensePose yaml (e.g. detectron2's "
@@ -248,6 +368,13 @@ class DensePoseEstimator(Estimator):
             cfg.merge_from_file(self.config)
         except Exception as e:  # noqa: BLE001 - yaml errors, unknown keys (e.g. another project's config)
             raise EstimatorError(f"estimator 'densepose': {self.config} is not a DensePose config ({_one_line(e)})") from None
+        heads = str(cfg.MODEL.ROI_HEADS.NAME)
+        if "DensePose" not in heads or not cfg.MODEL.DENSEPOSE_ON:
+            raise EstimatorError(
+                f"estimator 'densepose': {self.config} is not a DensePose config: its ROI heads are {heads}"
+                f"{'' if cfg.MODEL.DENSEPOSE_ON else ' with MODEL.DENSEPOSE_ON false'}, which give no DensePose "
+                "output (e.g. a COCO detection or Mask R-CNN config); use a densepose_rcnn_* config from "
+                "projects/DensePose/configs/")
         predictor = str(cfg.MODEL.ROI_DENSEPOSE_HEAD.PREDICTOR_NAME)
         if "Embedding" in predictor:
             raise EstimatorError(f"estimator 'densepose': {self.config} is a CSE (continuous surface embedding) "
@@ -264,6 +391,10 @@ class DensePoseEstimator(Estimator):
                         RANDOM_SEED)
         else:
             self._load_weights(model)
+        if device.startswith("cuda"):  # no benchmark-chosen kernels: the same algorithms in every run
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self.software = software_versions()
         return model, cfg.INPUT.FORMAT, device
 
     def _load_weights(self, model: Any) -> None:
@@ -286,9 +417,11 @@ class DensePoseEstimator(Estimator):
         # DetectionCheckpointer.load logs what did not fit and returns only the checkpoint's other entries:
         # keep the incompatible keys its _load_model step computes, to refuse weights that do not fit
         found: list[Any] = []
+        raw_keys: list[str] = []  # the checkpoint's tensor names as stored (before detectron2 renames Caffe2 ones)
         load_model = checkpointer._load_model
 
         def checked_load_model(checkpoint: Any) -> Any:
+            raw_keys.extend(str(k) for k in (checkpoint.get("model") or {}))
             found.append(load_model(checkpoint))
             return found[-1]
 
@@ -298,6 +431,10 @@ class DensePoseEstimator(Estimator):
         try:
             checkpointer.load(local)
         except Exception as e:  # noqa: BLE001 - truncated, not a pickle/torch file, wrong format
+            what = _described_file(local)
+            if what:
+                raise EstimatorError(f"estimator 'densepose': cannot read the weights {local}: it is {what}, not a "
+                                     "detectron2 DensePose checkpoint (.pkl or .pth)") from None
             raise EstimatorError(
                 f"estimator 'densepose': cannot read the weights {local} ({_one_line(e)}): pass a detectron2 "
                 "DensePose checkpoint (.pkl or .pth)") from None
@@ -305,34 +442,73 @@ class DensePoseEstimator(Estimator):
             log.warning("densepose: this detectron2 does not report which tensors of %s fit the model; not checked",
                         self.weights)
             return
-        incompatible = found[-1]
+        self._check_fit(model, found[-1], raw_keys)
+
+    def _check_fit(self, model: Any, incompatible: Any, raw_keys: list[str]) -> None:
+        """Refuse weights that do not fit the model either way: tensors of the model missing from them or of
+        another shape, or tensors of the model's modules (backbone, heads) the model does not have, i.e. a
+        checkpoint of another model; the sentence names the backbone each has when their depths differ."""
         state = model.state_dict()
+        ours, theirs = backbone_blocks(state), backbone_blocks(raw_keys)
+        config = Path(self.config).name
+        other_model = ""
+        if ours and theirs and ours != theirs:
+            hint = RESNETS.get(theirs, ("", "the config they were trained with"))[1]
+            other_model = (f"they hold {describe_backbone(theirs)} and the config builds {describe_backbone(ours)}: "
+                           f"pass the config they were trained with ({hint}) or weights trained with {config}")
         missing = list(getattr(incompatible, "missing_keys", []) or [])
         wrong = [k for k, *_ in (getattr(incompatible, "incorrect_shapes", []) or [])]
         if missing or wrong:
             bad = sorted(set(missing) | set(wrong))
             raise EstimatorError(
-                f"estimator 'densepose': the weights {self.weights} do not fit the config {Path(self.config).name}: "
+                f"estimator 'densepose': the weights {self.weights} do not fit the config {config}: "
                 f"{len(bad)} of {len(state)} model tensors are missing or of another shape (e.g. {', '.join(bad[:3])}); "
-                "pass the weights trained with this config")
+                + (other_model or "pass the weights trained with this config"))
+        modules = {name for name, _ in model.named_children()}
         unexpected = list(getattr(incompatible, "unexpected_keys", []) or [])
+        foreign = [k for k in unexpected if k.split(".")[0] in modules]
+        if foreign or other_model:
+            extra = f"{len(foreign)} of their tensors are not in this model (e.g. {', '.join(foreign[:2])}); " if foreign else ""
+            raise EstimatorError(
+                f"estimator 'densepose': the weights {self.weights} are of another model than the config {config}: "
+                + extra + (other_model or "pass the config they were trained with, or weights trained with this one"))
         if unexpected:
             log.warning("densepose: %d tensors of %s are not used by the model (e.g. %s)", len(unexpected),
                         self.weights, ", ".join(unexpected[:3]))
 
     def settings(self) -> dict[str, Any]:
+        """Contents, never paths: moving or renaming the config or the weights changes nothing here."""
         out: dict[str, Any] = {
-            "config": Path(self.config).name, "config_sha256": self.config_sha256,
-            "weights": f"{RANDOM_WEIGHTS} (seed {RANDOM_SEED})" if self.random else self.weights,
-            "weights_sha256": self.weights_sha256, "min_size": self.min_size, "max_size": self.max_size,
-            "min_body_fraction": self.min_body_fraction, "box": "whole crop (no detection)",
-            "batching": self.batching,
+            "config_sha256": self.config_sha256, "weights_sha256": self.weights_sha256,
+            "min_size": self.min_size, "max_size": self.max_size, "min_body_fraction": self.min_body_fraction,
+            "box": "whole crop (no detection)", "batching": self.batching, "threads": self.threads,
+            "device_type": self.device.split(":")[0], "software": self.software,
         }
-        if self.zoo_name:
-            out["model_zoo"] = self.zoo_name
         if self.random:
+            out["weights"] = f"{RANDOM_WEIGHTS} (seed {RANDOM_SEED})"
             out["testing_only"] = RANDOM_WARNING
         return out
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the config and the weights were read from, the zoo name, and where detectron2 came from."""
+        out: dict[str, Any] = {"config": self.config, "weights": self.weights, "device": self.device,
+                               "detectron2": _source_of("detectron2"), "densepose": _source_of("detectron2-densepose")}
+        if self.zoo_name:
+            out["model_zoo"] = self.zoo_name
+        out["hardware"] = self._hardware()
+        return out
+
+    def _hardware(self) -> dict[str, str]:
+        """What the kernels depend on beyond the settings: the CPU's vector instructions, or the GPU. Other
+        hardware may give other low-order bits, so the runner refuses to mix shards of two kinds in one store."""
+        import torch
+
+        if self.device.startswith("cuda"):
+            return {"gpu": torch.cuda.get_device_name(torch.device(self.device))}
+        try:
+            return {"cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+        except AttributeError:  # an older torch
+            return {}
 
     # ---------------------------------------------------------------------- inference
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
@@ -359,26 +535,37 @@ class DensePoseEstimator(Estimator):
             inst.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, float(nw), float(nh)]], device=self.device))
             inst.pred_classes = torch.zeros(1, dtype=torch.int64, device=self.device)
             given.append(inst)
-        with torch.inference_mode():
+        with torch.inference_mode(), pinned_threads(self.threads):
             return list(self._model.inference(inputs, detected_instances=given, do_postprocess=True))
 
-    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
-                 keys: Sequence[str]) -> list[IUV | None]:
+    def shape_groups(self, images: Sequence[np.ndarray]) -> list[list[int]]:
+        """The indices of ``images`` by resized shape: each group is one forward pass."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):
             groups.setdefault(self._scaled_size(*image.shape[:2]), []).append(i)
+        return list(groups.values())
+
+    def infer(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """The model's output for each crop, crops of one resized shape run together."""
         outputs: list[Any] = [None] * len(images)
-        for members in groups.values():
+        for members in self.shape_groups(images):
             for i, out in zip(members, self._run([images[i] for i in members])):
                 outputs[i] = out
-        results: list[IUV | None] = []
-        for image, out in zip(images, outputs):
-            dp = out["instances"].pred_densepose
-            if not hasattr(dp, "u"):
-                raise EstimatorError(f"estimator 'densepose': {Path(self.config).name} is not a chart-based (IUV) "
-                                     "DensePose model: use a densepose_rcnn_* config, not a CSE one")
-            h, w = image.shape[:2]
-            # the given box is the whole crop; use it exactly rather than the rescaled float box
-            iuv = chart_output_to_iuv(dp.coarse_segm[:1], dp.fine_segm[:1], dp.u[:1], dp.v[:1], (0, 0, w, h), (h, w))
-            results.append(iuv if iuv.body_fraction > self.min_body_fraction else None)
-        return results
+        return outputs
+
+    def estimate(self, images: Sequence[np.ndarray], paths: Sequence[str | Path],
+                 keys: Sequence[str]) -> list[IUV | None]:
+        outputs = self.infer(images)
+        with pinned_threads(self.threads):
+            return [self.to_iuv(image, out) for image, out in zip(images, outputs)]
+
+    def to_iuv(self, image: np.ndarray, out: Any) -> IUV | None:
+        """One crop's model output as full-crop I/U/V maps (None: too few body pixels)."""
+        dp = out["instances"].pred_densepose
+        if not hasattr(dp, "u"):
+            raise EstimatorError(f"estimator 'densepose': {Path(self.config).name} is not a chart-based (IUV) "
+                                 "DensePose model: use a densepose_rcnn_* config, not a CSE one")
+        h, w = image.shape[:2]
+        # the given box is the whole crop; use it exactly rather than the rescaled float box
+        iuv = chart_output_to_iuv(dp.coarse_segm[:1], dp.fine_segm[:1], dp.u[:1], dp.v[:1], (0, 0, w, h), (h, w))
+        return iuv if iuv.body_fraction > self.min_body_fraction else None

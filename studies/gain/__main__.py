@@ -31,8 +31,8 @@ def claim_line(results: Path, key: str | None, configs: list[str]) -> list[str]:
     n = len(entry["seeds"])
     from .stats import verdict
 
-    return [f"  the study's {n}-seed result ({results.name}, {key}): "
-            + verdict(c, entry["reference"], entry["paired_diffs"][c]["mAP"]).split(": ", 1)[1]
+    return [f"the study's {n}-seed result ({results.name}, entry {key}) for "
+            + verdict(c, entry["reference"], entry["paired_diffs"][c]["mAP"])
             for c in configs if c in entry["paired_diffs"]]
 
 

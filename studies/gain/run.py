@@ -231,7 +231,7 @@ def table(entry: dict) -> str:
     n = max((len(v["seeds"]) for v in variants.values()), default=0)
     lines = [f"{entry['split']} split of {entry.get('dataset', 'synthetic')}, MF features (kept at inference), {n} seed(s), mean ± std; "
              f"Δ = paired difference vs {entry['reference']} with its 95% interval",
-             f"{'configuration':<20}{'R1':>13}{'mAP':>13}{'ΔmAP [95% CI]':>26}{'d R1/mAP':>12}{'z R1/mAP':>12}"
+             f"{'configuration':<20}{'R1':>13}{'mAP':>13}{'ΔmAP [95% CI]':>32}{'d R1/mAP':>12}{'z R1/mAP':>12}"
              f"{'train s':>9}"]
     hist = entry.get("colour_histogram")
     if hist:
@@ -248,11 +248,11 @@ def table(entry: dict) -> str:
             return f"{100 * np.mean(v[f'{f}_rank1']):.1f}/{100 * np.mean(v[f'{f}_mAP']):.1f}" if f"{f}_mAP" in v \
                 else f"{100 * np.mean(v[f'{f}_rank1']):.1f}"
 
-        lines.append(f"{name:<20}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<3.1f}{100 * mp[0]:>7.1f} ± {100 * mp[1]:<3.1f}"
-                     f"{dtxt:>26}{pair('d'):>12}{pair('z'):>12}{np.mean([t or 0 for t in v.get('train_s', [0])]):>9.0f}")
+        lines.append(f"{name:<20}{100 * r1[0]:>7.1f} ± {100 * r1[1]:<4.1f}{100 * mp[0]:>6.1f} ± {100 * mp[1]:<4.1f}"
+                     f"{dtxt:>32}{pair('d'):>12}{pair('z'):>12}{np.mean([t or 0 for t in v.get('train_s', [0])]):>9.0f}")
         if "train_mf_rank1" in v:
             lines.append(f"{'  training images':<20}{100 * np.mean(v['train_mf_rank1']):>13.1f}"
-                         f"{100 * np.mean(v['train_mf_mAP']):>13.1f}{'':>26}{pair('train_d'):>12}{pair('train_z'):>12}")
+                         f"{100 * np.mean(v['train_mf_mAP']):>13.1f}{'':>32}{pair('train_d'):>12}{pair('train_z'):>12}")
     return "\n".join(lines)
 
 

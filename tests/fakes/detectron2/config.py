@@ -79,6 +79,7 @@ def _merge(node: CfgNode, data: dict, prefix: str) -> None:
 
 def get_cfg() -> CfgNode:
     return CfgNode({
-        "MODEL": {"WEIGHTS": "", "DEVICE": "cpu", "WIDTH": 4, "ROI_HEADS": {"NAME": "StandardROIHeads"}},
+        "MODEL": {"WEIGHTS": "", "DEVICE": "cpu", "WIDTH": 4, "ROI_HEADS": {"NAME": "StandardROIHeads"},
+                  "RESNETS": {"DEPTH": 50}},
         "INPUT": {"FORMAT": "BGR", "MIN_SIZE_TEST": 800, "MAX_SIZE_TEST": 1333},
     })

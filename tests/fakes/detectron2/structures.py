@@ -17,3 +17,8 @@ class Instances:
 
     def to(self, device: Any) -> "Instances":
         return self
+
+    def __getattr__(self, name: str) -> Any:  # as detectron2's, for a field no head set
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"Cannot find field '{name}' in the given Instances!")
