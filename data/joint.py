@@ -4,6 +4,9 @@ Each item is joined to its DSAP images by *key* (the image path relative to the 
 position, and the store is checked to cover every key when the dataset is built, so a missing key is a
 sentence at start-up rather than an error in a worker mid-epoch.
 
+A union of datasets (``data.datasets.union``) is read the same way: each item from its own dataset's
+folder and DSAP store (:class:`Source`), its identity and camera already offset past the other datasets'.
+
 Nothing here holds a file open: images are read per item, and the store opens its HDF5 files lazily
 in each process (h5py handles do not survive ``fork``), so DataLoader workers start clean.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import random
 import signal
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,18 @@ from .store import StoreError
 
 #: the keys of a training batch
 BATCH_KEYS = ("image", "dsap", "pid", "camid", "index", "flipped")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the items of one dataset come from: its folder (the items' keys are relative to it), its DSAP
+    store (None: not read), the chart convention its DSAP images mirror by (None: never mirrored) and the
+    store's kind.  The items of a union of datasets come from several sources."""
+
+    root: Path
+    store: Any = None
+    flip: str | None = None
+    kind: str = "dsap"
 
 
 class JointDataset(Dataset):
@@ -62,22 +78,34 @@ class JointDataset(Dataset):
             returning ``(image, flipped)`` (``data.transforms.TrainTransform``); one returning only the
             image mirrors none.
         dsap_kind: the store's kind (``dsap`` or ``csa``: coarse crops mirror as images).
+        sources, source_of: items of several datasets (a union, ``data.datasets.union``): each item's
+            :class:`Source` is ``sources[source_of[i]]``, and ``dataset_root``, ``store``, ``dsap_flip`` and
+            ``dsap_kind`` are not used (pass None).
     """
 
-    def __init__(self, dataset_items: Sequence[Any], dataset_root: str | Path, store: Any,
+    def __init__(self, dataset_items: Sequence[Any], dataset_root: str | Path | None, store: Any,
                  transform: Callable[[Any], Any], use_dsap: bool = True, dsap_reader: str = "worker",
-                 dsap_flip: str | None = None, dsap_kind: str = "dsap") -> None:
+                 dsap_flip: str | None = None, dsap_kind: str = "dsap", *, sources: Sequence[Source] = (),
+                 source_of: Sequence[int] | None = None) -> None:
         if dsap_reader not in ("worker", "main"):
             raise ValueError(f"dsap_reader must be 'worker' or 'main', not {dsap_reader!r}")
-        self.dsap_flip, self.dsap_kind = dsap_flip, dsap_kind
         self.items = list(dataset_items)
-        self.root = Path(dataset_root)
-        self.store = store
+        if not sources:
+            sources, source_of = [Source(Path(dataset_root), store, dsap_flip, dsap_kind)], None
+        self.sources = list(sources)
+        self.source_of = [0] * len(self.items) if source_of is None else [int(s) for s in source_of]
+        if len(self.source_of) != len(self.items):
+            raise ValueError(f"source_of has {len(self.source_of)} entries for {len(self.items)} items")
         self.transform = transform
         self.use_dsap = use_dsap
         self.dsap_reader = dsap_reader
         if use_dsap:
-            store.check_covers([item.key for item in self.items])
+            for s, source in enumerate(self.sources):
+                source.store.check_covers([it.key for it, i in zip(self.items, self.source_of) if i == s])
+
+    def source(self, index: int) -> Source:
+        """Where item ``index`` comes from."""
+        return self.sources[self.source_of[index]]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,8 +121,8 @@ class JointDataset(Dataset):
         seed = None
         if isinstance(index, tuple):
             index, seed = index
-        item = self.items[index]
-        image = read_image(self.root / item.key)
+        item, source = self.items[index], self.source(index)
+        image = read_image(source.root / item.key)
         if seed is None:
             out = self.transform(image)
         else:
@@ -103,9 +131,9 @@ class JointDataset(Dataset):
                 out = self.transform(image)
         image, flipped = out if isinstance(out, tuple) else (out, False)
         if self.use_dsap and self.dsap_reader == "worker":
-            dsap = self.store.get(item.key)
-            if flipped and self.dsap_flip is not None:
-                dsap = np.ascontiguousarray(flip_dsap(dsap, self.dsap_flip, self.dsap_kind))
+            dsap = source.store.get(item.key)
+            if flipped and source.flip is not None:
+                dsap = np.ascontiguousarray(flip_dsap(dsap, source.flip, source.kind))
             dsap = torch.from_numpy(dsap)
         else:
             dsap = torch.empty(0, dtype=torch.uint8)
@@ -121,14 +149,14 @@ class JointDataset(Dataset):
         memory with ``pin_memory``); a batch that needs no read is returned as it is."""
         if not self.needs_dsap_read():
             return batch
-        indices = batch["index"].tolist()
-        flipped = batch["flipped"].tolist() if self.dsap_flip is not None else [False] * len(indices)
-        first = self.store.get(self.items[indices[0]].key)
+        indices, flipped = batch["index"].tolist(), batch["flipped"].tolist()
+        first = self.source(indices[0]).store.get(self.items[indices[0]].key)
         out = torch.empty((len(indices), *first.shape), dtype=torch.uint8, pin_memory=pin_memory)
         view = out.numpy()
         for j, i in enumerate(indices):
-            d = first if j == 0 else self.store.get(self.items[i].key)
-            view[j] = flip_dsap(d, self.dsap_flip, self.dsap_kind) if flipped[j] else d
+            source = self.source(i)
+            d = first if j == 0 else source.store.get(self.items[i].key)
+            view[j] = flip_dsap(d, source.flip, source.kind) if flipped[j] and source.flip is not None else d
         return {**batch, "dsap": out}
 
 
@@ -193,29 +221,41 @@ def check_store_fits(store: Any, dataset: Any, min_found: float | None = None) -
 
 
 def build_train_data(cfg: Any, root: str | Path, *, rank: int = 0, world_size: int = 1, workers: int = 0,
-                     pin_memory: bool = False) -> tuple[TrainBatches, Any, Any]:
-    """The training data of a run configuration (``dsa.config.TrainConfig``): its dataset's training split,
-    its DSAP store (checked to fit) when the variant reads one, the recipe's augmentation and this process's
-    P×K sampler.  Returns (batches, dataset, store or None); every problem is one sentence."""
-    from .datasets import DatasetError, build_dataset
+                     pin_memory: bool = False) -> tuple[TrainBatches, Any, list[Any]]:
+    """The training data of a run configuration (``dsa.config.TrainConfig``): the training split of its dataset,
+    or the union of its datasets' (``data.datasets.union``: identities and cameras kept apart), each dataset's
+    DSAP store (checked to fit) when the variant reads one, the recipe's augmentation and this process's P×K
+    sampler (with ``data.balance: datasets``, an equal share of each dataset in every batch).  Returns
+    (batches, the ``TrainUnion``, the store of each dataset or None); every problem is one sentence, naming
+    the dataset of a union it concerns."""
+    from .datasets import DatasetError, build_union
     from .store import open_store
     from .transforms import build_train_transform
 
     model, recipe = cfg.model, cfg.recipe
-    dataset = build_dataset(cfg.data.dataset, root)
-    store = None
-    if cfg.uses_dsap:
-        store = open_store(root, cfg.data.dataset, cfg.data.estimator, cfg.data.tag, kind=cfg.data.input,
-                           size=model.dsap_size)
-        check_store_fits(store, dataset, cfg.data.min_found)
+    union = build_union(cfg.data, root)
+    stores: list[Any] = [None] * len(union.members)
+    sources = []
+    for i, m in enumerate(union.members):
+        if cfg.uses_dsap:
+            try:
+                stores[i] = open_store(root, m.spec, m.estimator, m.tag, kind=cfg.data.input, size=model.dsap_size)
+                check_store_fits(stores[i], m.dataset, cfg.data.min_found)
+            except StoreError as e:
+                if not union.is_union:
+                    raise
+                raise StoreError(f"{m.spec} (dataset {i + 1} of the union {union.name}): {e}") from None
+        store = stores[i]
+        flip = chart_convention(store.estimator) if store is not None and recipe.dsap_flip else None
+        sources.append(Source(Path(m.dataset.root), store, flip, store.kind if store is not None else "dsap"))
     transform = build_train_transform(model.height, model.width, pad=recipe.pad, flip_p=recipe.flip,
                                       erasing_p=recipe.random_erasing)
-    flip = chart_convention(store.estimator) if store is not None and recipe.dsap_flip else None
-    joint = JointDataset(dataset.train, dataset.root, store, transform, use_dsap=cfg.uses_dsap, dsap_reader="main",
-                         dsap_flip=flip, dsap_kind=store.kind if store is not None else "dsap")
+    joint = JointDataset(union.train, None, None, transform, use_dsap=cfg.uses_dsap, dsap_reader="main",
+                         sources=sources, source_of=union.member_of)
+    groups = union.member_of if cfg.data.balance == "datasets" and union.is_union else None
     try:
         sampler = PKSampler(joint.pids, recipe.batch_p, recipe.batch_k, seed=cfg.seed, rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, groups=groups)
     except ValueError as e:
-        raise DatasetError(f"cannot form batches for {cfg.data.dataset}: {e}") from None
-    return TrainBatches(joint, sampler, workers=workers, pin_memory=pin_memory), dataset, store
+        raise DatasetError(f"cannot form batches for {union.name}: {e}") from None
+    return TrainBatches(joint, sampler, workers=workers, pin_memory=pin_memory), union, stores

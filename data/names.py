@@ -64,3 +64,9 @@ def dataset_dirname(spec: str) -> str:
     return f"{name}+{hashlib.sha256(canonical.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
+
+
+def union_dirname(specs: "list[str] | tuple[str, ...]") -> str:
+    """The folder name of several dataset specs together (a run's evaluation on several sets): their
+    :func:`dataset_dirname` joined by ``+`` (``market1501+cuhk01+3f2a9c1e``)."""
+    return check_name("+".join(dataset_dirname(s) for s in specs), "folder name of the datasets")

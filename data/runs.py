@@ -13,7 +13,8 @@ A run folder ``RUNS_DIR/<RUN>/`` holds::
     config          the run's configuration, the same record as config.json: the resolved tree of
                     ``dsa.config.TrainConfig`` (name, variant, pretrained, seed, data, model, recipe),
                     then ``source`` (config file, overrides), ``runtime`` (device, workers, ...),
-                    ``num_classes``, ``num_train_images`` and, for a fine-tuned run, ``init_source``
+                    ``num_classes``, ``num_train_images``, ``datasets`` (each dataset trained on and
+                    its store, with their fingerprints) and, for a fine-tuned run, ``init_source``
     model           the network's state dict
     epoch, step     where training stands
     complete        True once training has finished
@@ -34,14 +35,15 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from dsa.config import ModelConfig
 
 from .io import atomic_output, atomic_write_json, disk_full_error, hold_lock, make_folder
-from .names import RUN_NAME, RunError, check_name, dataset_dirname  # noqa: F401 - re-exported
+from .names import (RUN_NAME, RunError, check_name, dataset_dirname, union_dirname,  # noqa: F401 - re-exported
+                    without_split_options)
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
@@ -59,19 +61,37 @@ class CheckpointInfo:
     variant: str
     num_classes: int
     preset: str
-    dataset: str = ""
-    estimator: str | None = None
+    dataset: str = ""                 # the dataset trained on; a union's specs joined by "+"
+    estimator: str | None = None      # None when the datasets of a union have several
     tag: str | None = None
     input_kind: str = "dsap"
     epoch: int = -1
     step: int = -1
     complete: bool = False
     format_version: int = FORMAT_VERSION
+    datasets: tuple[str, ...] = ()    # each dataset trained on (one, or the union's)
+    estimators: tuple[str | None, ...] = ()  # the estimator and the store tag of each
+    tags: tuple[str | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dataset and not self.datasets:  # one dataset: its estimator and tag
+            object.__setattr__(self, "datasets", (self.dataset,))
+            object.__setattr__(self, "estimators", (self.estimator,))
+            object.__setattr__(self, "tags", (self.tag,))
 
     @property
     def input_size(self) -> tuple[int, int]:
         """(height, width) of the MF-Stream's input."""
         return self.model.height, self.model.width
+
+    def store_of(self, dataset: str) -> tuple[str | None, str | None]:
+        """(estimator, tag) of the DSAP store to read for ``dataset``: that dataset's own when the run was
+        trained on it (or on another split of its images, ``val_ids``), else the run's one estimator and tag
+        ((None, None) when a union's datasets have several)."""
+        own = [i for i, d in enumerate(self.datasets) if without_split_options(d) == without_split_options(dataset)]
+        if own:
+            return self.estimators[own[0]], self.tags[own[0]]
+        return self.estimator, self.tag
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, epoch: int = -1, step: int = -1, complete: bool = False,
@@ -87,11 +107,20 @@ class CheckpointInfo:
         except (TypeError, ValueError) as e:
             raise RunError(f"{where}'s model configuration is not usable ({e})") from None
         data = config.get("data") or {}
+        specs = data.get("dataset")
+        datasets = tuple(map(str, specs)) if isinstance(specs, list) else ((str(specs),) if specs else ())
+
+        def each(value: Any) -> tuple[Any, ...]:
+            return tuple(value) if isinstance(value, list) else (value,) * len(datasets)
+
+        estimator, tag = data.get("estimator"), data.get("tag")
         return cls(model=model, variant=str(config["variant"]), num_classes=num_classes,
-                   preset=str(config.get("name", "")), dataset=str(data.get("dataset") or ""),
-                   estimator=data.get("estimator"), tag=data.get("tag"),
+                   preset=str(config.get("name", "")), dataset="+".join(datasets),
+                   estimator=None if isinstance(estimator, list) else estimator,
+                   tag=None if isinstance(tag, list) else tag,
                    input_kind=str(data.get("input") or "dsap"), epoch=int(epoch), step=int(step),
-                   complete=bool(complete), format_version=int(format_version))
+                   complete=bool(complete), format_version=int(format_version), datasets=datasets,
+                   estimators=each(estimator), tags=each(tag))
 
 
 @dataclass
@@ -126,6 +155,8 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     recipe (``epochs``, ``batch_p``, ...) were copies of ``recipe`` and are dropped."""
     config = dict(config)
     if isinstance(config.get("data"), dict):
+        config["data"] = {**config["data"]}
+        config["data"].setdefault("balance", "none")  # a field added later: its default is what those runs did
         return config
     out: dict[str, Any] = {"name": config.pop("preset", ""), "description": "",
                            "variant": config.pop("variant", None), "pretrained": config.pop("pretrained", "none"),
@@ -134,6 +165,7 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
                            "model": config.pop("model", None), "recipe": config.pop("recipe", None) or {}}
     if out["data"]["input"] is None:
         out["data"]["input"] = "dsap"
+    out["data"]["balance"] = "none"
     out["runtime"] = {k: config.pop(k) for k in _LEGACY_RUNTIME if k in config}
     if "overrides" in config:
         out["source"] = {"config": out["name"], "overrides": config.pop("overrides")}
@@ -256,9 +288,12 @@ class RunFolder:
             return False
         return True
 
-    def eval_dir(self, dataset: str) -> Path:
+    def eval_dir(self, dataset: str | Sequence[str]) -> Path:
         """Where ``evaluate`` writes its outputs for ``dataset`` (a name, or a spec with options: see
-        :func:`dataset_dirname`)."""
+        :func:`dataset_dirname`), or for several datasets evaluated together (a list of specs: their table
+        ``sets.json``, :func:`data.names.union_dirname`)."""
+        if not isinstance(dataset, str):
+            return self.path / "eval" / (union_dirname(dataset) if len(dataset) > 1 else dataset_dirname(dataset[0]))
         return self.path / "eval" / dataset_dirname(dataset)
 
     @staticmethod

@@ -12,6 +12,14 @@ rank of a distributed run computes the same plan; each rank takes its own slice 
 of each batch (P / world_size identities × K images), so the ranks see disjoint identities at every
 step and take the same number of steps.
 
+Several datasets (a union, ``data.datasets.union``): their identities are kept apart, so the plan above
+draws each batch's P identities from all of them alike, and each dataset appears in proportion to its
+identities (its chunks, strictly).  With ``groups`` (the dataset of each index) every batch instead takes
+an equal share of P from each dataset (P // G, the remainder going to the datasets in turn, batch by
+batch), picked among that dataset's identities with chunks left, the P identities then shuffled together;
+the epoch ends when one dataset has fewer identities left than its share, so a balanced epoch is as long
+as the smallest dataset allows and the larger ones contribute a different part of their images each epoch.
+
 Resuming: the sampler keeps a position (epoch, batch).  ``DataLoader`` prefetches batches, so the
 sampler cannot know which batches were really trained on; the consumer calls ``advance()`` after each
 batch it has used, and ``state_dict()`` / ``load_state_dict()`` save and restore that position, so a
@@ -34,10 +42,12 @@ class PKSampler:
         K: images per identity in a batch.
         seed: the base seed; the plan of epoch e depends only on (seed, e).
         rank, world_size: this process's share of each batch.
+        groups: the group (dataset of a union) of each index; given, every batch holds an equal share of
+            each group's identities (see the module's docstring).  An identity belongs to one group.
     """
 
     def __init__(self, pids: Sequence[int], P: int, K: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, groups: Sequence[int] | None = None) -> None:
         if P < 1 or K < 1:
             raise ValueError(f"P and K must be positive, got P={P}, K={K}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -51,6 +61,16 @@ class PKSampler:
             raise ValueError(f"P={P} identities per batch, but the data has only {len(by_pid)} identities")
         self.pid_list = sorted(by_pid)
         self.indices = [np.asarray(by_pid[pid], dtype=np.int64) for pid in self.pid_list]
+        self.groups: list[list[int]] | None = None  # identity positions (in pid_list) of each group
+        if groups is not None:
+            group_of = {int(pids[i]): int(groups[i]) for i in range(len(pids))}
+            names = sorted(set(group_of.values()))
+            self.groups = [[p for p, pid in enumerate(self.pid_list) if group_of[pid] == g] for g in names]
+            share = -(-P // len(names))
+            small = [(g, len(m)) for g, m in zip(names, self.groups) if len(m) < share]
+            if small:
+                raise ValueError(f"P={P} identities per batch over {len(names)} datasets takes up to {share} of "
+                                 f"each, but dataset {small[0][0] + 1} has only {small[0][1]} identities")
         self.P, self.K, self.seed = P, K, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -72,16 +92,34 @@ class PKSampler:
                 idx = rng.permutation(idx)
             n = len(idx) // self.K
             chunks.append([idx[i * self.K:(i + 1) * self.K] for i in range(n)])
-        available = [p for p in range(len(chunks)) if chunks[p]]
         batches: list[np.ndarray] = []
-        while len(available) >= self.P:
-            chosen = rng.choice(len(available), size=self.P, replace=False)
-            picked = [available[c] for c in chosen]
-            batches.append(np.stack([chunks[p].pop() for p in picked]))
-            available = [p for p in available if chunks[p]]
+        if self.groups is None:
+            available = [p for p in range(len(chunks)) if chunks[p]]
+            while len(available) >= self.P:
+                chosen = rng.choice(len(available), size=self.P, replace=False)
+                picked = [available[c] for c in chosen]
+                batches.append(np.stack([chunks[p].pop() for p in picked]))
+                available = [p for p in available if chunks[p]]
+        else:
+            batches = self._balanced_batches(chunks, rng)
         plan = np.stack(batches) if batches else np.zeros((0, self.P, self.K), dtype=np.int64)
         self._plan_epoch, self._plan = epoch, plan
         return plan
+
+    def _balanced_batches(self, chunks: list[list[np.ndarray]], rng: np.random.Generator) -> list[np.ndarray]:
+        """The batches of a plan with an equal share of each group's identities in every batch."""
+        assert self.groups is not None
+        g = len(self.groups)
+        batches: list[np.ndarray] = []
+        while True:
+            b = len(batches)
+            shares = [self.P // g + (1 if (j - b) % g < self.P % g else 0) for j in range(g)]
+            available = [[p for p in members if chunks[p]] for members in self.groups]
+            if any(len(a) < n for a, n in zip(available, shares)):
+                return batches
+            picked = [a[c] for a, n in zip(available, shares) for c in rng.choice(len(a), size=n, replace=False)]
+            picked = [picked[i] for i in rng.permutation(len(picked))]
+            batches.append(np.stack([chunks[p].pop() for p in picked]))
 
     def __len__(self) -> int:
         """Batches in the current epoch (the whole epoch, whatever the position)."""

@@ -567,6 +567,15 @@ class DSAPStore:
     def failures(self) -> list[dict]:
         return list(self.manifest.get("failures", []))
 
+    @property
+    def digest(self) -> str:
+        """sha256 over the manifest's settings, key-set fingerprint and shard checksums: identifies the
+        store's exact content (a run records it, so that resuming on a recomputed store is refused)."""
+        m = self.manifest
+        record = {k: m.get(k) for k in ("estimator", "settings", "size", "kind", "fingerprint")}
+        record["shards"] = [shard["sha256"] for shard in m["shards"]]
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
+
     def __len__(self) -> int:
         return len(self._index)
 

@@ -62,20 +62,92 @@ MIN_FOUND = 0.5
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What a run trains on."""
+    """What a run trains on: one dataset, or the union of several (a list).
 
-    dataset: str = param("synthetic", "dataset spec: a registered name with options, name:key=value,...",
-                         pattern=SPEC_PATTERN)
-    estimator: str = param("synthetic", "the estimator whose DSAP store to read", pattern=NAME_PATTERN)
-    tag: str | None = param(None, "store variant: ROOT/dsap/<dataset>/<estimator>-<tag>", pattern=NAME_PATTERN)
+    A union is a list of dataset specs (``dataset: [market1501, cuhk03-labeled]`` in a file; the data
+    layer also reads ``a+b``, see ``data.datasets.union``).  ``estimator`` and ``tag`` are one value for
+    every dataset or a list with one entry per dataset (``a+b`` on the command line); a list whose
+    entries are all equal is kept as the one value, so the two spellings are the same configuration.
+    """
+
+    dataset: str | tuple[str, ...] = param("synthetic", "dataset spec (a registered name with options, "
+                                           "name:key=value,...), or a list of them: the union of their training splits",
+                                           pattern=SPEC_PATTERN)
+    estimator: str | tuple[str, ...] = param("synthetic", "the estimator whose DSAP store to read (one, or one per dataset)",
+                                             pattern=NAME_PATTERN)
+    tag: str | None | tuple[str | None, ...] = param(None, "store variant: ROOT/dsap/<dataset>/<estimator>-<tag> "
+                                                     "(one, or one per dataset)", pattern=NAME_PATTERN)
     input: str = param("dsap", "DSAG-Stream input: dsap (dense) or csa (coarse, Table 4)", choices=("dsap", "csa"))
+    balance: str = param("none", "P x K batches of a union: none (every identity equally likely, so each dataset "
+                         "in proportion to its identities) or datasets (an equal share of each dataset's identities "
+                         "in every batch)", choices=("none", "datasets"))
     min_found: float = param(MIN_FOUND, "the least share of the store's images with a person found (a store below "
                              "it was most likely computed with the wrong estimator; 0 accepts any)", ge=0.0, le=1.0)
 
     def __post_init__(self) -> None:
         check_fields(self, "data")
-        if not self.dataset.strip():
+        specs = self.dataset if isinstance(self.dataset, (tuple, list)) else (self.dataset,)
+        specs = tuple(str(s).strip() for s in specs)
+        if not specs or not all(specs):
             raise ConfigError("data.dataset must name a dataset")
+        twice = sorted({s for s in specs if specs.count(s) > 1})
+        if twice:
+            raise ConfigError(f"data.dataset names {', '.join(twice)} more than once; a union lists each dataset once")
+        object.__setattr__(self, "dataset", specs if len(specs) > 1 else specs[0])
+        for name in ("estimator", "tag"):
+            object.__setattr__(self, name, self._per_dataset(name, getattr(self, name), len(specs)))
+        estimators = self.estimator if isinstance(self.estimator, tuple) else (self.estimator,)
+        if not all(e and e.strip() for e in estimators):
+            raise ConfigError("data.estimator must name an estimator")
+
+    def _per_dataset(self, name: str, value: Any, n: int) -> Any:
+        """``value`` as one value (the same for every dataset) or a tuple of one per dataset; a ``+``-joined
+        string is a per-dataset list when the dataset is a union."""
+        if isinstance(value, str) and n > 1 and "+" in value:
+            value = tuple(value.split("+"))
+        if not isinstance(value, (tuple, list)):
+            return value
+        values = tuple(None if name == "tag" and (v is None or str(v).strip().lower() in ("none", "null", ""))
+                       else str(v).strip() for v in value)
+        if len(set(values)) == 1:
+            return values[0]
+        if n > 1 and len(values) != n:  # one dataset spec may still be an unsplit union (the data layer splits it)
+            raise ConfigError(f"data.{name} gives {len(values)} values ({', '.join(map(str, values))}) for the "
+                              f"{n} datasets of data.dataset; give one for all, or one per dataset")
+        return values
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The dataset specs (one for a single dataset)."""
+        return self.dataset if isinstance(self.dataset, tuple) else (self.dataset,)
+
+    @property
+    def is_union(self) -> bool:
+        return len(self.datasets) > 1
+
+    def _each(self, value: Any) -> tuple[Any, ...]:
+        n = len(self.datasets)
+        if isinstance(value, tuple):
+            if len(value) != n:
+                raise ConfigError(f"data.dataset names {n} dataset(s) but data.estimator / data.tag give "
+                                  f"{len(value)} values; give one for all, or one per dataset")
+            return value
+        return (value,) * n
+
+    @property
+    def estimators(self) -> tuple[str, ...]:
+        """The estimator of each dataset."""
+        return self._each(self.estimator)
+
+    @property
+    def tags(self) -> tuple[str | None, ...]:
+        """The store tag of each dataset."""
+        return self._each(self.tag)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native values: a union's specs (and per-dataset estimators or tags) as lists."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in dataclasses.fields(self)}
 
 
 @dataclass(frozen=True)
@@ -210,7 +282,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "variant": self.variant,
-                "pretrained": self.pretrained, "seed": self.seed, "data": dataclasses.asdict(self.data),
+                "pretrained": self.pretrained, "seed": self.seed, "data": self.data.to_dict(),
                 "model": self.model.to_dict(), "recipe": self.recipe.to_dict()}
 
     @classmethod

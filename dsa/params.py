@@ -89,7 +89,8 @@ def check_value(where: str, value: Any, kind: Any, meta: dict[str, Any]) -> None
         raise ConfigError(f"{where} must be set (it has no 'none' value)")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
-    if meta.get("pattern") and isinstance(value, str) and not re.fullmatch(meta["pattern"], value):
+    texts = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, str)]
+    for value in [v for v in texts if meta.get("pattern") and not re.fullmatch(meta["pattern"], v)][:1]:
         what = "does not start with a plain name" if meta["pattern"] == SPEC_PATTERN else "is not a plain name"
         raise ConfigError(f"{where}={value!r} {what}: use letters, digits and . _ + - (starting with a letter or "
                           f"digit, no / or ..)")
@@ -119,6 +120,13 @@ def check_fields(obj: Any, section: str) -> None:
 def convert(where: str, value: Any, kind: Any) -> Any:
     """``value`` (from YAML, JSON or a ``--set`` string) as a value of the field type ``kind``."""
     args = typing.get_args(kind)
+    lists = [a for a in args if typing.get_origin(a) is tuple]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and lists:  # one value or a list of them
+        if isinstance(value, (list, tuple)):
+            return convert(where, value, lists[0])
+        rest = tuple(a for a in args if a not in lists)
+        kind = rest[0] if len(rest) == 1 else typing.Union[rest]
+        args = typing.get_args(kind)
     optional = (typing.get_origin(kind) in (typing.Union, types.UnionType)) and type(None) in args
     if optional:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", "")):

@@ -80,8 +80,9 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--run", required=True, help="run name under --runs-dir, a run folder or a checkpoint.pt")
-@click.option("--dataset", default=None, help="dataset name or spec (data.datasets registry) [default: the one the run "
-              "was trained on]")
+@click.option("--dataset", "datasets", multiple=True,
+              help="dataset name or spec (data.datasets registry); several (repeated, or a+b) are evaluated one by one "
+                   "into one table, written to eval/A+B/sets.json [default: the dataset(s) the run was trained on]")
 @root_option()
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--feature-set", "feature_set", type=click.Choice(FEATURE_SETS), default="mf", show_default=True,
@@ -101,19 +102,25 @@ def _print(metrics: dict, name: str, as_json: bool) -> None:
 @_max_memory
 @_threads
 @_json
-def run(run, dataset, root, runs_dir, feature_set, old_feature_set, distance, rerank, flip, ap, queries, query_keys,
+def run(run, datasets, root, runs_dir, feature_set, old_feature_set, distance, rerank, flip, ap, queries, query_keys,
         batch_size, device, workers, block_size, max_memory, threads, as_json) -> None:
-    """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/."""
-    from evaluate.report import evaluate_run
+    """Extract features with RUN's MF-Stream, score them on DATASET, write runs/RUN/eval/DATASET/ (each set's
+    own folder when there are several, and their table)."""
+    from evaluate.report import evaluate_sets, format_table
 
     apply_threads(threads, workers or 0)
     feature_set = old_feature_set or feature_set  # --features: the earlier name of --feature-set
 
-    m = evaluate_run(run, dataset, root, runs_dir=runs_dir, feature_set=feature_set, distance=distance,
-                     rerank=rerank, flip=flip, ap=ap, num_pictures=queries, query_keys=query_keys,
-                     batch_size=batch_size, device=device, workers=workers, block_size=block_size,
-                     max_memory=max_memory)
-    _print(m, run, as_json)
+    rows = evaluate_sets(run, list(datasets) or None, root, runs_dir=runs_dir, feature_set=feature_set,
+                         distance=distance, rerank=rerank, flip=flip, ap=ap, num_pictures=queries,
+                         query_keys=query_keys, batch_size=batch_size, device=device, workers=workers,
+                         block_size=block_size, max_memory=max_memory)
+    if len(rows) == 1:
+        _print(rows[0], run, as_json)
+    elif as_json:
+        click.echo(json.dumps([{k: v for k, v in m.items() if k != "cmc"} for m in rows], indent=2))
+    else:
+        click.echo(format_table({m["dataset"]: m for m in rows}))
 
 
 @cli.command()
@@ -136,7 +143,8 @@ def features(path, distance, rerank, ap, block_size, max_memory, threads, as_jso
 
 @cli.command()
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--dataset", required=True)
+@click.option("--dataset", required=True, help="the test set the runs were evaluated on, or several (a+b): then "
+              "each run's table of them (`evaluate run --dataset a+b`), a row per run and set")
 @click.option("--runs-dir", default="runs", show_default=True)
 @click.option("--plot", default=None, type=click.Path(dir_okay=False),
               help="CMC plot of the runs [default: RUNS_DIR/compare/DATASET/<run>_vs_<run>.png]")

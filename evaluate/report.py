@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from data.datasets import build_dataset
+from data.datasets import build_dataset, split_union
 from data.io import atomic_write_json, file_sha256
-from data.names import derived_name
-from data.runs import RunFolder, check_name, dataset_dirname, open_checkpoint
+from data.names import dataset_dirname, derived_name, union_dirname, without_split_options
+from data.runs import RunFolder, check_name, open_checkpoint
 from data.runtime import default_workers, resolve_device
 from data.store import describe_differences, open_store
 from evaluate.features import (
@@ -123,7 +123,8 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
                     f"{r.get('distance', '')}{rr} AP={r.get('ap', '')} q={r.get('num_evaluated')}"
                     f"(-{r.get('num_skipped')})")
         lines.append(f"{name:{name_w}}  {vals}  {settings}")
-    lines += [n for n in (unfinished_note(name, r) for name, r in rows.items()) if n]
+    notes = (unfinished_note(r.get("run") or name, r) for name, r in rows.items())
+    lines += list(dict.fromkeys(n for n in notes if n))  # a run's note once, however many of its sets are rows
     return "\n".join(lines)
 
 
@@ -202,6 +203,9 @@ def evaluate_run(
     if dataset is None:  # the dataset the run was trained on
         if not info.dataset:
             raise EvaluationError(f"The run {run!r} does not name the dataset it was trained on; pass --dataset.")
+        if len(info.datasets) > 1:
+            raise EvaluationError(f"The run {run!r} was trained on the union {info.dataset}; name the set to "
+                                  f"evaluate on, or evaluate on all of them with evaluate_sets.")
         dataset = info.dataset
     if not info.complete:
         log.warning("%s is a checkpoint of an unfinished run (epoch %d, step %d): the figures are not final",
@@ -257,15 +261,18 @@ def evaluation_name(*, feature_set: str = "mf", flip: bool = False, rerank: bool
 
 def _open_store(ckpt, root: str | os.PathLike, dataset: str, ds, feature_set: str = "fused") -> Any:
     """The DSAP store the run was trained with, for ``dataset`` under ``root`` (the fused and dsag feature
-    sets), checked as training checks it (``DSAPStore.check_fresh``: checksums, coverage of query and gallery,
-    no image changed since) and, when the run recorded them, computed with the settings it was trained with."""
+    sets; a union's own store of that dataset), checked as training checks it (``DSAPStore.check_fresh``:
+    checksums, coverage of query and gallery, no image changed since) and, when the run recorded them,
+    computed with the settings it was trained with."""
     info = ckpt.info
-    if not info.estimator:
+    estimator, tag = info.store_of(dataset)
+    if not estimator:
         raise EvaluationError(f"The {feature_set!r} feature set needs the run's DSAP store, but its checkpoint names "
-                              f"no estimator.")
-    store = open_store(root, dataset, info.estimator, info.tag, kind=info.input_kind, size=info.model.dsap_size)
+                              f"no one estimator for {dataset}.")
+    store = open_store(root, dataset, estimator, tag, kind=info.input_kind, size=info.model.dsap_size)
     store.check_fresh(ds.root, [it.key for it in (*ds.query, *ds.gallery)], "query or gallery ")
-    trained = ((ckpt.config or {}).get("runtime") or {}).get("store_settings")
+    recorded = ((ckpt.config or {}).get("runtime") or {}).get("store_settings") or {}
+    trained = next((v for k, v in recorded.items() if without_split_options(k) == without_split_options(dataset)), None)
     if trained:
         now = {k: store.manifest.get(k) for k in trained}
         if now != trained:
@@ -277,24 +284,73 @@ def _open_store(ckpt, root: str | os.PathLike, dataset: str, ds, feature_set: st
     return store
 
 
+#: the one table of an evaluation on several sets, beside their own folders (``eval/<a>+<b>/[<settings>/]``)
+SETS_NAME = "sets.json"
+
+
+def evaluate_sets(run: str, datasets: str | Sequence[str] | None, root: str | os.PathLike, *,
+                  runs_dir: str | os.PathLike = "runs", **settings: Any) -> list[dict[str, Any]]:
+    """Evaluate ``run`` on each of several test sets (``"a+b"``, a list, or None: every dataset the run was
+    trained on), each one as :func:`evaluate_run` does (its own features, metrics and pictures in
+    ``eval/<set>/``, never mixed with another's), and, for more than one, write their table ``sets.json``
+    (one row per set, in order) to ``eval/<a>+<b>/[<settings>/]``; returns the metrics of each set."""
+    if datasets is None:
+        specs = list(open_checkpoint(run, runs_dir).info.datasets) or [None]
+    else:
+        specs = split_union([datasets] if isinstance(datasets, str) else list(datasets))
+    rows = [evaluate_run(run, spec, root, runs_dir=runs_dir, **settings) for spec in specs]
+    if len(rows) > 1:
+        path = sets_path(RunFolder(Path(rows[0]["checkpoint"]).parent), specs, rows[0]["setting"])
+        record = {"run": str(run), "datasets": specs, "setting": rows[0]["setting"], "created": now_iso(),
+                  "sets": [{k: v for k, v in r.items() if k != "ranked_lists"} for r in rows]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+        log.info("table of %d sets -> %s", len(rows), path)
+    return rows
+
+
+def sets_path(run: RunFolder, specs: Sequence[str], setting: str = "") -> Path:
+    """Where the table of ``run``'s evaluation on the sets ``specs`` with ``setting`` is."""
+    return run.eval_dir(list(specs)) / ("" if setting == "default" else setting) / SETS_NAME
+
+
+def load_sets(run: str, specs: Sequence[str], runs_dir: str | os.PathLike = "runs", setting: str = "") -> list[dict]:
+    """The rows of ``run``'s table on the sets ``specs`` (a sentence when it has none)."""
+    candidates = [sets_path(RunFolder(run), specs, setting), sets_path(RunFolder(Path(runs_dir) / run), specs, setting)]
+    for p in candidates:
+        if p.is_file():
+            return json.loads(p.read_text(encoding="utf-8"))["sets"]
+    joined = "+".join(specs)
+    raise EvaluationError(f"No evaluation of run {run!r} on the sets {joined} ({candidates[-1]}); run "
+                          f"`make eval RUN={run} DATASET={joined}` first.")
+
+
 def compare_runs(runs: Sequence[str], dataset: str, *, runs_dir: str | os.PathLike = "runs",
                  plot: str | os.PathLike | None = None, setting: str = "") -> tuple[str, Path]:
     """The side-by-side table of the runs' metrics on ``dataset`` (the evaluations with ``setting``, see
     :func:`evaluation_name`) and one plot of their CMC curves (mAP and rank-1 in the legend); returns
     (table, plot path).  The table ends with the metrics file it read for each run and the other settings
-    that run was evaluated with."""
+    that run was evaluated with.  On several sets (``a+b``) each run's table of them (``sets.json``) is read:
+    a row per run and set, grouped by set."""
     if setting:
         check_name(setting, "evaluation setting")
-    rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
+    specs = split_union(dataset)
     read = []
-    for r in runs:
-        path = metrics_path(r, dataset, runs_dir, setting)
-        others = _other_settings(path, setting)
-        also = f"; also evaluated with: {', '.join(others)}" if others else ""
-        read.append(f"{r}: read {path} ({setting or 'default settings'}{also})")
+    if len(specs) > 1:
+        tables = {r: load_sets(r, specs, runs_dir, setting) for r in runs}
+        rows = {f"{r} on {s}": tables[r][i] for i, s in enumerate(specs) for r in runs}
+        dataset = "+".join(specs)
+    else:
+        rows = {r: load_metrics(r, dataset, runs_dir, setting) for r in runs}
+        for r in runs:
+            path = metrics_path(r, dataset, runs_dir, setting)
+            others = _other_settings(path, setting)
+            also = f"; also evaluated with: {', '.join(others)}" if others else ""
+            read.append(f"{r}: read {path} ({setting or 'default settings'}{also})")
     if plot is None:
         names = "_vs_".join(derived_name(Path(str(r)).name) for r in runs)
-        plot = Path(runs_dir) / "compare" / dataset_dirname(dataset) / f"{names[:180]}.png"
+        plot = Path(runs_dir) / "compare" / (union_dirname(specs) if len(specs) > 1 else dataset_dirname(dataset)) \
+            / f"{names[:180]}.png"
     curves = {}
     for r, m in rows.items():
         flip = "+flip" if m.get("flip") else ""

@@ -42,7 +42,7 @@ def cli(verbose: bool) -> None:
 
 
 @cli.command("run")
-@click.option("--dataset", required=True, help="Dataset name (synthetic, market1501, ...).")
+@click.option("--dataset", required=True, help="Dataset name (synthetic, market1501, ...); A+B: each one's store in turn.")
 @click.option("--root", default="datasets", show_default=True, envvar=ROOT_ENV, show_envvar=True,
               type=click.Path(path_type=Path), help="Data root.")
 @click.option("--estimator", required=True, help="Estimator (synthetic, iuv, densepose, pose).")
@@ -70,29 +70,32 @@ def cli(verbose: bool) -> None:
 def run_cmd(dataset: str, root: Path, estimator: str, workers: int, kind: str, size: int, shard_size: int,
             batch_size: int | None, options: tuple[str, ...], tag: str | None, force: bool, min_found: float,
             compression: str, threads: int) -> None:
-    """Compute the DSAP store of DATASET with ESTIMATOR (resumable; parallel with --workers or torchrun)."""
+    """Compute the DSAP store of DATASET with ESTIMATOR (resumable; parallel with --workers or torchrun); for
+    several datasets (A+B), the store of each in turn."""
+    from data.datasets import split_union
     from precompute.runner import PrecomputeConfig, run_precompute
 
     apply_threads(threads)
 
-    cfg = PrecomputeConfig(
-        dataset=dataset, root=root, estimator=estimator, options=parse_options(options), workers=workers,
-        kind=kind, size=size, shard_size=shard_size, batch_size=batch_size, tag=tag, force=force,
-        compression=None if compression == "none" else compression, min_found=min_found,
-    )
-    s = run_precompute(cfg)
-    if s.get("up_to_date"):
-        return
-    line = (f"precompute {dataset}/{estimator}: computed {s['computed_images']} images "
-            f"({s['computed_found']} persons found, {s['computed_failures']} failed) in {s['elapsed_s']:.1f} s, "
-            f"{s['images_per_s']:.1f} images/s")
-    if s.get("complete"):
-        line += f"; store complete: {s['num_images']} images, {s['num_found']} found, {len(s['failures'])} failures"
-        for f in s["failures"][:5]:
-            log.warning("failed: %s (%s)", f["key"], f["reason"])
-    else:
-        line += "; store not complete yet (other ranks still running)"
-    log.info("%s -> %s", line, s["folder"])
+    for spec in split_union(dataset):
+        cfg = PrecomputeConfig(
+            dataset=spec, root=root, estimator=estimator, options=parse_options(options), workers=workers,
+            kind=kind, size=size, shard_size=shard_size, batch_size=batch_size, tag=tag, force=force,
+            compression=None if compression == "none" else compression, min_found=min_found,
+        )
+        s = run_precompute(cfg)
+        if s.get("up_to_date"):
+            continue
+        line = (f"precompute {spec}/{estimator}: computed {s['computed_images']} images "
+                f"({s['computed_found']} persons found, {s['computed_failures']} failed) in {s['elapsed_s']:.1f} s, "
+                f"{s['images_per_s']:.1f} images/s")
+        if s.get("complete"):
+            line += f"; store complete: {s['num_images']} images, {s['num_found']} found, {len(s['failures'])} failures"
+            for f in s["failures"][:5]:
+                log.warning("failed: %s (%s)", f["key"], f["reason"])
+        else:
+            line += "; store not complete yet (other ranks still running)"
+        log.info("%s -> %s", line, s["folder"])
 
 
 @cli.command("inspect")

@@ -100,3 +100,22 @@ def test_state_from_other_settings_is_refused() -> None:
     with pytest.raises(ValueError, match="K=2"):
         PKSampler(PIDS, 4, 3, seed=0).load_state_dict(state)
     assert np.isfinite(state["epoch"])
+
+
+def test_groups_give_every_batch_an_equal_share_of_each_dataset() -> None:
+    """Two datasets, the second with 3 times the identities: by default batches follow the identities
+    (mostly the second dataset); balanced, every batch holds P // 2 of each, the odd one in turn."""
+    pids = [pid for pid in range(40) for _ in range(4)]
+    groups = [0 if pid < 10 else 1 for pid in pids]
+    plain = PKSampler(pids, P=5, K=2, seed=0).plan(0)
+    share = [sum(groups[i] == 0 for i in b[:, 0]) for b in plain]
+    assert np.mean(share) < 2
+    balanced = PKSampler(pids, P=5, K=2, seed=0, groups=groups)
+    plan = balanced.plan(0)
+    first = [int(sum(groups[i] == 0 for i in b[:, 0])) for b in plan]
+    assert first[:4] == [3, 2, 3, 2] and len(plan) == 8  # the first dataset's 20 chunks run out first
+    for b in plan:
+        assert len({pids[i] for i in b[:, 0]}) == 5
+    assert np.array_equal(plan, PKSampler(pids, P=5, K=2, seed=0, groups=groups).plan(0))  # deterministic
+    with pytest.raises(ValueError, match="dataset 1 has only 2 identities"):
+        PKSampler(pids[:8] + pids[40:], P=6, K=2, groups=groups[:8] + groups[40:])

@@ -43,10 +43,12 @@ def _presets() -> str:
               help="Run name: outputs go to RUNS_DIR/RUN/ (under torchrun use --run-name: torchrun "
                    "takes --run for its own --run-path).")
 @root_option()
-@click.option("--dataset", default=None, help="Alias of --set data.dataset=NAME (a registered dataset, "
-                                               "options as name:key=value,...).")
-@click.option("--estimator", default=None, help="Alias of --set data.estimator=NAME: whose DSAP store to read.")
-@click.option("--tag", default=None, help="Alias of --set data.tag=TAG: the store ROOT/dsap/<dataset>/<estimator>-<tag>.")
+@click.option("--dataset", multiple=True, help="Alias of --set data.dataset=NAME (a registered dataset, options as "
+              "name:key=value,...); A+B, or the option repeated, trains on the union of their training splits.")
+@click.option("--estimator", multiple=True, help="Alias of --set data.estimator=NAME: whose DSAP store to read (for a "
+              "union: one for all, or one per dataset as A+B or repeated).")
+@click.option("--tag", multiple=True, help="Alias of --set data.tag=TAG: the store ROOT/dsap/<dataset>/<estimator>-<tag> "
+              "(for a union: one for all, or one per dataset, `none` for no tag).")
 @click.option("--input", "input_kind", default=None, type=click.Choice(["dsap", "csa"]),
               help="Alias of --set data.input=KIND: dense (DSAP) or coarse (CSA, Table 4) part images.")
 @click.option("--variant", default=None,
@@ -92,6 +94,8 @@ def main(verbose: bool, print_config: bool, **kwargs: Any) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     aliases = {k: kwargs.pop(k) for k in (*ALIASES, *FLAG_ALIASES)}
+    for name in ("dataset", "estimator", "tag"):  # repeated: one per dataset of a union, as A+B
+        aliases[name] = "+".join(aliases[name]) or None
     options = RunOptions(**{**kwargs, "run_name": kwargs["run_name"] or ""}, aliases=aliases)
     if print_config:
         click.echo(dump_yaml(resolve(options)), nl=False)

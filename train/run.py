@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from data.io import release_lock
+from data.datasets import union_config
 from data.joint import build_train_data
 from data.runs import LOCK_NAME, RunFolder, upgrade_config
 from data.runtime import apply_threads, default_workers
@@ -78,12 +79,18 @@ def alias_overrides(aliases: dict[str, Any]) -> list[str]:
 
 
 def resolve(opts: RunOptions) -> TrainConfig:
-    """The run's configuration: the config file, then the alias options, then ``--set`` (last wins)."""
-    return resolve_config(opts.config, [*alias_overrides(opts.aliases), *opts.overrides])
+    """The run's configuration: the config file, then the alias options, then ``--set`` (last wins); a
+    dataset spec ``a+b`` is the union of its datasets (``data.datasets.union``)."""
+    cfg = resolve_config(opts.config, [*alias_overrides(opts.aliases), *opts.overrides])
+    return cfg.replace(data=union_config(cfg.data))
 
 
 #: top-level entries of config.json that a resumed run must share with the saved one (with the tree)
 MUST_MATCH = ("num_classes", "world_size", "init")
+#: the entries of each of config.json's ``datasets`` records that a resumed run must share (not the store's
+#: folder, which moves with the data root)
+DATASET_MUST_MATCH = ("dataset", "estimator", "tag", "num_train_pids", "num_train_images", "pid_offset",
+                      "camid_offset", "train_fingerprint", "store_fingerprint", "store_sha256")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +117,27 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], where: Pat
                 diffs.append(", ".join(f"{key}.{k} (saved {a[key].get(k)!r}, now {b[key].get(k)!r})" for k in sub))
             else:
                 diffs.append(f"{key} (saved {a[key]!r}, now {b[key]!r})")
+    diffs += _dataset_diffs(saved.get("datasets"), current.get("datasets"))
     if diffs:
         raise TrainingError(
             f"the run at {where} was started with another configuration: {'; '.join(diffs)}; "
             f"use another --run name, or rerun with the saved options (see {where / 'config.json'})")
+
+
+def _dataset_diffs(saved: Any, current: Any) -> list[str]:
+    """What differs between the ``datasets`` records (each dataset and its store) of a saved and a current
+    configuration; nothing when the saved one has none (a run of an earlier version)."""
+    if not isinstance(saved, list) or not isinstance(current, list):
+        return []
+    if len(saved) != len(current):
+        return [f"datasets (saved {len(saved)}, now {len(current)})"]
+    diffs = []
+    for a, b in zip(saved, current):
+        keys = [k for k in DATASET_MUST_MATCH if a.get(k) != b.get(k)]
+        if keys:
+            diffs.append(f"the dataset {b.get('dataset')!r}: " + ", ".join(
+                f"{k} (saved {a.get(k)!r}, now {b.get(k)!r})" for k in keys))
+    return diffs
 
 
 def build_model(cfg: TrainConfig, num_classes: int):
@@ -136,10 +160,11 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
 
     run = RunFolder.named(opts.runs_dir, opts.run_name)
     cfg = resolve(opts)
-    if cfg.data.tag is not None:
-        from data.names import check_name
+    for tag in cfg.data.tags:
+        if tag is not None:
+            from data.names import check_name
 
-        check_name(cfg.data.tag, "store tag")
+            check_name(tag, "store tag")
     recipe = cfg.recipe
 
     info = init_distributed(opts.device)
@@ -151,29 +176,33 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             run.lock()
             locked = True
         set_deterministic(opts.deterministic)
-        data, dataset, store = build_train_data(cfg, opts.root, rank=info.rank, world_size=info.world_size,
-                                                workers=workers, pin_memory=info.device.type == "cuda")
+        data, union, stores = build_train_data(cfg, opts.root, rank=info.rank, world_size=info.world_size,
+                                               workers=workers, pin_memory=info.device.type == "cuda")
+        folders = [str(s.folder) if s is not None else None for s in stores]
 
         config = {
             **cfg.to_dict(),
             "source": {"config": opts.config,
                        "overrides": parse_overrides([*alias_overrides(opts.aliases), *opts.overrides])},
-            "runtime": {"root": str(opts.root), "store": str(store.folder) if store is not None else None,
-                        "store_settings": ({k: store.manifest.get(k) for k in ("estimator", "settings", "size", "kind")}
-                                           if store is not None else None),
+            "runtime": {"root": str(opts.root), "store": folders if union.is_union else folders[0],
+                        # per dataset: the settings of the store it was trained with (evaluate checks them)
+                        "store_settings": {m.spec: {k: s.manifest.get(k) for k in ("estimator", "settings", "size",
+                                                                                 "kind")}
+                                           for m, s in zip(union.members, stores) if s is not None} or None,
                         "workers": workers, "device": str(info.device),
                         "amp": opts.amp and info.device.type == "cuda",
                         "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,
                         "compile": opts.compile, "deterministic": opts.deterministic,
                         "world_size": info.world_size, "max_steps": opts.max_steps},
-            "num_classes": dataset.num_train_pids, "num_train_images": len(dataset.train), "init": opts.init,
+            "num_classes": union.num_train_pids, "num_train_images": len(union.train), "init": opts.init,
+            "datasets": union.provenance(stores),
         }
         ckpt = run.read_checkpoint()
         saved = ckpt.config if ckpt is not None else run.read_config()
         if saved is not None:
             check_same_config(saved, config, run.path)
 
-        model = build_model(cfg, dataset.num_train_pids)
+        model = build_model(cfg, union.num_train_pids)
         if opts.init and ckpt is None:  # a resumed run has its own weights; the source is only recorded
             config["init_source"] = init_from(model, opts.init, opts.runs_dir)
         elif saved is not None and saved.get("init_source") is not None:

@@ -33,6 +33,7 @@ from dsa.registry import Registry, load_plugins
 from ..names import SPLIT_OPTIONS
 from ..options import coerce_option, type_name
 from .base import MARKET_PATTERN, DatasetError, Item, ReidDataset, find_dataset_dir, scan_images
+from .union import TrainUnion, build_union, split_union, union_config
 
 __all__ = [
     "Item",
@@ -46,6 +47,10 @@ __all__ = [
     "find_dataset_dir",
     "scan_images",
     "MARKET_PATTERN",
+    "split_union",
+    "union_config",
+    "build_union",
+    "TrainUnion",
 ]
 
 #: name → adapter class (the constructor takes ``root`` and the adapter's keyword options); the built-in

@@ -1,0 +1,1 @@
+"""The cross-dataset study: union training, train-on-A-test-on-B and pre-training, on one target set."""
