@@ -88,10 +88,16 @@ class CheckpointInfo:
         """(estimator, tag) of the DSAP store to read for ``dataset``: that dataset's own when the run was
         trained on it (or on another split of its images, ``val_ids``), else the run's one estimator and tag
         ((None, None) when a union's datasets have several)."""
-        own = [i for i, d in enumerate(self.datasets) if without_split_options(d) == without_split_options(dataset)]
-        if own:
-            return self.estimators[own[0]], self.tags[own[0]]
+        own = self.dataset_index(dataset)
+        if own is not None:
+            return self.estimators[own], self.tags[own]
         return self.estimator, self.tag
+
+    def dataset_index(self, dataset: str) -> int | None:
+        """The position of ``dataset`` among the datasets trained on (another split of the same images counts,
+        ``val_ids``); None when the run was not trained on it."""
+        return next((i for i, d in enumerate(self.datasets)
+                     if without_split_options(d) == without_split_options(dataset)), None)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, epoch: int = -1, step: int = -1, complete: bool = False,

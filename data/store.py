@@ -568,11 +568,17 @@ class DSAPStore:
         return list(self.manifest.get("failures", []))
 
     @property
+    def settings_record(self) -> dict[str, Any]:
+        """What the store was computed with (estimator, its settings, DSAP size and kind): a run records it
+        per dataset, and the fused evaluation refuses a store whose record differs."""
+        return {k: self.manifest.get(k) for k in ("estimator", "settings", "size", "kind")}
+
+    @property
     def digest(self) -> str:
         """sha256 over the manifest's settings, key-set fingerprint and shard checksums: identifies the
         store's exact content (a run records it, so that resuming on a recomputed store is refused)."""
         m = self.manifest
-        record = {k: m.get(k) for k in ("estimator", "settings", "size", "kind", "fingerprint")}
+        record = {**self.settings_record, "fingerprint": m.get("fingerprint")}
         record["shards"] = [shard["sha256"] for shard in m["shards"]]
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode("utf-8")).hexdigest()
 

@@ -89,10 +89,11 @@ def check_value(where: str, value: Any, kind: Any, meta: dict[str, Any]) -> None
         raise ConfigError(f"{where} must be set (it has no 'none' value)")
     if choices is not None and value not in choices:
         raise ConfigError(f"{where}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
-    texts = [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, str)]
-    for value in [v for v in texts if meta.get("pattern") and not re.fullmatch(meta["pattern"], v)][:1]:
+    bad = [v for v in (value if isinstance(value, tuple) else (value,))  # a list field: each entry
+           if meta.get("pattern") and isinstance(v, str) and not re.fullmatch(meta["pattern"], v)]
+    if bad:
         what = "does not start with a plain name" if meta["pattern"] == SPEC_PATTERN else "is not a plain name"
-        raise ConfigError(f"{where}={value!r} {what}: use letters, digits and . _ + - (starting with a letter or "
+        raise ConfigError(f"{where}={bad[0]!r} {what}: use letters, digits and . _ + - (starting with a letter or "
                           f"digit, no / or ..)")
     numbers = value if isinstance(value, tuple) else (value,)
     for x in numbers:

@@ -20,7 +20,7 @@ import numpy as np
 
 from data.datasets import build_dataset, split_union
 from data.io import atomic_write_json, file_sha256
-from data.names import dataset_dirname, derived_name, union_dirname, without_split_options
+from data.names import dataset_dirname, derived_name, union_dirname
 from data.runs import RunFolder, check_name, open_checkpoint
 from data.runtime import default_workers, resolve_device
 from data.store import describe_differences, open_store
@@ -271,10 +271,11 @@ def _open_store(ckpt, root: str | os.PathLike, dataset: str, ds, feature_set: st
                               f"no one estimator for {dataset}.")
     store = open_store(root, dataset, estimator, tag, kind=info.input_kind, size=info.model.dsap_size)
     store.check_fresh(ds.root, [it.key for it in (*ds.query, *ds.gallery)], "query or gallery ")
-    recorded = ((ckpt.config or {}).get("runtime") or {}).get("store_settings") or {}
-    trained = next((v for k, v in recorded.items() if without_split_options(k) == without_split_options(dataset)), None)
+    own, records = info.dataset_index(dataset), (ckpt.config or {}).get("datasets")
+    trained = records[own].get("store_settings") if own is not None and isinstance(records, list) \
+        and own < len(records) and isinstance(records[own], dict) else None
     if trained:
-        now = {k: store.manifest.get(k) for k in trained}
+        now = {k: store.settings_record.get(k) for k in trained}
         if now != trained:
             diffs = describe_differences(trained, now, sides=("at training", "in the store"))
             raise EvaluationError(f"The store {store.folder} was computed with other settings than the store the run was "

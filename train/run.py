@@ -185,10 +185,6 @@ def train_run(opts: RunOptions, hooks: list[HookBase] | None = None) -> dict[str
             "source": {"config": opts.config,
                        "overrides": parse_overrides([*alias_overrides(opts.aliases), *opts.overrides])},
             "runtime": {"root": str(opts.root), "store": folders if union.is_union else folders[0],
-                        # per dataset: the settings of the store it was trained with (evaluate checks them)
-                        "store_settings": {m.spec: {k: s.manifest.get(k) for k in ("estimator", "settings", "size",
-                                                                                 "kind")}
-                                           for m, s in zip(union.members, stores) if s is not None} or None,
                         "workers": workers, "device": str(info.device),
                         "amp": opts.amp and info.device.type == "cuda",
                         "amp_dtype": opts.amp_dtype if opts.amp and info.device.type == "cuda" else None,

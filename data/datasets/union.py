@@ -124,6 +124,7 @@ class TrainUnion:
                 "store": str(store.folder) if store is not None else None,
                 "store_fingerprint": store.manifest.get("fingerprint") if store is not None else None,
                 "store_sha256": store.digest if store is not None else None,
+                "store_settings": store.settings_record if store is not None else None,
             })
         return out
 
